@@ -1,0 +1,104 @@
+"""The operator's configuration: GPU catalog, price and throughput tables, tenancy and
+cluster defaults. Teams write specs; operators own this file. Defaults ship in
+controller/defaults/operator.yaml, and an override file is deep-merged over them."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from controller.errors import PermanentError
+from controller.paths import defaults_dir
+
+ENV_VAR = "FTOPS_OPERATOR_CONFIG"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class GpuType(_Model):
+    memory_gib: float = Field(ge=0, description="Accelerator memory per GPU.")
+    usd_per_hour: float = Field(ge=0, description="On-demand price per GPU-hour.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels that select this GPU.")
+
+
+class Tenancy(_Model):
+    namespace_prefix: str = "ftops-"
+    namespaces: dict[str, str] = Field(default_factory=dict, description="owner -> namespace")
+
+    def namespace_for(self, owner: str) -> str:
+        return self.namespaces.get(owner, f"{self.namespace_prefix}{owner}")
+
+
+class Toleration(_Model):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ClusterDefaults(_Model):
+    image: str
+    priority_class_name: str = ""
+    kueue_queue: str = ""
+    tolerations: tuple[Toleration, ...] = ()
+    spot_tolerations: tuple[Toleration, ...] = ()
+    checkpoint_storage_class: str = ""
+    checkpoint_storage: str = "50Gi"
+    ttl_seconds_after_finished: int = 86400
+    backoff_limit: int = 3
+    training_flavor: Literal["job", "pytorchjob", "jobset"] = "job"
+
+
+class OperatorConfig(_Model):
+    gpus: dict[str, GpuType]
+    throughput7b: dict[Literal["lora", "qlora", "full"], dict[str, float]]
+    bytes_per_parameter: dict[Literal["lora", "qlora", "full"], float]
+    spot_discount: float = Field(default=0.6, gt=0, le=1)
+    multi_gpu_efficiency: float = Field(default=0.9, gt=0, le=1)
+    bytes_per_token: float = Field(default=4.0, gt=0)
+    tenancy: Tenancy = Field(default_factory=Tenancy)
+    cluster: ClusterDefaults
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_operator_config(path: str | Path | None = None) -> OperatorConfig:
+    """Defaults, deep-merged with `path` (or $FTOPS_OPERATOR_CONFIG) when given."""
+    path = path or os.environ.get(ENV_VAR)
+    return _load(str(path) if path else None)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str | None) -> OperatorConfig:
+    data = yaml.safe_load((defaults_dir() / "operator.yaml").read_text())
+    if path:
+        try:
+            override = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise PermanentError(f"{path}: operator config not found (set by --operator-config or ${ENV_VAR})") from None
+        except yaml.YAMLError as exc:
+            raise PermanentError(f"{path}: operator config is not valid YAML: {exc}") from None
+        if not isinstance(override, dict):
+            raise PermanentError(f"{path}: operator config must be a mapping")
+        data = _deep_merge(data, override)
+    try:
+        return OperatorConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PermanentError(f"{path or 'operator defaults'}: {where}: {first['msg']}") from None

@@ -1,0 +1,56 @@
+"""Fixtures shared by every test area. Area-specific fixtures live in tests/<area>/conftest.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet, as the CLI sets them: nothing is fetched from a hub, DVC never phones home.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GIT_AUTHOR_NAME", "ftops test")
+os.environ.setdefault("GIT_AUTHOR_EMAIL", "test@ftops.invalid")
+os.environ.setdefault("GIT_COMMITTER_NAME", "ftops test")
+os.environ.setdefault("GIT_COMMITTER_EMAIL", "test@ftops.invalid")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class GitRepo:
+    """A real git repository in a temporary directory, for tests that need commits."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "commit.gpgsign", "false")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=self.root, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    def write(self, rel: str, text: str | bytes) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return path
+
+    def remove(self, rel: str) -> None:
+        self.git("rm", "-q", "-r", rel)
+
+    def commit(self, message: str) -> str:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> GitRepo:
+    return GitRepo(tmp_path / "repo")
