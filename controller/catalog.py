@@ -23,7 +23,7 @@ class _Model(BaseModel):
 
 
 class GpuType(_Model):
-    memory_gib: float = Field(ge=0, description="Accelerator memory per GPU.")
+    memory_gib: float = Field(ge=0, alias="memoryGiB", description="Accelerator memory per GPU.")
     usd_per_hour: float = Field(ge=0, description="On-demand price per GPU-hour.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels that select this GPU.")
 
@@ -43,6 +43,14 @@ class Toleration(_Model):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+class SecretEnv(_Model):
+    """An environment variable filled from a Secret in the run's own namespace (never a literal value)."""
+
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
 class ClusterDefaults(_Model):
     image: str
     priority_class_name: str = ""
@@ -54,6 +62,22 @@ class ClusterDefaults(_Model):
     ttl_seconds_after_finished: int = 86400
     backoff_limit: int = 3
     training_flavor: Literal["job", "pytorchjob", "jobset"] = "job"
+    # Added for the Kubernetes backend (templates/); every field keeps a working default.
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account_name: str = ""
+    run_as_user: int = Field(default=1000, ge=1)
+    cpu_per_gpu: str = "8"
+    memory_per_gpu: str = "48Gi"
+    cpu_only_cpu: str = "4"
+    cpu_only_memory: str = "16Gi"
+    shm_size: str = "16Gi"
+    artifacts_claim: str = Field(default="ftops-artifacts", description="PVC (in each tenant namespace) holding run artifacts.")
+    git_repo: str = Field(default="", description="Git URL the data-pull init container clones; empty: the image's default.")
+    data_credentials: tuple[SecretEnv, ...] = Field(default=(), description="Env vars for DVC/git remotes, from Secrets.")
+    serving_port: int = Field(default=8000, ge=1, le=65535)
+    serving_cpu: str = "2"
+    serving_memory: str = "8Gi"
+    serving_gpus: int = Field(default=0, ge=0, le=16)
 
 
 class OperatorConfig(_Model):
