@@ -7,9 +7,10 @@ a silently ignored field. Fields use camelCase aliases, as Kubernetes objects do
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -40,8 +41,19 @@ class SecretRef(SpecModel):
     )
 
 
-RepoPath = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=1024),
-]
-"""A path relative to the repository root. Checked for escapes by the loader, which knows the repo."""
+def check_repo_path(rel: str) -> str:
+    """Lexical checks for a path inside the GitOps repository. Symlinks that lead out are caught
+    by the loader, which can see the repository."""
+    if not rel or rel.strip() != rel:
+        raise ValueError("must be a non-empty path without surrounding spaces")
+    if rel.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("~"):
+        raise ValueError(f"must be relative to the repository root, not absolute ('{rel}'): write e.g. 'data/train.jsonl'")
+    if "\\" in rel:
+        raise ValueError("must use '/' as the path separator")
+    if ".." in PurePosixPath(rel).parts:
+        raise ValueError(f"must stay inside the repository: '..' is not allowed ('{rel}')")
+    return rel
+
+
+RepoPath = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(check_repo_path)]
+"""A path relative to the repository root."""

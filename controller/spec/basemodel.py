@@ -5,7 +5,7 @@ import re
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from controller.spec.base import SecretRef, SpecModel
+from controller.spec.base import SecretRef, SpecModel, check_repo_path
 
 HF_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)$")
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][-a-z0-9.]{1,61}[a-z0-9])/(?P<key>.+)$")
@@ -59,6 +59,8 @@ class BaseModelSpec(SpecModel):
             raise ValueError("must look like hf://org/name")
         if uri_kind(uri) == "s3" and not S3_URI.match(uri):
             raise ValueError("must look like s3://bucket/prefix")
+        if uri_kind(uri) == "path":
+            check_repo_path(uri)
         return uri
 
     @field_validator("revision")

@@ -15,7 +15,7 @@ class TaskMetric(SpecModel):
         default="exact_match",
         description="exact_match (after normalisation), json_field_match (per field of JSON outputs), token_f1 or rouge_l.",
     )
-    fields: tuple[str, ...] = Field(default=(), description="For json_field_match: the fields compared (default: all).")
+    fields: list[str] = Field(default_factory=list, description="For json_field_match: the fields compared (default: all).")
     min: float = Field(default=0.8, ge=0, le=1, description="Lowest acceptable score.")
 
 
@@ -75,9 +75,9 @@ class ReferenceModel(SpecModel):
 class Comparison(SpecModel):
     """A/B comparison on the same inputs: base, fine-tuned and reference models side by side."""
 
-    models: tuple[ReferenceModel, ...] = Field(default=(), description="Reference models besides the base model.")
-    must_beat: tuple[str, ...] = Field(
-        default=("base",), description="Models the fine-tune must score at least as high as ('base' or a reference name)."
+    models: list[ReferenceModel] = Field(default_factory=list, description="Reference models besides the base model.")
+    must_beat: list[str] = Field(
+        default_factory=lambda: ["base"], description="Models the fine-tune must score at least as high as ('base' or a reference name)."
     )
     samples: int = Field(default=100, ge=1, le=10000, description="Inputs run through every model (seed: 100).")
 

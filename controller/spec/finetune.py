@@ -39,8 +39,8 @@ class Budget(SpecModel):
 class FineTuneSpec(SpecModel):
     """What to train, on what, how to judge it, and how to serve it."""
 
-    needs: tuple[Need, ...] = Field(
-        default=(),
+    needs: list[Need] = Field(
+        default_factory=list,
         description=(
             "What the team needs from this model. The advisor checks them against the seed's decision matrix and "
             "warns when RAG or prompting fits better (e.g. currentData, citations, frequentlyChangingKnowledge)."

@@ -17,8 +17,8 @@ class LoraMethod(SpecModel):
     r: int = Field(default=16, ge=1, le=1024, description="Adapter rank.")
     alpha: int = Field(default=32, ge=1, le=4096, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: tuple[str, ...] = Field(
-        default=DEFAULT_TARGET_MODULES, min_length=1, description="Names of the linear layers that get adapters."
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, description="Names of the linear layers that get adapters."
     )
     merge: bool = Field(default=False, description="Also write the adapter merged into the base weights.")
 

@@ -1,0 +1,362 @@
+"""Git: resolve a revision, list specs with their blob hashes, read files at a revision.
+
+Everything the controller desires comes from git, read at an exact commit, never from a
+working copy that may hold uncommitted edits. Reading goes through one long-lived
+`git cat-file --batch` process, and parsed specs are cached by (path, blob hash), so an
+unchanged spec is never parsed twice however often the controller polls.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from controller.errors import PermanentError, TemporaryError
+from controller.spec.load import LoadedSpec, PathKind, check_against_repo, parse_spec
+
+SPECS_DIR = "specs"
+SYMLINK_MODE = "120000"
+TREE_MODE = "040000"
+
+
+class SourceUnavailable(TemporaryError):
+    """Git could not be reached or the revision does not exist. Nothing is changed because of it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    mode: str
+    kind: str  # blob | tree | commit
+    sha: str
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str
+    email: str
+    time: int
+    message: str
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """The version of a dataset as pinned in git: from its .dvc pointer, or the committed file."""
+
+    path: str
+    md5: str | None
+    size: int | None
+    examples: int | None
+    source: str  # "dvc" | "git" | "missing" | "invalid"
+    pointer_blob: str | None = None
+    error: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.md5 is not None
+
+
+def _git(repo: Path, *args: str, input: bytes | None = None, timeout: float = 120) -> bytes:
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=repo, input=input, capture_output=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SourceUnavailable(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s in {repo}") from None
+    except FileNotFoundError:
+        raise PermanentError("git is not installed: install git and retry") from None
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()
+        raise SourceUnavailable(f"git {' '.join(args[:2])} failed in {repo}: {message[-1] if message else 'no output'}")
+    return done.stdout
+
+
+class GitSource:
+    """A git repository, local or remote, read at exact revisions.
+
+    `location` is a local path (read in place) or a URL (mirrored into `cache_dir` and fetched
+    on `refresh()`). Local paths are read through git too, so uncommitted edits never count."""
+
+    def __init__(self, location: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.location = str(location)
+        self._remote = bool(re.match(r"^[a-z][a-z0-9+.-]*://|^[^/]+@[^/]+:", self.location))
+        if self._remote:
+            base = Path(cache_dir or Path.home() / ".cache" / "ftops" / "git")
+            self.repo = base / hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        else:
+            self.repo = Path(self.location).resolve()
+        self._batch: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._trees: dict[str, dict[str, Entry]] = {}
+
+    # -- revisions ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Fetch from the remote (URLs only). Raises SourceUnavailable when it cannot be reached;
+        the last fetched state stays usable for reading."""
+        if not self._remote:
+            if not (self.repo / ".git").exists() and not (self.repo / "HEAD").exists():
+                raise SourceUnavailable(f"{self.repo} is not a git repository (or is gone)")
+            return
+        if not (self.repo / "HEAD").exists():
+            self.repo.parent.mkdir(parents=True, exist_ok=True)
+            _git(self.repo.parent, "clone", "--mirror", "--quiet", self.location, str(self.repo), timeout=600)
+        else:
+            _git(self.repo, "fetch", "--prune", "--quiet", "origin", timeout=600)
+
+    def resolve(self, rev: str) -> str:
+        """The commit sha for `rev` (branch, tag or sha)."""
+        if not re.match(r"^[A-Za-z0-9._/@^~{}-]+$", rev) or rev.startswith("-"):
+            raise PermanentError(f"'{rev}' is not a git revision")
+        try:
+            return _git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
+        except SourceUnavailable:
+            raise SourceUnavailable(f"revision '{rev}' does not exist in {self.location}") from None
+
+    def commit_info(self, sha: str) -> CommitInfo:
+        out = _git(self.repo, "show", "-s", "--format=%H%x00%an%x00%ae%x00%ct%x00%B", sha).decode()
+        full, author, email, when, message = out.split("\x00", 4)
+        return CommitInfo(full, author, email, int(when), message.strip())
+
+    # -- trees and blobs ---------------------------------------------------------------------
+
+    def tree(self, sha: str) -> dict[str, Entry]:
+        """Every path in the commit (files, folders, links), cached per commit."""
+        cached = self._trees.get(sha)
+        if cached is not None:
+            return cached
+        out = _git(self.repo, "ls-tree", "-r", "-t", "-z", "--full-tree", sha)
+        entries: dict[str, Entry] = {}
+        for record in out.split(b"\x00"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, kind, obj = meta.decode().split(" ")
+            entries[path.decode()] = Entry(mode, kind, obj)
+        if len(self._trees) > 16:
+            self._trees.pop(next(iter(self._trees)))
+        self._trees[sha] = entries
+        return entries
+
+    def read_blobs(self, shas: Iterable[str]) -> dict[str, bytes]:
+        """Contents of many blobs through one `git cat-file --batch` process."""
+        wanted = list(dict.fromkeys(shas))
+        if not wanted:
+            return {}
+        with self._lock:
+            proc = self._cat_file()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(("\n".join(wanted) + "\n").encode())
+            proc.stdin.flush()
+            result: dict[str, bytes] = {}
+            for sha in wanted:
+                header = proc.stdout.readline().decode().split()
+                if len(header) != 3:
+                    raise SourceUnavailable(f"git cat-file could not read object {sha}: {' '.join(header)}")
+                size = int(header[2])
+                result[sha] = proc.stdout.read(size)
+                proc.stdout.read(1)  # trailing newline
+            return result
+
+    def read_file(self, sha: str, path: str) -> bytes | None:
+        entry = self.tree(sha).get(path)
+        if entry is None or entry.kind != "blob":
+            return None
+        return self.read_blobs([entry.sha])[entry.sha]
+
+    def _cat_file(self) -> subprocess.Popen:
+        if self._batch is None or self._batch.poll() is not None:
+            self._batch = subprocess.Popen(
+                ["git", "cat-file", "--batch"], cwd=self.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        return self._batch
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.kill()
+            self._batch.wait()
+            self._batch = None
+
+    def __del__(self) -> None:  # best effort: never leave a cat-file process behind
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class GitTreeView:
+    """RepoView over one commit: what exists, and whether a symlink on the way leads out."""
+
+    def __init__(self, source: GitSource, sha: str) -> None:
+        self.source = source
+        self.sha = sha
+        self.entries = source.tree(sha)
+
+    def kind(self, rel: str) -> PathKind:
+        parts = rel.strip("/").split("/")
+        current: list[str] = []
+        for depth, part in enumerate(parts):
+            current.append(part)
+            joined = "/".join(current)
+            entry = self.entries.get(joined)
+            if entry is None:
+                return "missing"
+            if entry.mode == SYMLINK_MODE:
+                target = self.source.read_blobs([entry.sha])[entry.sha].decode(errors="replace")
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(joined), target))
+                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                    return "escapes"
+                rest = "/".join([resolved, *parts[depth + 1 :]])
+                return self.kind(rest)
+        entry = self.entries["/".join(parts)]
+        return "dir" if entry.kind == "tree" else "file"
+
+
+class WorkingTreeView:
+    """RepoView over a directory on disk (for `ftops validate PATH` before committing)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def kind(self, rel: str) -> PathKind:
+        path = self.root / rel
+        if not os.path.lexists(path):
+            return "missing"
+        real = Path(os.path.realpath(path))
+        if real != self.root and self.root not in real.parents:
+            return "escapes"
+        if real.is_dir():
+            return "dir"
+        return "file" if real.exists() else "missing"
+
+
+# ----------------------------------------------------------------------------- specs at a revision
+
+
+class SpecCache:
+    """Parsed specs by (path, blob sha, catalog): an unchanged file is parsed once."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, str, tuple[str, ...] | None], LoadedSpec] = {}
+        self._data: dict[tuple[str, str], DataVersion] = {}
+
+    def parse(self, path: str, blob: str, text_of, gpu_types: tuple[str, ...] | None) -> LoadedSpec:
+        key = (path, blob, gpu_types)
+        hit = self._parsed.get(key)
+        if hit is None:
+            hit = parse_spec(text_of(), path, gpu_types)
+            self._parsed[key] = hit
+        return hit
+
+    def data_version(self, key: tuple[str, str], compute) -> DataVersion:
+        hit = self._data.get(key)
+        if hit is None:
+            hit = compute()
+            self._data[key] = hit
+        return hit
+
+
+@dataclass(frozen=True)
+class SpecAtRev:
+    """One spec file at one commit: its blob, the validation outcome and its data version."""
+
+    path: str
+    blob: str
+    loaded: LoadedSpec
+    data: DataVersion | None
+
+
+def spec_paths(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """specs/<name>.yaml (or .yml) files directly in specs/."""
+    return {
+        path: entry
+        for path, entry in entries.items()
+        if entry.kind == "blob"
+        and path.startswith(SPECS_DIR + "/")
+        and path.count("/") == 1
+        and path.endswith((".yaml", ".yml"))
+    }
+
+
+def load_specs_at(
+    source: GitSource, sha: str, cache: SpecCache | None = None, gpu_types: Iterable[str] | None = None
+) -> dict[str, SpecAtRev]:
+    """Every spec at commit `sha`, keyed by file path, validated against that commit's tree.
+    Invalid specs are returned too (with their issues): one bad spec never hides the others."""
+    cache = cache or SpecCache()
+    catalog = tuple(sorted(gpu_types)) if gpu_types is not None else None
+    entries = source.tree(sha)
+    files = spec_paths(entries)
+    missing = [e.sha for p, e in files.items() if (p, e.sha, catalog) not in cache._parsed]
+    blobs = source.read_blobs(missing) if missing else {}
+    view = GitTreeView(source, sha)
+    result: dict[str, SpecAtRev] = {}
+    for path, entry in sorted(files.items()):
+        loaded = cache.parse(path, entry.sha, lambda: blobs[entry.sha].decode("utf-8", errors="replace"), catalog)
+        if loaded.spec is not None:
+            loaded = check_against_repo(loaded, view)
+        data = None
+        if loaded.spec is not None:
+            data = dataset_version(source, sha, loaded.spec.spec.dataset.path, cache)
+        result[path] = SpecAtRev(path, entry.sha, loaded, data)
+    return result
+
+
+def dataset_version(source: GitSource, sha: str, path: str, cache: SpecCache | None = None) -> DataVersion:
+    """The data version pinned at `sha`: the md5 in `<path>.dvc` (as DVC records it), or the md5
+    of the file itself when it is committed to git directly."""
+    entries = source.tree(sha)
+    pointer = entries.get(path + ".dvc")
+    direct = entries.get(path)
+    if pointer is not None and pointer.kind == "blob":
+        key = ("dvc:" + path, pointer.sha)
+        return (cache or SpecCache()).data_version(
+            key, lambda: parse_dvc_pointer(path, source.read_blobs([pointer.sha])[pointer.sha], pointer.sha)
+        )
+    if direct is not None and direct.kind == "blob":
+        key = ("git:" + path, direct.sha)
+
+        def from_blob() -> DataVersion:
+            content = source.read_blobs([direct.sha])[direct.sha]
+            examples = sum(1 for line in content.splitlines() if line.strip())
+            return DataVersion(path, hashlib.md5(content).hexdigest(), len(content), examples, "git")
+
+        return (cache or SpecCache()).data_version(key, from_blob)
+    return DataVersion(path, None, None, None, "missing")
+
+
+def parse_dvc_pointer(path: str, content: bytes, blob: str | None = None) -> DataVersion:
+    """Read md5, size and ftops' recorded example count from a .dvc file. Never raises: a broken
+    pointer is reported on the spec that uses it, not by failing every spec."""
+    try:
+        doc = yaml.safe_load(content) or {}
+        out = (doc.get("outs") or [{}])[0]
+        md5 = out.get("md5")
+        size = out.get("size")
+        meta = ((doc.get("meta") or {}).get("ftops") or {}) if isinstance(doc.get("meta"), dict) else {}
+        examples = meta.get("examples") if isinstance(meta, dict) else None
+    except (yaml.YAMLError, AttributeError, IndexError, TypeError):
+        return DataVersion(path, None, None, None, "invalid", blob, f"{path}.dvc is not a valid DVC pointer file: re-create it with `ftops data version`")
+    if not isinstance(md5, str) or not re.match(r"^[0-9a-f]{32}(\.dir)?$", md5):
+        return DataVersion(path, None, None, None, "invalid", blob, f"{path}.dvc has no valid md5 under outs: re-create it with `ftops data version`")
+    return DataVersion(path, md5, size if isinstance(size, int) else None, examples if isinstance(examples, int) else None, "dvc", blob)
+
+
+def corpus_version(source: GitSource, sha: str, path: str) -> str | None:
+    """The version of a RAG corpus folder at `sha`: its .dvc md5, or the git tree hash."""
+    entries = source.tree(sha)
+    pointer = entries.get(path + ".dvc")
+    if pointer is not None and pointer.kind == "blob":
+        version = parse_dvc_pointer(path, source.read_blobs([pointer.sha])[pointer.sha], pointer.sha)
+        return version.md5
+    folder = entries.get(path)
+    return f"git:{folder.sha}" if folder is not None else None
