@@ -1,0 +1,175 @@
+"""`ftops validate`, `ftops schema` and `ftops plan`: what a platform team runs on a pull request."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from controller.errors import FtopsError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    validate = sub.add_parser(
+        "validate",
+        help="validate FineTune specs (a file, a folder, or the specs at a git revision)",
+        description="Exit codes: 0 valid, 1 invalid, 2 usage error.",
+    )
+    validate.add_argument("path", nargs="?", help="a spec file, a specs/ folder or a repo root (default: .)")
+    validate.add_argument("--rev", help="validate the specs committed at this git revision instead of files on disk")
+    validate.add_argument("--repo", default=".", help="the GitOps repository (path or URL) for --rev (default: .)")
+    validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    validate.add_argument("--operator-config", help="operator config overriding the shipped GPU catalog and prices")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the FineTune JSON Schema (or the markdown field reference)")
+    schema.add_argument("--markdown", action="store_true", help="print the field reference (docs/spec.md) instead")
+    schema.set_defaults(func=cmd_schema)
+
+    plan = sub.add_parser(
+        "plan",
+        help="what merging HEAD into BASE will make the controller do, as a pull-request comment",
+        description="Exit codes: 0 head is valid, 1 head has invalid specs or advisor errors, 2 usage error.",
+    )
+    plan.add_argument("--base", help="base revision, e.g. origin/main (omit to plan HEAD against an empty repo)")
+    plan.add_argument("--head", default="HEAD", help="head revision (default: HEAD)")
+    plan.add_argument("--repo", default=".", help="the GitOps repository, path or URL (default: .)")
+    plan.add_argument("--output", "-o", choices=("markdown", "json"), default="markdown")
+    plan.add_argument("--operator-config", help="operator config overriding the shipped GPU catalog and prices")
+    plan.set_defaults(func=cmd_plan)
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def _find_repo_root(path: Path) -> Path:
+    """The git top level containing `path`, else the folder holding specs/, else `path`."""
+    start = path if path.is_dir() else path.parent
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return Path(top)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pass
+    for candidate in (start, *start.parents):
+        if (candidate / "specs").is_dir():
+            return candidate
+    return start
+
+
+def _spec_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    folder = path / "specs" if (path / "specs").is_dir() else path
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def validate_paths(path: Path, gpu_types: list[str]) -> list:
+    """Validate spec files on disk. Returns LoadedSpec for every file (none stops the others)."""
+    from controller.source import WorkingTreeView
+    from controller.spec.load import load_spec_text
+
+    root = _find_repo_root(path.resolve())
+    view = WorkingTreeView(root)
+    results = []
+    for file in _spec_files(path):
+        try:
+            rel = str(file.resolve().relative_to(root))
+        except ValueError:
+            rel = str(file)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            from controller.spec.load import LoadedSpec, SpecIssue
+
+            results.append(LoadedSpec(rel, None, (SpecIssue(rel, 1, "", f"not UTF-8 text ({exc.reason}): save the file as UTF-8"),)))
+            continue
+        results.append(load_spec_text(text, rel, view, gpu_types))
+    return results
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from controller.catalog import load_operator_config
+
+    try:
+        operator = load_operator_config(args.operator_config)
+        gpu_types = sorted(operator.gpus)
+        if args.rev:
+            if args.path:
+                print("error: give either PATH or --rev, not both", file=sys.stderr)
+                return EXIT_USAGE
+            from controller.source import GitSource, load_specs_at
+
+            source = GitSource(args.repo)
+            source.refresh()
+            sha = source.resolve(args.rev)
+            results = [s.loaded for s in load_specs_at(source, sha, gpu_types=gpu_types).values()]
+        else:
+            path = Path(args.path or ".")
+            if not path.exists():
+                print(f"error: {path} does not exist", file=sys.stderr)
+                return EXIT_USAGE
+            results = validate_paths(path, gpu_types)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    issues = [issue for result in results for issue in result.issues]
+    if args.output == "json":
+        print(json.dumps([i.to_dict() for i in issues], indent=2))
+    else:
+        for issue in issues:
+            print(issue.format())
+        errors = sum(1 for i in issues if i.severity == "error")
+        warnings = len(issues) - errors
+        bad = sum(1 for r in results if not r.ok)
+        print(f"{len(results)} spec(s): {len(results) - bad} valid, {bad} invalid; {errors} error(s), {warnings} warning(s)")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_INVALID
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from controller.spec.reference import json_schema, markdown_reference
+
+    sys.stdout.write(markdown_reference() if args.markdown else json_schema())
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from controller.catalog import load_operator_config
+    from controller.plan import plan_change, to_json, to_markdown
+    from controller.render import template_version
+    from controller.source import GitSource, SpecCache, corpus_version, load_specs_at
+
+    try:
+        operator = load_operator_config(args.operator_config)
+        source = GitSource(args.repo)
+        source.refresh()
+        head = source.resolve(args.head)
+        base = source.resolve(args.base) if args.base else None
+        cache = SpecCache()
+        gpu_types = sorted(operator.gpus)
+        head_specs = load_specs_at(source, head, cache, gpu_types)
+        base_specs = load_specs_at(source, base, cache, gpu_types) if base else {}
+        corpora = {}
+        for path in set(head_specs) | set(base_specs):
+            versions = []
+            for sha, specs in ((base, base_specs), (head, head_specs)):
+                state = specs.get(path)
+                serving = state.loaded.spec.spec.serving if state and state.loaded.spec else None
+                versions.append(corpus_version(source, sha, serving.corpus) if sha and serving and serving.corpus else None)
+            corpora[path] = (versions[0], versions[1])
+        plan = plan_change(base_specs, head_specs, operator, template_version(), base, head, corpora)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(to_json(plan) if args.output == "json" else to_markdown(plan), end="" if args.output == "markdown" else "\n")
+    return EXIT_INVALID if plan.has_errors else EXIT_OK
