@@ -1,0 +1,101 @@
+"""`ftops render SPEC`: print the Kubernetes manifests a spec's training run (and, with
+--serving, its server) would get, exactly as the kubernetes backend would apply them.
+
+Operators read this output to review what lands on their GPU nodes; `kubectl apply -f -`
+accepts it. Nothing here talks to a cluster."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from controller.errors import FtopsError
+
+ZERO_MD5 = "0" * 32
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "render",
+        help="print the Kubernetes manifests for a spec's training run (and serving with --serving)",
+        description="Exit codes: 0 ok, 1 invalid spec or manifests, 2 usage error.",
+    )
+    p.add_argument("spec", help="path of a FineTune spec file")
+    p.add_argument("--operator-config", help="operator config overriding the shipped defaults")
+    p.add_argument("--data-md5", help="dataset md5 (default: from the dataset's .dvc pointer)")
+    p.add_argument("--commit", help="git commit recorded in lineage labels (default: HEAD of the spec's repo)")
+    p.add_argument("--flavor", choices=("job", "pytorchjob", "jobset"), help="override the operator's trainingFlavor")
+    p.add_argument("--namespace", help="target namespace; refused unless it is the spec owner's")
+    p.add_argument("--serving", action="store_true", help="also print the serving Deployment, Service and ConfigMap")
+    p.set_defaults(func=cmd_render)
+
+
+def load_finetune(path: Path, gpu_types: list[str] | None = None):
+    """The one place this command turns a file into a FineTune (the shared spec loader)."""
+    from controller.spec.load import load_spec_text
+
+    loaded = load_spec_text(path.read_text(encoding="utf-8"), str(path), gpu_types=gpu_types)
+    if not loaded.ok:
+        raise FtopsError("\n".join(i.format() for i in loaded.errors))
+    return loaded.spec
+
+
+def _repo_root(path: Path) -> Path | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        return Path(out)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+def _data_md5(spec_path: Path, dataset_path: str) -> str:
+    from controller.source import parse_dvc_pointer
+
+    root = _repo_root(spec_path) or spec_path.resolve().parent.parent
+    pointer = root / (dataset_path + ".dvc")
+    if pointer.is_file():
+        version = parse_dvc_pointer(dataset_path, pointer.read_bytes())
+        if version.md5:
+            return version.md5.removesuffix(".dir")
+    print(f"ftops render: warning: {pointer} has no md5; using {ZERO_MD5} (pass --data-md5)", file=sys.stderr)
+    return ZERO_MD5
+
+
+def _commit(spec_path: Path) -> str:
+    root = _repo_root(spec_path)
+    if root is not None:
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except subprocess.CalledProcessError:
+            pass
+    return "0" * 40
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from controller.catalog import load_operator_config
+    from controller.render import ServingInput, input_for, render, render_serving, to_yaml
+
+    path = Path(args.spec)
+    try:
+        operator = load_operator_config(args.operator_config)
+        finetune = load_finetune(path, sorted(operator.gpus))
+        md5 = args.data_md5 or _data_md5(path, finetune.spec.dataset.path)
+        commit = args.commit or _commit(path)
+        inp = input_for(finetune, md5, commit, operator, namespace=args.namespace, flavor=args.flavor)
+        manifests = render(inp)
+        if args.serving:
+            manifests += render_serving(ServingInput(
+                finetune=finetune, run_id=inp.run_id, adapter_uri=f"{finetune.name}/{inp.run_id}/model",
+                data_md5=md5, git_commit=commit, operator=operator, namespace=args.namespace,
+            ))
+    except FileNotFoundError as exc:
+        print(f"ftops render: {exc.filename}: no such file", file=sys.stderr)
+        return 1
+    except FtopsError as exc:
+        print(f"ftops render: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(to_yaml(manifests))
+    return 0
