@@ -329,8 +329,8 @@ def to_markdown(plan: Plan) -> str:
         lines += ["", f"### {p.name} ({p.change})", ""]
         for issue in p.issues:
             lines.append(f"- {_ICON[issue.severity]} `{issue.file}:{issue.line}` `{issue.field}`: {issue.message}")
-        for action in p.actions:
-            lines.append(f"- **{action.kind}**: {action.reason}")
+        for kinds, reason in _group_actions(p.actions):
+            lines.append(f"- **{' → '.join(kinds)}**: {reason}")
         if p.diff and p.change == "changed":
             lines += ["", "| field | base | head |", "|---|---|---|"]
             for change in p.diff[:30]:
@@ -352,6 +352,17 @@ def to_markdown(plan: Plan) -> str:
     if len(text) > COMMENT_LIMIT:
         text = text[:COMMENT_LIMIT] + "\n\n… truncated: run `ftops plan --output json` for the whole plan.\n"
     return text
+
+
+def _group_actions(actions: list[Action]) -> list[tuple[list[str], str]]:
+    """Consecutive actions with the same reason read as one step chain."""
+    groups: list[tuple[list[str], str]] = []
+    for action in actions:
+        if groups and groups[-1][1] == action.reason:
+            groups[-1][0].append(action.kind)
+        else:
+            groups.append(([action.kind], action.reason))
+    return groups
 
 
 def _cell(value: Any) -> str:

@@ -476,7 +476,8 @@ def _semantic_issues(
         )
     if gpu_types is not None and spec.spec.hardware.gpu_type not in gpu_types:
         path = ("spec", "hardware", "gpuType")
-        close = difflib.get_close_matches(spec.spec.hardware.gpu_type, list(gpu_types), n=1, cutoff=0.5)
+        typed = spec.spec.hardware.gpu_type
+        close = sorted(g for g in gpu_types if g.startswith(typed)) or difflib.get_close_matches(typed, list(gpu_types), n=1, cutoff=0.5)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         issues.append(
             SpecIssue(

@@ -154,7 +154,7 @@ def _check_events(text: str) -> set[tuple[int, int]]:
             explicit_strings.add((mark.line, mark.column))
         if tag is not None and tag != "!" and tag not in _ALLOWED_TAGS:
             raise YamlProblem(
-                f"YAML tag '{tag}' is not allowed in specs: remove it and write a plain value",
+                f"YAML tag '{tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed in specs: remove it and write a plain value",
                 mark.line + 1,
                 mark.column + 1,
             )

@@ -1,0 +1,207 @@
+"""`ftops plan` on a real git repository: add a spec, change the data version, change only
+serving, change a gate, delete a spec; and an invalid head."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from controller.catalog import load_operator_config
+from controller.plan import plan_change, to_markdown
+from controller.render import template_version
+from controller.source import GitSource, SpecCache, load_specs_at
+
+SPEC = textwrap.dedent(
+    """\
+    apiVersion: ftops.dev/v1alpha1
+    kind: FineTune
+    metadata:
+      name: triage
+      owner: support
+    spec:
+      needs: [consistentFormat]
+      baseModel: {uri: models/tiny, parametersBillions: 7}
+      dataset: {path: data/tickets.jsonl}
+      method: {type: lora, r: 8}
+      training: {epochs: 2, learningRate: 1.0e-3}
+      hardware: {gpuType: a100-80gb}
+      evaluation:
+        task: {metric: exact_match, min: 0.9}
+        format: {regex: '^\\{.*\\}$'}
+      serving: {corpus: corpora/kb, replicas: 1}
+      budget: {maxUsd: 100}
+    """
+)
+
+
+def dvc_pointer(md5: str, size: int, examples: int) -> str:
+    return f"outs:\n- md5: {md5}\n  size: {size}\n  hash: md5\n  path: tickets.jsonl\nmeta:\n  ftops:\n    examples: {examples}\n"
+
+
+def run_cli(repo, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", "plan", "--repo", str(repo), *args],
+        capture_output=True, text=True,
+    )
+
+
+@pytest.fixture
+def history(git_repo):
+    """A repo with one commit per kind of change; returns (repo, {label: sha})."""
+    repo = git_repo
+    repo.write("models/tiny/config.json", "{}")
+    repo.write("corpora/kb/a.md", "# A\n")
+    repo.write("README.md", "gitops repo\n")
+    shas = {"empty": repo.commit("empty")}
+    repo.write("data/tickets.jsonl.dvc", dvc_pointer("a" * 32, 4_000_000, 1000))
+    repo.write("specs/triage.yaml", SPEC)
+    shas["added"] = repo.commit("add triage")
+    repo.write("data/tickets.jsonl.dvc", dvc_pointer("b" * 32, 4_100_000, 1020))
+    shas["data"] = repo.commit("new data version")
+    repo.write("specs/triage.yaml", SPEC.replace("replicas: 1", "replicas: 3"))
+    shas["serving"] = repo.commit("scale serving")
+    repo.write("specs/triage.yaml", SPEC.replace("replicas: 1", "replicas: 3").replace("min: 0.9", "min: 0.95"))
+    shas["gate"] = repo.commit("raise the bar")
+    repo.write("corpora/kb/b.md", "# B\n")
+    shas["corpus"] = repo.commit("new document")
+    repo.write("specs/triage.yaml", SPEC.replace("replicas: 1", "replicas: 3").replace("min: 0.9", "min: 0.95").replace("owner: support", "owner: support\n  labels: {tier: gold}"))
+    shas["labels"] = repo.commit("label only")
+    repo.remove("specs/triage.yaml")
+    shas["deleted"] = repo.commit("delete triage")
+    return repo, shas
+
+
+def plan_between(repo, base, head):
+    source = GitSource(repo.root)
+    cache = SpecCache()
+    gpus = sorted(load_operator_config().gpus)
+    b = load_specs_at(source, base, cache, gpus) if base else {}
+    h = load_specs_at(source, head, cache, gpus)
+    from controller.source import corpus_version
+
+    corpora = {"specs/triage.yaml": (corpus_version(source, base, "corpora/kb") if base else None, corpus_version(source, head, "corpora/kb"))}
+    return plan_change(b, h, load_operator_config(), template_version(), base, head, corpora)
+
+
+def only(plan):
+    changed = plan.changed()
+    assert len(changed) == 1, [p.to_dict() for p in plan.specs]
+    return changed[0]
+
+
+def test_added_spec_trains_evaluates_gates_and_deploys(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["empty"], shas["added"]))
+    assert p.change == "added"
+    assert [a.kind for a in p.actions] == ["PrepareData", "Train", "Evaluate", "Gate", "Deploy"]
+    assert p.run_head and len(p.run_head) == 12
+    # 4,000,000 bytes / 4 bytes per token × 0.85 × 2 epochs = 1.7M tokens at 110 tok/s on an A100 at $2.50/h
+    assert p.cost is not None
+    assert p.cost.usd == pytest.approx(1_700_000 / 110 / 3600 * 2.50, rel=1e-6)
+    assert not p.budget_breach
+
+
+def test_data_version_change_retrains_and_names_the_md5(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["added"], shas["data"]))
+    assert p.change == "changed"
+    assert p.run_base != p.run_head
+    assert [a.kind for a in p.actions][:4] == ["PrepareData", "Train", "Evaluate", "Gate"]
+    assert p.diff[0].path == "data.md5" and p.diff[0].old == "a" * 32 and p.diff[0].new == "b" * 32
+    assert "data.md5" in p.actions[1].reason
+
+
+def test_serving_only_change_redeploys_without_training(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["data"], shas["serving"]))
+    assert p.run_base == p.run_head
+    assert [a.kind for a in p.actions] == ["Redeploy"]
+    assert "spec.serving.replicas 1 → 3" in p.actions[0].reason
+    assert [d.path for d in p.diff] == ["spec.serving.replicas"]
+
+
+def test_gate_change_reevaluates_without_training(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["serving"], shas["gate"]))
+    assert p.run_base == p.run_head
+    assert [a.kind for a in p.actions] == ["Evaluate", "Gate", "Deploy"]
+    assert "spec.evaluation.task.min 0.9 → 0.95" in p.actions[0].reason
+
+
+def test_corpus_change_redeploys_retriever_only(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["gate"], shas["corpus"]))
+    assert [a.kind for a in p.actions] == ["Redeploy"]
+    assert p.run_base == p.run_head
+
+
+def test_label_change_does_not_retrain(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["corpus"], shas["labels"]))
+    assert [a.kind for a in p.actions] == ["Update"]
+    assert "metadata.labels.tier" in p.actions[0].reason
+
+
+def test_deleted_spec_prunes_but_keeps_artifacts(history):
+    repo, shas = history
+    p = only(plan_between(repo, shas["labels"], shas["deleted"]))
+    assert p.change == "removed"
+    assert p.actions[0].kind == "Prune"
+    assert "artifacts, checkpoints and the audit ledger are kept" in p.actions[0].reason
+
+
+def test_unchanged_commit_plans_nothing(history):
+    repo, shas = history
+    plan = plan_between(repo, shas["serving"], shas["serving"])
+    assert plan.changed() == []
+    assert "merging does nothing" in to_markdown(plan)
+
+
+def test_budget_breach_is_flagged(git_repo):
+    git_repo.write("models/tiny/config.json", "{}")
+    git_repo.write("corpora/kb/a.md", "# A\n")
+    git_repo.write("data/tickets.jsonl.dvc", dvc_pointer("c" * 32, 400_000_000, 100_000))
+    git_repo.write("specs/triage.yaml", SPEC)
+    sha = git_repo.commit("big data")
+    p = only(plan_between(git_repo, None, sha))
+    assert p.budget_breach
+    assert "over budget" in to_markdown(plan_between(git_repo, None, sha))
+
+
+def test_cli_markdown_and_json_and_exit_codes(history):
+    repo, shas = history
+    done = run_cli(repo.root, "--base", shas["empty"], "--head", shas["added"])
+    assert done.returncode == 0, done.stderr
+    assert "| triage | added | PrepareData → Train → Evaluate → Gate → Deploy |" in done.stdout
+    done = run_cli(repo.root, "--base", shas["added"], "--head", shas["data"], "--output", "json")
+    payload = json.loads(done.stdout)
+    assert payload["summary"]["changed"] == 1 and payload["specs"][0]["runBase"] != payload["specs"][0]["runHead"]
+    done = run_cli(repo.root, "--head", "no-such-branch")
+    assert done.returncode == 2 and "revision 'no-such-branch' does not exist" in done.stderr
+
+
+def test_invalid_head_exits_nonzero_and_names_the_field(history):
+    repo, shas = history
+    repo.git("checkout", "-q", shas["added"])
+    repo.write("specs/triage.yaml", SPEC.replace("epochs: 2", "epocs: 2"))
+    repo.write("specs/other.yaml", SPEC.replace("name: triage", "name: other"))
+    head = repo.commit("typo")
+    done = run_cli(repo.root, "--base", shas["added"], "--head", head)
+    assert done.returncode == 1
+    assert "spec.training.epocs" in done.stdout and "Did you mean 'epochs'" in done.stdout
+    # the valid spec added in the same commit is still planned: one bad spec hides nothing
+    assert "| other | added |" in done.stdout
+
+
+def test_advisor_error_below_200_examples_fails_the_plan(git_repo):
+    git_repo.write("models/tiny/config.json", "{}")
+    git_repo.write("corpora/kb/a.md", "# A\n")
+    git_repo.write("data/tickets.jsonl.dvc", dvc_pointer("d" * 32, 40_000, 150))
+    git_repo.write("specs/triage.yaml", SPEC)
+    sha = git_repo.commit("tiny data")
+    done = run_cli(git_repo.root, "--head", sha)
+    assert done.returncode == 1
+    assert "150 examples: fine-tuning needs at least 200" in done.stdout
