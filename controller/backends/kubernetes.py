@@ -1,0 +1,501 @@
+"""The kubernetes backend: applies a run's rendered manifests with the official client and
+watches the workload (Job, or a PyTorchJob / JobSet) until it finishes.
+
+How it stays correct under crashes, restarts and other writers:
+
+* Server-side apply with our field manager. The manifests' names are derived from the run id
+  (controller.render.object_name), so applying the same run twice changes nothing: submit is
+  idempotent, and a controller that crashed half-way simply applies again.
+* 409 Conflict is never an error to retry blindly: it means somebody else changed the object,
+  so we re-read it. An apply conflict on an object that carries our run-id label is our run
+  (another manager, e.g. Kueue, owns a field) and is accepted; an object of that name that
+  belongs to another run is a PermanentError. A delete whose preconditions went stale re-reads
+  and deletes the object as it now is.
+* Watches resume from the last resourceVersion seen; on 410 Gone (history compacted) the
+  watcher relists and continues from the list's resourceVersion, never missing a final state.
+* Job conditions map to run states (see `job_state`): Complete -> succeeded, Failed -> failed
+  with the Job's reason (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy: ConfigError),
+  Suspended by a queue or a pod with a DisruptionTarget condition -> preempted.
+
+This is the only module that imports `kubernetes`, and only inside functions, so the CLI's
+light commands never pay for it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlencode
+
+from controller.backends.base import (
+    REASON_CANCELLED,
+    REASON_CONFIG_ERROR,
+    Phase,
+    Run,
+    RunNotFound,
+    RunState,
+    tail_lines,
+)
+from controller.errors import PermanentError, TemporaryError
+from controller.render import CONFIG_ERROR_EXIT_CODE, run_label
+
+FIELD_MANAGER = "ftops-controller"
+RUN_LABEL = "ftops.dev/run-id"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=ftops"
+
+# apiVersion, kind -> plural (the resources ftops renders).
+PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Pod"): "pods",
+    ("v1", "Secret"): "secrets",
+    ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+}
+WORKLOADS = (("batch/v1", "Job"), ("kubeflow.org/v1", "PyTorchJob"), ("jobset.x-k8s.io/v1alpha2", "JobSet"))
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with the Status fields."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message = code, reason, message
+
+
+def load_api_client(kubeconfig: str | None = None, context: str | None = None):
+    """In-cluster config when running in a pod (and no kubeconfig was given), else kubeconfig
+    (the given file, $KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
+    plural = PLURALS.get((api_version, kind))
+    if plural is None:
+        raise PermanentError(f"ftops does not manage {api_version} {kind}")
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        path += f"/{name}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+# ----------------------------------------------------------------------------- state mapping (pure)
+
+
+def _true_conditions(obj: dict) -> dict[str, dict]:
+    return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+
+
+def _disrupted(pods: Iterable[dict]) -> dict | None:
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+                return c
+    return None
+
+
+def _ready_pods(pods: Iterable[dict]) -> int:
+    n = 0
+    for pod in pods:
+        st = pod.get("status") or {}
+        disrupted = any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in st.get("conditions") or [])
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        n += int(ready and not disrupted)
+    return n
+
+
+def job_state(job: dict, pods: Sequence[dict] = ()) -> RunState:
+    """A batch/v1 Job (and its pods) as a RunState."""
+    meta = job.get("metadata") or {}
+    run_id = (meta.get("annotations") or {}).get(RUN_LABEL) or (meta.get("labels") or {}).get(RUN_LABEL, "")
+    status = job.get("status") or {}
+    started, finished = status.get("startTime"), status.get("completionTime")
+    conds = _true_conditions(job)
+    if "Complete" in conds or ("SuccessCriteriaMet" in conds and "Failed" not in conds):
+        return RunState(run_id, Phase.SUCCEEDED, "Complete", conds.get("Complete", conds.get("SuccessCriteriaMet")).get("message", ""),
+                        0, started, finished or conds.get("Complete", {}).get("lastTransitionTime"))
+    failed = conds.get("Failed") or conds.get("FailureTarget")
+    if failed is not None:
+        reason = failed.get("reason") or "Failed"
+        message = failed.get("message") or ""
+        exit_code = None
+        m = re.search(r"exit code (\d+)", message)
+        if m:
+            exit_code = int(m.group(1))
+        if reason == "PodFailurePolicy" and exit_code == CONFIG_ERROR_EXIT_CODE:
+            reason = REASON_CONFIG_ERROR
+        return RunState(run_id, Phase.FAILED, reason, message, exit_code, started, failed.get("lastTransitionTime"))
+    suspended = conds.get("Suspended")
+    if suspended is not None or (job.get("spec") or {}).get("suspend"):
+        text = f"{(suspended or {}).get('reason', '')} {(suspended or {}).get('message', '')}"
+        if re.search(r"preempt|evict", text, re.I):
+            return RunState(run_id, Phase.PREEMPTED, "Preempted", text.strip(), None, started)
+        return RunState(run_id, Phase.PENDING, "Queued", text.strip() or "the Job is suspended until admitted", None, started)
+    ready = status.get("ready")
+    ready = _ready_pods(pods) if pods else (ready or 0)
+    if ready > 0:
+        return RunState(run_id, Phase.RUNNING, "Running", f"{ready} pod(s) ready", None, started)
+    disruption = _disrupted(pods)
+    if disruption is not None:
+        return RunState(run_id, Phase.PREEMPTED, disruption.get("reason") or "DisruptionTarget",
+                        disruption.get("message") or "a pod of the run was disrupted; it resumes from its checkpoint", None, started)
+    if status.get("active"):
+        return RunState(run_id, Phase.PENDING, "PodsStarting", "pods are scheduled but not ready", None, started)
+    return RunState(run_id, Phase.PENDING, "Created", "waiting for the Job controller", None, started)
+
+
+def jobset_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
+    meta = obj.get("metadata") or {}
+    run_id = (meta.get("annotations") or {}).get(RUN_LABEL, "")
+    conds = _true_conditions(obj)
+    if "Completed" in conds:
+        return RunState(run_id, Phase.SUCCEEDED, "Complete", conds["Completed"].get("message", ""), 0)
+    if "Failed" in conds:
+        c = conds["Failed"]
+        return RunState(run_id, Phase.FAILED, c.get("reason") or "Failed", c.get("message", ""))
+    if "Suspended" in conds:
+        return RunState(run_id, Phase.PENDING, "Queued", conds["Suspended"].get("message", ""))
+    ready = sum(int(r.get("ready") or 0) for r in (obj.get("status") or {}).get("replicatedJobsStatus") or [])
+    if ready or _ready_pods(pods):
+        return RunState(run_id, Phase.RUNNING, "Running", "")
+    if _disrupted(pods):
+        return RunState(run_id, Phase.PREEMPTED, "DisruptionTarget", "a pod of the run was disrupted")
+    return RunState(run_id, Phase.PENDING, "Created", "")
+
+
+def pytorchjob_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
+    meta = obj.get("metadata") or {}
+    run_id = (meta.get("annotations") or {}).get(RUN_LABEL, "")
+    conds = _true_conditions(obj)
+    for kind, phase in (("Succeeded", Phase.SUCCEEDED), ("Failed", Phase.FAILED)):
+        if kind in conds:
+            return RunState(run_id, phase, conds[kind].get("reason") or kind, conds[kind].get("message", ""))
+    if "Running" in conds:
+        return RunState(run_id, Phase.RUNNING, "Running", conds["Running"].get("message", ""))
+    if "Restarting" in conds or _disrupted(pods):
+        return RunState(run_id, Phase.PREEMPTED, "Restarting", (conds.get("Restarting") or {}).get("message", ""))
+    return RunState(run_id, Phase.PENDING, "Created", "")
+
+
+STATE_MAPPERS: dict[str, Callable[[dict, Sequence[dict]], RunState]] = {
+    "Job": job_state, "JobSet": jobset_state, "PyTorchJob": pytorchjob_state,
+}
+
+
+def workload_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
+    return STATE_MAPPERS[obj.get("kind", "Job")](obj, pods)
+
+
+# ----------------------------------------------------------------------------- backend
+
+
+@dataclass
+class _Watched:
+    api_version: str
+    kind: str
+    rv: str | None = None
+
+
+class KubernetesBackend:
+    """Backend protocol over a Kubernetes cluster. `namespaces`: where to look for runs (the
+    tenants' namespaces from the operator config); None looks cluster-wide."""
+
+    name = "kubernetes"
+
+    def __init__(self, api_client: Any = None, *, kubeconfig: str | None = None, context: str | None = None,
+                 namespaces: Sequence[str] | None = None, field_manager: str = FIELD_MANAGER,
+                 request_timeout: float = 30, workloads: Sequence[tuple[str, str]] = WORKLOADS) -> None:
+        self.api = api_client if api_client is not None else load_api_client(kubeconfig, context)
+        self.namespaces = list(namespaces) if namespaces else None
+        self.field_manager = field_manager
+        self.request_timeout = request_timeout
+        self.workloads = tuple(workloads)
+        self._served: dict[tuple[str, str], bool] = {}
+        self._watched = [_Watched(a, k) for a, k in self.workloads]
+        self.states: dict[str, RunState] = {}
+        """Latest state per run id, kept by `poll`/`watch`."""
+        self.relists = 0
+        """How many times a watch had to relist after 410 Gone (observable for tests and metrics)."""
+
+    # -- HTTP through the official client (auth, TLS, proxies from the kubeconfig)
+
+    def _request(self, method: str, path: str, query: dict | None = None, body: Any = None,
+                 content_type: str = "application/json", timeout: float | None = None, stream: bool = False):
+        query = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.api.configuration.host.rstrip("/") + path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": "application/json", "User-Agent": f"{self.field_manager}/ftops"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        self.api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        for key, value in (self.api.default_headers or {}).items():
+            headers.setdefault(key, value)
+        # Bodies stay dicts: the client serialises JSON (and apply YAML, as JSON) itself.
+        try:
+            resp = self.api.call_api(method, url, header_params=headers, body=body,
+                                     _request_timeout=timeout or self.request_timeout)
+        except Exception as exc:  # urllib3 connection errors: the cluster may come back
+            if isinstance(exc, (ApiError, PermanentError)):
+                raise
+            raise TemporaryError(f"kubernetes API at {self.api.configuration.host} unreachable: {exc}") from exc
+        if stream and 200 <= resp.status < 300:
+            return resp.response
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            try:
+                status = json.loads(data)
+                raise ApiError(resp.status, status.get("reason", ""), status.get("message", data.decode(errors="replace")))
+            except (ValueError, AttributeError):
+                raise ApiError(resp.status, resp.reason or "", data.decode(errors="replace")) from None
+        if path.endswith("/log"):
+            return data.decode(errors="replace")
+        return json.loads(data) if data else {}
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict:
+        return self._request("GET", resource_path(api_version, kind, namespace, name))
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> dict:
+        return self._request("GET", resource_path(api_version, kind, namespace), {"labelSelector": label_selector})
+
+    # -- apply
+
+    def apply(self, manifest: dict, run_id: str | None = None) -> dict:
+        """Server-side apply one manifest. A 409 (fields owned by another manager) or 422 on an
+        immutable field re-reads the object: ours (same run) is accepted as it is."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+        try:
+            return self._request("PATCH", path, {"fieldManager": self.field_manager}, manifest,
+                                 "application/apply-patch+yaml")
+        except ApiError as err:
+            if err.code == 404 and "namespaces" in err.message:
+                raise PermanentError(
+                    f"namespace '{meta.get('namespace')}' does not exist: the operator creates tenant namespaces "
+                    f"(tenancy in the operator config); {err.message}") from None
+            if err.code not in (409, 422):
+                if err.code >= 500 or err.code == 429:
+                    raise TemporaryError(f"applying {manifest['kind']}/{meta['name']}: {err}") from None
+                raise PermanentError(f"applying {manifest['kind']}/{meta['name']}: {err}") from None
+            current = self._request("GET", path)
+            theirs = ((current.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL)
+            ours = (meta.get("labels") or {}).get(RUN_LABEL)
+            if ours is not None and theirs == ours:
+                return current
+            raise PermanentError(
+                f"{manifest['kind']}/{meta['name']} in {meta.get('namespace')} exists and belongs to run "
+                f"'{theirs}', not '{ours}' ({err.reason}): ftops will not overwrite it") from None
+
+    def submit(self, run: Run) -> RunState:
+        manifests = list(run.manifests)
+        workloads = [m for m in manifests if (m.get("apiVersion"), m.get("kind")) in WORKLOADS]
+        if len(workloads) != 1:
+            raise PermanentError(f"run {run.run_id}: expected exactly one Job/PyTorchJob/JobSet among the manifests, "
+                                 f"got {len(workloads)}")
+        label = run_label(run.run_id)
+        for m in manifests:
+            if ((m.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL) != label:
+                raise PermanentError(f"{m.get('kind')}/{m['metadata'].get('name')} is not labelled with run {run.run_id}")
+        workload = workloads[0]
+        others = [m for m in manifests if m is not workload]
+        # The workload first: its uid makes it the owner of the run's ConfigMap, PVC and
+        # Service, so deleting it (cancel, ttlSecondsAfterFinished) garbage-collects them. Its
+        # pods wait for the ConfigMap and PVC that follow (the kubelet retries the mounts).
+        applied = self.apply(workload)
+        owner = {"apiVersion": workload["apiVersion"], "kind": workload["kind"], "name": applied["metadata"]["name"],
+                 "uid": applied["metadata"]["uid"], "blockOwnerDeletion": False, "controller": False}
+        for m in others:
+            owned = json.loads(json.dumps(m))
+            owned["metadata"]["ownerReferences"] = [owner]
+            self.apply(owned)
+        state = self._state_of(applied)
+        self.states[run.run_id] = state
+        return state
+
+    # -- observe
+
+    def _pods_of(self, workload: dict) -> list[dict]:
+        meta = workload["metadata"]
+        label = (meta.get("labels") or {}).get(RUN_LABEL)
+        if not label:
+            return []
+        return self.list("v1", "Pod", meta.get("namespace"), f"{RUN_LABEL}={label},ftops.dev/role=trainer")["items"]
+
+    def _state_of(self, workload: dict) -> RunState:
+        probe = workload_state(workload)
+        if probe.phase in (Phase.PENDING, Phase.RUNNING) and workload.get("kind") == "Job":
+            return workload_state(workload, self._pods_of(workload))
+        return probe
+
+    def _served_kind(self, api_version: str, kind: str) -> bool:
+        return self._served.get((api_version, kind), True)
+
+    def find(self, run_id: str) -> dict | None:
+        """The run's workload object, looked up by its run-id label."""
+        selector = f"{RUN_LABEL}={run_label(run_id)}"
+        for api_version, kind in self.workloads:
+            if not self._served_kind(api_version, kind):
+                continue
+            for namespace in self.namespaces or [None]:
+                try:
+                    items = self.list(api_version, kind, namespace, selector)["items"]
+                except ApiError as err:
+                    if err.code == 404:  # the CRD is not installed in this cluster
+                        self._served[(api_version, kind)] = False
+                        break
+                    raise TemporaryError(f"listing {kind}s: {err}") from None
+                for item in items:
+                    annotated = (item["metadata"].get("annotations") or {}).get(RUN_LABEL, run_id)
+                    if annotated == run_id:
+                        item.setdefault("apiVersion", api_version)
+                        item.setdefault("kind", kind)
+                        return item
+        return None
+
+    def status(self, run_id: str) -> RunState:
+        workload = self.find(run_id)
+        if workload is None:
+            raise RunNotFound(f"run {run_id}: no Job, PyTorchJob or JobSet carries its label")
+        state = self._state_of(workload)
+        self.states[run_id] = state
+        return state
+
+    def cancel(self, run_id: str) -> RunState:
+        """Delete the workload (its pods, ConfigMap, PVC and Service go with it). Preconditions
+        pin the object we read; a 409 means it changed meanwhile, so re-read and try again."""
+        for _ in range(5):
+            workload = self.find(run_id)
+            if workload is None:
+                break
+            meta = workload["metadata"]
+            path = resource_path(workload["apiVersion"], workload["kind"], meta.get("namespace"), meta["name"])
+            options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
+                       "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}}
+            try:
+                self._request("DELETE", path, body=options)
+                break
+            except ApiError as err:
+                if err.code == 409:
+                    continue  # changed since we read it: re-read
+                if err.code == 404:
+                    break
+                raise TemporaryError(f"cancelling run {run_id}: {err}") from None
+        else:
+            raise TemporaryError(f"cancelling run {run_id}: the workload kept changing; will retry")
+        state = RunState(run_id, Phase.FAILED, REASON_CANCELLED, "cancelled by ftops")
+        self.states[run_id] = state
+        return state
+
+    def logs(self, run_id: str, tail: int | None = None) -> str:
+        workload = self.find(run_id)
+        if workload is None:
+            raise RunNotFound(f"run {run_id}: not found")
+        pods = sorted(self._pods_of(workload), key=lambda p: p["metadata"]["name"])
+        chunks = []
+        for pod in pods:
+            text = self._request("GET", resource_path("v1", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "log"),
+                                 {"container": "trainer", "tailLines": tail})
+            chunks.append(text if len(pods) == 1 else f"==> {pod['metadata']['name']} <==\n{text}")
+        return tail_lines("".join(chunks), tail) if len(pods) == 1 else "".join(chunks)
+
+    # -- watch
+
+    def _relist(self, w: _Watched, namespace: str | None) -> list[RunState]:
+        listed = self.list(w.api_version, w.kind, namespace, MANAGED_SELECTOR)
+        w.rv = listed["metadata"]["resourceVersion"]
+        changes = []
+        for item in listed["items"]:
+            item.setdefault("apiVersion", w.api_version)
+            item.setdefault("kind", w.kind)
+            changes += self._observe(item)
+        return changes
+
+    def _observe(self, obj: dict, deleted: bool = False) -> list[RunState]:
+        run_id = (obj["metadata"].get("annotations") or {}).get(RUN_LABEL)
+        if not run_id or deleted:
+            return []
+        state = self._state_of(obj)
+        if self.states.get(run_id) != state:
+            self.states[run_id] = state
+            return [state]
+        return []
+
+    def poll(self, timeout_seconds: int = 5) -> list[RunState]:
+        """One watch round per workload kind: from the last resourceVersion seen (listing first
+        when there is none), until the server ends the stream or `timeout_seconds` pass. On 410
+        Gone the history we needed is gone: relist and carry on from the list. Returns the
+        state changes seen, in order."""
+        changes: list[RunState] = []
+        namespace = self.namespaces[0] if self.namespaces and len(self.namespaces) == 1 else None
+        for w in self._watched:
+            if not self._served_kind(w.api_version, w.kind):
+                continue
+            try:
+                if w.rv is None:
+                    changes += self._relist(w, namespace)
+                gone = self._watch_once(w, namespace, timeout_seconds, changes)
+                if gone:
+                    self.relists += 1
+                    changes += self._relist(w, namespace)
+            except ApiError as err:
+                if err.code == 404:
+                    self._served[(w.api_version, w.kind)] = False
+                    continue
+                raise TemporaryError(f"watching {w.kind}s: {err}") from None
+        return changes
+
+    def _watch_once(self, w: _Watched, namespace: str | None, timeout_seconds: int, changes: list[RunState]) -> bool:
+        """Stream events into `changes`. True when the server answered 410 Gone."""
+        path = resource_path(w.api_version, w.kind, namespace)
+        resp = self._request("GET", path, {"watch": "1", "resourceVersion": w.rv, "labelSelector": MANAGED_SELECTOR,
+                                           "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"},
+                             timeout=timeout_seconds + 10, stream=True)
+        try:
+            buffer = b""
+            for chunk in resp.stream(amt=None, decode_content=False):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            w.rv = None
+                            return True
+                        raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if rv:
+                        w.rv = rv
+                    if event.get("type") == "BOOKMARK":
+                        continue
+                    obj.setdefault("apiVersion", w.api_version)
+                    obj.setdefault("kind", w.kind)
+                    changes += self._observe(obj, deleted=event.get("type") == "DELETED")
+        finally:
+            resp.release_conn()
+        return False
+
+    def watch(self, on_change: Callable[[RunState], None], stop: threading.Event, timeout_seconds: int = 30) -> None:
+        """Call `on_change` for every run state change until `stop` is set (run it in a thread)."""
+        while not stop.is_set():
+            try:
+                for state in self.poll(timeout_seconds):
+                    on_change(state)
+            except TemporaryError:
+                stop.wait(2)
