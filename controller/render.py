@@ -158,7 +158,21 @@ def _environment(directory: str):
     )
     # Compact, key-sorted JSON: deterministic, and a valid YAML flow scalar/collection.
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": True}
+    env.policies["json.dumps_function"] = _strict_dumps
     return env
+
+
+def _strict_dumps(value: Any, **kwargs: Any) -> str:
+    """json.dumps that turns an undefined template variable into Jinja's UndefinedError (not
+    a TypeError about serialisation), so a template typo names the missing variable."""
+    from jinja2 import Undefined
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, Undefined):
+            obj._fail_with_undefined_error()
+        raise TypeError(f"{type(obj).__name__} values cannot reach a manifest")
+
+    return json.dumps(value, default=default, **kwargs)
 
 
 def _render_template(name: str, context: Mapping[str, Any]) -> list[dict]:
@@ -517,6 +531,16 @@ def render_serving(inp: ServingInput | None = None, /, *, validate: bool = True,
     roll; the Deployment is per spec and track, so a new run is a rolling update."""
     if inp is None:
         inp = ServingInput(**kwargs)
+    context = _serving_context(inp)
+    manifests: list[dict] = []
+    for name in SERVING_TEMPLATES:
+        manifests.extend(_render_template(name, context))
+    if validate:
+        validate_manifests(manifests, namespace=context["namespace"])
+    return manifests
+
+
+def _serving_context(inp: ServingInput) -> dict:
     ft, op = inp.finetune, inp.operator
     c = op.cluster
     serving = ft.spec.serving
@@ -592,12 +616,7 @@ def render_serving(inp: ServingInput | None = None, /, *, validate: bool = True,
         },
         "serveJson": json.dumps(serve_config, indent=2, sort_keys=True) + "\n",
     }
-    manifests: list[dict] = []
-    for name in SERVING_TEMPLATES:
-        manifests.extend(_render_template(name, context))
-    if validate:
-        validate_manifests(manifests, namespace=namespace)
-    return manifests
+    return context
 
 
 # ----------------------------------------------------------------------------- output
