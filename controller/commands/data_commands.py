@@ -1,0 +1,452 @@
+"""`ftops data check | prepare | review-sample | review-status | version | pull`.
+
+Every command works from a spec (`SPEC` = a FineTune YAML file) or from explicit flags, so it
+can be run by hand on any file; flags override the spec. Only the standard library is imported
+here: numpy, transformers and DVC load inside the command that needs them.
+
+Exit codes: 0 ok; 1 errors in the data, not trainable, review not ready, or a failure; 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="Check, prepare, review and version training data.")
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    sub.required = True
+
+    check = sub.add_parser("check", help="Check a chat JSONL file: errors by line, warnings, token statistics.",
+                           description="Check OpenAI chat JSONL. Exits 1 when there are errors.")
+    check.add_argument("file", help="The chat JSONL file to check (only read).")
+    _spec_args(check)
+    check.add_argument("--max-issues", type=int, default=50, help="Most issues to print per kind (default 50; JSON lists them all).")
+    check.set_defaults(func=cmd_check)
+
+    prep = sub.add_parser("prepare", help="Normalise, dedupe, split and write <workdir>/prepared/<spec>/<md5>/.",
+                          description="Prepare a dataset for training. Exits 1 when the data has errors or is not trainable.")
+    prep.add_argument("spec", nargs="?", help="FineTune spec file (optional when --data and --name are given).")
+    prep.add_argument("--data", help="Dataset file (default: spec.dataset.path in the spec's repo).")
+    prep.add_argument("--rev", help="Pull the dataset pinned by its .dvc file at this git revision instead of reading the working copy.")
+    _param_args(prep)
+    prep.set_defaults(func=cmd_prepare)
+
+    sample = sub.add_parser("review-sample", help="Export the expert-review sample (JSONL + CSV).")
+    sample.add_argument("spec", nargs="?", help="FineTune spec file.")
+    sample.add_argument("--data", help="Dataset file (default: spec.dataset.path).")
+    sample.add_argument("--out", help="Directory for review-sample.jsonl/.csv (default <workdir>/review/<spec>/<md5>/).")
+    _param_args(sample)
+    sample.set_defaults(func=cmd_review_sample)
+
+    status = sub.add_parser("review-status", help="Show review coverage and approval. Exits 1 until the data is approved.")
+    status.add_argument("spec", nargs="?", help="FineTune spec file.")
+    status.add_argument("--data", help="Dataset file (default: spec.dataset.path).")
+    _param_args(status)
+    status.set_defaults(func=cmd_review_status)
+
+    ver = sub.add_parser("version", help="dvc add + dvc push a dataset, verified, with counts in the .dvc meta.")
+    ver.add_argument("target", help="A FineTune spec file (its dataset is versioned) or the dataset file itself.")
+    ver.add_argument("--repo", help="Repository root (default: the git top level of the target).")
+    ver.add_argument("--remote", help="Configure this remote (local directory, or s3://... with dvc-s3 installed) as the default.")
+    ver.add_argument("--no-push", action="store_true", help="Only dvc add (the pointer must not be committed before a push).")
+    ver.add_argument("--output", choices=("text", "json"), default="text")
+    ver.set_defaults(func=cmd_version)
+
+    pl = sub.add_parser("pull", help="Pull a dataset as pinned at an exact git revision, verified, into a new file.")
+    pl.add_argument("path", help="Dataset path inside the repo (its .dvc pointer is read at REV).")
+    pl.add_argument("--rev", required=True, help="Git revision (commit, tag, branch).")
+    pl.add_argument("--out", required=True, help="Destination file; never overwritten with different data.")
+    pl.add_argument("--repo", default=".", help="Repository (default: current directory).")
+    pl.set_defaults(func=cmd_pull)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", help="FineTune spec whose maxSeqLength, epochs, testFraction and base model apply.")
+    p.add_argument("--base-model", help="Local model directory whose tokenizer and chat template count tokens.")
+    p.add_argument("--max-seq-length", type=int, help="Token limit (default: spec, else 2048).")
+    p.add_argument("--epochs", type=float, help="Epochs for the training-token estimate (default: spec, else 3).")
+    p.add_argument("--test-fraction", type=float, help="Held-out share for the training-token estimate (default: spec, else 0.15).")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+
+
+def _param_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="Spec name (directory under prepared/; default: metadata.name).")
+    p.add_argument("--workdir", help="Working directory (default: $FTOPS_WORKDIR or <repo>/.ftops).")
+    p.add_argument("--test-fraction", type=float, help="Held-out share, 0.15-0.20 (default: spec, else 0.15).")
+    p.add_argument("--near-duplicate-threshold", type=float, help="Jaccard similarity for near-duplicates (default: spec, else 0.85).")
+    p.add_argument("--min-examples", type=int, help="Fewest examples that may be trained on, >= 200 (default: spec, else 200).")
+    p.add_argument("--complexity", choices=("simple", "moderate", "complex"), help="Task complexity (default: spec, else simple).")
+    p.add_argument("--reviews", help="Reviews file (default: spec.dataset.review.file, else reviews/<spec>.jsonl).")
+    p.add_argument("--base-model", help="Local model directory whose tokenizer and chat template count tokens.")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+
+
+# ---------------------------------------------------------------- spec -> parameters
+
+
+def _repo_root(start: Path) -> Path:
+    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start if start.is_dir() else start.parent,
+                          capture_output=True, text=True)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 else Path.cwd()
+
+
+def load_finetune(path: str):
+    """Load and validate a spec file with the project's loader; errors name file, line and field."""
+    from controller.errors import PermanentError
+    from controller.spec.load import load_spec_text
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PermanentError(f"{path}: no such spec file") from None
+    loaded = load_spec_text(text, str(path))
+    errors = [i for i in loaded.issues if i.severity == "error"]
+    if loaded.spec is None or errors:
+        raise PermanentError(f"{path}: the spec is invalid; fix it first (`ftops validate {path}`):\n  " + "\n  ".join(i.format() for i in errors))
+    return loaded.spec
+
+
+def resolve(args: argparse.Namespace, spec_path: str | None):
+    """(params, repo root, dataset file) from a spec and/or flags; flags win."""
+    from controller.data.params import DataParams, from_finetune
+    from controller.errors import PermanentError
+
+    if spec_path:
+        params = from_finetune(load_finetune(spec_path))
+        root = _repo_root(Path(spec_path).resolve())
+    else:
+        if not getattr(args, "data", None) and not getattr(args, "file", None):
+            raise PermanentError("give a SPEC file, or --data FILE (and --name NAME) to work without a spec")
+        params = DataParams()
+        root = _repo_root(Path(getattr(args, "data", None) or args.file).resolve())
+    data = getattr(args, "data", None)
+    changes: dict[str, Any] = {
+        "spec_name": getattr(args, "name", None),
+        "test_fraction": getattr(args, "test_fraction", None),
+        "near_duplicate_threshold": getattr(args, "near_duplicate_threshold", None),
+        "min_examples": getattr(args, "min_examples", None),
+        "complexity": getattr(args, "complexity", None),
+        "review_file": getattr(args, "reviews", None),
+        "max_seq_length": getattr(args, "max_seq_length", None),
+        "epochs": getattr(args, "epochs", None),
+    }
+    if data:
+        changes["data_path"] = data
+        if not spec_path and not getattr(args, "name", None):
+            changes["spec_name"] = Path(data).stem
+    params = params.with_(**changes)
+    _check_ranges(params)
+    source = Path(data) if data else root / params.data_path
+    return params, root, source
+
+
+def _check_ranges(params) -> None:
+    from controller.errors import PermanentError
+
+    if not 0.15 <= params.test_fraction <= 0.20:
+        raise PermanentError(f"--test-fraction {params.test_fraction}: hold out 15-20% (0.15-0.20) as the seed requires")
+    if not 0.5 <= params.near_duplicate_threshold <= 1.0:
+        raise PermanentError(f"--near-duplicate-threshold {params.near_duplicate_threshold}: must be between 0.5 and 1.0")
+    if params.min_examples < 200:
+        raise PermanentError(f"--min-examples {params.min_examples}: never below 200 (the seed's minimum)")
+
+
+def _workdir(args: argparse.Namespace, root: Path) -> Path:
+    return Path(args.workdir or os.environ.get("FTOPS_WORKDIR") or root / ".ftops")
+
+
+def _tokenizer(base_model: str | None, params, root: Path, required: bool):
+    """(tokenizer, name, note): the explicit --base-model must load; the spec's is best effort."""
+    from controller.data import tokens as tk
+    from controller.errors import FtopsError
+
+    if base_model:
+        return tk.load_tokenizer(base_model), base_model, None
+    location = tk.model_location(params.base_model_uri, root)
+    if not location:
+        return None, None, "no local base model: token counts are estimates"
+    try:
+        return tk.load_tokenizer(location, params.base_model_revision), location, None
+    except FtopsError as exc:
+        if required:
+            raise
+        return None, None, f"tokenizer not available ({str(exc).split(';')[0]}): token counts are estimates"
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+
+    try:
+        return _check(args)
+    except FtopsError as exc:
+        return _fail(exc)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from controller.data import tokens as tk
+    from controller.data.check import ERROR_KINDS, Issue, scan_file
+    from controller.data.progress import interactive
+
+    params, root, _ = resolve(args, args.spec)
+    scan = scan_file(args.file, progress=interactive())
+    tok, tok_name, note = _tokenizer(args.base_model, params, root, required=False)
+    if tok is not None:
+        lengths, token_issues = tk.measure(scan.records, tok, params.max_seq_length, progress=interactive())
+        scan.issues.extend(token_issues)
+        method = f"tokenizer ({tok_name}) with chat template"
+    else:
+        lengths = [r.est_tokens for r in scan.records]
+        method = tk.ESTIMATE
+        scan.issues.append(Issue(0, "tokenizer_unavailable", "", note or "token counts are estimates", "warning"))
+        over = sum(1 for n in lengths if n > params.max_seq_length)
+        if over:
+            scan.issues.append(Issue(0, "too_long", "", f"about {over} example(s) may exceed maxSeqLength {params.max_seq_length} (estimated; "
+                                     "give --base-model for exact counts)", "warning"))
+    scan.issues.sort(key=lambda i: (i.line, i.severity != "error"))
+    stats = tk.stats(lengths, method)
+    train_share = 1 - params.test_fraction
+    report = {
+        "file": str(args.file),
+        "md5": scan.md5,
+        "lines": scan.lines,
+        "examples": scan.examples,
+        "valid": len(scan.records),
+        "errors": len(scan.errors),
+        "warnings": len(scan.warnings),
+        "counts": scan.counts(),
+        "tokens": stats.to_dict(),
+        "trainingTokens": tk.training_tokens(stats.total, train_share, params.epochs),
+        "trainingTokensFormula": f"total x (1 - testFraction {params.test_fraction}) x epochs {params.epochs:g}",
+        "maxSeqLength": params.max_seq_length,
+        "issues": [i.to_dict() for i in scan.issues],
+    }
+    if args.output == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        shown: dict[str, int] = {}
+        for issue in scan.issues:
+            shown[issue.kind] = shown.get(issue.kind, 0) + 1
+            if shown[issue.kind] <= args.max_issues:
+                print(issue.format(str(args.file)))
+        for kind, n in shown.items():
+            if n > args.max_issues:
+                print(f"  ... {n - args.max_issues} more {kind}")
+        print(f"\n{args.file}: {scan.lines} lines, {len(scan.records)} valid examples, {len(scan.errors)} error(s), {len(scan.warnings)} warning(s)")
+        counted = {k: v for k, v in scan.counts().items() if v}
+        if counted:
+            width = max(map(len, counted))
+            for kind, n in counted.items():
+                sev = "error" if kind in ERROR_KINDS else "warning"
+                print(f"  {kind.ljust(width)}  {n:>7}  {sev}")
+        s = stats
+        print(f"tokens ({s.method}): min {s.min}, mean {s.mean:.1f}, p95 {s.p95}, max {s.max}, total {s.total}")
+        print(f"estimated training tokens: {report['trainingTokens']} ({report['trainingTokensFormula']})")
+    return 1 if scan.errors else 0
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def _source(args: argparse.Namespace, params, root: Path, workdir: Path) -> Path:
+    if getattr(args, "rev", None):
+        from controller.data import dvc
+
+        dest = workdir / "sources" / params.spec_name / args.rev.replace("/", "_") / Path(params.data_path).name
+        return dvc.pull(root, args.rev, params.data_path, dest).path
+    return Path(args.data) if args.data else root / params.data_path
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+
+    try:
+        return _prepare(args)
+    except FtopsError as exc:
+        return _fail(exc)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from controller.data.prepare import prepare
+    from controller.data.progress import interactive
+
+    params, root, _ = resolve(args, args.spec)
+    workdir = _workdir(args, root)
+    source = _source(args, params, root, workdir)
+    tok, tok_name, note = _tokenizer(args.base_model, params, root, required=False)
+    result = prepare(source, workdir, params, tokenizer=tok, tokenizer_name=tok_name, progress=interactive())
+    m = result.manifest
+    if args.output == "json":
+        print(json.dumps({"dir": str(result.dir), **m}, indent=2))
+    else:
+        c = m["counts"]
+        print(f"{source}: {c['examples']} examples, {c['exactDuplicates']} exact and {c['nearDuplicates']} near duplicate(s) dropped "
+              f"({len(m['clusters'])} cluster(s)), {c['kept']} kept")
+        print(f"split (seed {m['seed'][:12]}): train {c['train']}, test {c['test']} ({c['testFraction']:.1%}); leak check "
+              f"{'passed' if m['leakCheck']['passed'] else 'FAILED'}")
+        print(f"tokens ({m['tokens']['method']}): total {m['tokens']['total']}, training tokens x epochs {m['trainingTokens']}")
+        if note:
+            print(f"note: {note}")
+        for w in m["readiness"]["warnings"]:
+            print(f"warning: {w}")
+        print(f"wrote {result.dir}/ (train.jsonl, test.jsonl, manifest.json)")
+        if not result.trainable:
+            print(f"not trainable [{m['readiness']['reason']}]: {m['readiness']['message']}", file=sys.stderr)
+    return 0 if result.trainable else 1
+
+
+# ---------------------------------------------------------------- review
+
+
+def _kept_examples(args: argparse.Namespace):
+    """Prepare (idempotent: unchanged files are not rewritten) and return what reviews are about:
+    the kept examples, as (line, hash, example)."""
+    from controller.data.check import scan_file
+    from controller.data.prepare import prepare
+
+    params, root, _ = resolve(args, args.spec)
+    workdir = _workdir(args, root)
+    source = Path(args.data) if args.data else root / params.data_path
+    scan = scan_file(source)
+    result = prepare(source, workdir, params, scan=scan)
+    dropped = {d["line"] for d in result.manifest["dropped"]}
+    kept = [(r.line, r.hash, r.example) for r in scan.records if r.line not in dropped]
+    return params, root, workdir, result, kept
+
+
+def _reviews_path(params, root: Path) -> Path:
+    p = Path(params.reviews_path)
+    return p if p.is_absolute() else root / p
+
+
+def cmd_review_sample(args: argparse.Namespace) -> int:
+    from controller.data.review import export_sample, load_reviews
+    from controller.errors import FtopsError
+
+    try:
+        params, root, workdir, result, kept = _kept_examples(args)
+        reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
+        out = Path(args.out) if args.out else workdir / "review" / params.spec_name / result.manifest["source"]["md5"]
+        jpath, cpath, todo = export_sample(kept, params.review_sample_fraction, out, reviews)
+    except FtopsError as exc:
+        return _fail(exc)
+    if args.output == "json":
+        print(json.dumps({"jsonl": str(jpath), "csv": str(cpath), "needVerdict": todo}))
+    else:
+        print(f"review sample ({params.review_sample_fraction:.0%} of {len(kept)} examples): {jpath} and {cpath}")
+        print(f"{todo} example(s) still need a verdict. Add one line per verdict to {params.reviews_path}:")
+        print('  {"example": "<example hash>", "verdict": "approve"|"reject", "reviewer": "<you>", "note": "..."}')
+    return 0
+
+
+def cmd_review_status(args: argparse.Namespace) -> int:
+    from controller.data.review import load_reviews, review_status
+    from controller.errors import FtopsError
+
+    try:
+        params, root, _, _, kept = _kept_examples(args)
+        reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
+    except FtopsError as exc:
+        return _fail(exc)
+    status = review_status([h for _, h, _ in kept], reviews, params.review_sample_fraction, params.review_min_approval)
+    if args.output == "json":
+        print(json.dumps({"reviews": params.reviews_path, **status.to_dict()}, indent=2))
+    else:
+        print(f"{params.spec_name}: {'ready' if status.ready else 'not ready'} [{status.reason}]: {status.message}")
+        lines = {h: line for line, h, _ in kept}
+        for h in status.rejected[:20]:
+            print(f"  rejected: line {lines[h]} ({h[:12]})")
+        if status.stale:
+            print(f"  {status.stale} verdict(s) are for examples no longer in the data (earlier versions); they are ignored")
+        if status.outside_sample:
+            print(f"  {status.outside_sample} verdict(s) are for examples outside the sample; they do not count")
+    return 0 if status.ready else 1
+
+
+# ---------------------------------------------------------------- version / pull
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+
+    try:
+        return _version(args)
+    except FtopsError as exc:
+        return _fail(exc)
+
+
+def version_meta(path: Path, params=None, root: Path | None = None) -> dict[str, Any]:
+    """What `ftops plan` reads from `meta.ftops` in the .dvc file without pulling data:
+    examples (non-blank lines), valid (lines without errors), errors, tokens and how they were
+    counted (bytes are added by the DVC adapter, with the md5)."""
+    from controller.data import tokens as tk
+    from controller.data.check import scan_file
+
+    scan = scan_file(path)
+    tok = None
+    name = None
+    if params is not None and root is not None:
+        tok, name, _ = _tokenizer(None, params, root, required=False)
+    if tok is not None:
+        lengths, _ = tk.measure(scan.records, tok, params.max_seq_length)
+        method = f"tokenizer:{name}"
+    else:
+        lengths = [r.est_tokens for r in scan.records]
+        method = "estimate:chars/4"
+    return {"examples": scan.examples, "valid": len(scan.records), "errors": len(scan.errors),
+            "tokens": sum(lengths), "tokensMethod": method}
+
+
+def _version(args: argparse.Namespace) -> int:
+    from controller.data import dvc
+
+    target = Path(args.target)
+    params = None
+    if target.suffix in (".yaml", ".yml"):
+        from controller.data.params import from_finetune
+
+        params = from_finetune(load_finetune(str(target)))
+        root = Path(args.repo).resolve() if args.repo else _repo_root(target.resolve())
+        rel = params.data_path
+    else:
+        absolute = target.resolve()
+        root = Path(args.repo).resolve() if args.repo else _repo_root(absolute)
+        rel = str(absolute)  # the adapter makes it repo-relative (and refuses paths outside the repo)
+    meta = version_meta(root / rel, params, root)
+    result = dvc.version(root, rel, remote_url=args.remote, meta=meta, push=not args.no_push)
+    if args.output == "json":
+        print(json.dumps({"path": result.path, "dvcFile": str(result.dvc_file), "md5": result.md5, "size": result.size,
+                          "remote": result.remote, "pushed": result.pushed, "meta": result.meta}, indent=2))
+    else:
+        print(f"{result.path}: md5 {result.md5}, {result.size} bytes, {meta['examples']} examples -> {result.dvc_file.name}"
+              + (f", pushed to '{result.remote}'" if result.pushed else " (not pushed: do not commit the pointer yet)"))
+        if meta["errors"]:
+            print(f"warning: {meta['errors']} line(s) have errors; `ftops data check {result.path}` lists them", file=sys.stderr)
+        print(f"commit it: git add {result.dvc_file.relative_to(root)} && git commit")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from controller.data import dvc
+    from controller.errors import FtopsError
+
+    try:
+        result = dvc.pull(args.repo, args.rev, args.path, args.out)
+    except FtopsError as exc:
+        return _fail(exc)
+    print(f"{result.path}: md5 {result.md5} ({result.size} bytes) at {result.rev[:12]}" + (" (already there)" if result.reused else ""))
+    return 0
