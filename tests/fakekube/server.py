@@ -384,7 +384,8 @@ class FakeKube:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fakekube", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fakekube", daemon=True)
         self._thread.start()
         return self
 
@@ -718,6 +719,9 @@ class FakeKube:
                 _del_path(new, p)
                 owners.pop(p, None)
         for p, v in applied.items():
+            present, current = _get_path(new, p)
+            if v == {} and present and isinstance(current, dict):
+                continue  # an empty map claims the map, it does not clear others' keys
             _set_path(new, p, v)
         result = self._store_update(r, key, old, new, manager, set(applied), subresource if subresource else "", dry_run)
         if not dry_run:
