@@ -230,6 +230,7 @@ class KubernetesBackend:
         self._watched = [_Watched(a, k) for a, k in self.workloads]
         self.states: dict[str, RunState] = {}
         """Latest state per run id, kept by `poll`/`watch`."""
+        self._lock = threading.Lock()
         self.relists = 0
         """How many times a watch had to relist after 410 Gone (observable for tests and metrics)."""
 
@@ -429,34 +430,48 @@ class KubernetesBackend:
         if not run_id or deleted:
             return []
         state = self._state_of(obj)
-        if self.states.get(run_id) != state:
-            self.states[run_id] = state
-            return [state]
+        with self._lock:
+            if self.states.get(run_id) != state:
+                self.states[run_id] = state
+                return [state]
         return []
 
     def poll(self, timeout_seconds: int = 5) -> list[RunState]:
-        """One watch round per workload kind: from the last resourceVersion seen (listing first
-        when there is none), until the server ends the stream or `timeout_seconds` pass. On 410
-        Gone the history we needed is gone: relist and carry on from the list. Returns the
-        state changes seen, in order."""
-        changes: list[RunState] = []
+        """One watch round per workload kind, concurrently (a quiet JobSet watch must not delay
+        a Job's events): from the last resourceVersion seen (listing first when there is none),
+        until the server ends the stream or `timeout_seconds` pass. On 410 Gone the history we
+        needed is gone: relist and carry on from the list. Returns the state changes seen."""
         namespace = self.namespaces[0] if self.namespaces and len(self.namespaces) == 1 else None
-        for w in self._watched:
-            if not self._served_kind(w.api_version, w.kind):
-                continue
+        watched = [w for w in self._watched if self._served_kind(w.api_version, w.kind)]
+        results: dict[int, list[RunState]] = {}
+        errors: list[Exception] = []
+
+        def one(i: int, w: _Watched) -> None:
+            changes: list[RunState] = []
             try:
                 if w.rv is None:
                     changes += self._relist(w, namespace)
-                gone = self._watch_once(w, namespace, timeout_seconds, changes)
-                if gone:
-                    self.relists += 1
+                if self._watch_once(w, namespace, timeout_seconds, changes):
+                    with self._lock:
+                        self.relists += 1
                     changes += self._relist(w, namespace)
             except ApiError as err:
                 if err.code == 404:
                     self._served[(w.api_version, w.kind)] = False
-                    continue
-                raise TemporaryError(f"watching {w.kind}s: {err}") from None
-        return changes
+                else:
+                    errors.append(TemporaryError(f"watching {w.kind}s: {err}"))
+            except Exception as exc:  # surfaced below, in the caller's thread
+                errors.append(exc)
+            results[i] = changes
+
+        threads = [threading.Thread(target=one, args=(i, w), daemon=True) for i, w in enumerate(watched)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return [state for i in sorted(results) for state in results[i]]
 
     def _watch_once(self, w: _Watched, namespace: str | None, timeout_seconds: int, changes: list[RunState]) -> bool:
         """Stream events into `changes`. True when the server answered 410 Gone."""
