@@ -581,7 +581,7 @@ class FakeKube:
             return self._out(r, key, obj)
 
     def _store_update(self, r: Resource, key: tuple, old: dict, new: dict, manager: str, changed_paths: set | None,
-                      subresource: str = "", dry_run: bool = False) -> dict:
+                      subresource: str = "", dry_run: bool = False, ownership_changed: bool = False) -> dict:
         """Write `new` over `old` with the status-subresource and bookkeeping rules."""
         new = copy.deepcopy(new)
         if r.status:
@@ -604,7 +604,7 @@ class FakeKube:
         meta.pop("managedFields", None)
         meta["generation"] = old["metadata"].get("generation", 1)
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
-        if new == old:
+        if new == old and not ownership_changed:
             return self._out(r, key, old)  # a no-op write does not bump the resourceVersion
         spec_changed = {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
             k: v for k, v in old.items() if k not in ("metadata", "status")}
@@ -714,6 +714,8 @@ class FakeKube:
                                         "field": "." + ".".join(p)} for m, p in conflicts]})
         new = copy.deepcopy(old)
         before = self._applied.setdefault(key, {}).get(manager, set())
+        # managedFields are part of the object: a new owner (or a changed field set) is a write.
+        ownership_changed = before != set(applied) or any(owners.get(p) != manager for p in applied)
         for p in before - set(applied):
             if owners.get(p) == manager:
                 _del_path(new, p)
@@ -723,7 +725,8 @@ class FakeKube:
             if v == {} and present and isinstance(current, dict):
                 continue  # an empty map claims the map, it does not clear others' keys
             _set_path(new, p, v)
-        result = self._store_update(r, key, old, new, manager, set(applied), subresource if subresource else "", dry_run)
+        result = self._store_update(r, key, old, new, manager, set(applied), subresource if subresource else "", dry_run,
+                                    ownership_changed)
         if not dry_run:
             for p in applied:
                 owners[p] = manager
