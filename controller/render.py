@@ -50,10 +50,14 @@ IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
+CONFIG_ERROR_EXIT_CODES = (1, 2)
+"""Trainer exits that retrying cannot fix: 1 is controller.train's EXIT_FAILED (bad run.json,
+missing or invalid data, unsupported model), 2 a usage error. The Job fails at once on them."""
 CONFIG_ERROR_EXIT_CODE = 2
-"""The trainer exits 2 on a configuration error (bad run.json, hash mismatch): retrying cannot help."""
 PREEMPTED_EXIT_CODE = 143
-"""128 + SIGTERM: the trainer saved a checkpoint after a termination notice; the retry resumes."""
+"""128 + SIGTERM (controller.train's EXIT_PREEMPTED): the trainer checkpointed after a termination
+notice; the replacement pod resumes, and the attempt does not count against backoffLimit.
+Any other exit (75 = temporary, 137 = OOM-killed, ...) counts against backoffLimit."""
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ftops"}
 LABEL_PREFIX = "ftops.dev/"
@@ -67,7 +71,21 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Where things live inside the training pod. run.json is rewritten to point here.
 CONFIG_DIR = "/etc/ftops"
 DATA_DIR = "/workspace/data"
-MODEL_DIR = "/workspace/model"
+REPO_DIR = "/workspace/repo"
+IMAGE_REPO_DIR = "/opt/ftops/repo"
+"""Where the trainer image keeps a clone of the GitOps repo (used when cluster.gitRepo is empty)."""
+
+DATA_PULL_SCRIPT = """set -eu
+if [ -n "$FTOPS_GIT_REPO" ]; then git clone --quiet "$FTOPS_GIT_REPO" "$FTOPS_REPO_DIR"; \
+else cp -a "$FTOPS_IMAGE_REPO_DIR/." "$FTOPS_REPO_DIR"; fi
+cd "$FTOPS_REPO_DIR"
+git -c advice.detachedHead=false checkout --quiet "$FTOPS_GIT_COMMIT"
+exec ftops data prepare "specs/$FTOPS_SPEC.yaml" --rev "$FTOPS_GIT_COMMIT" --workdir "$FTOPS_DATA_DIR"
+"""
+"""The data-pull init container: check out the exact commit, then `ftops data prepare --rev`
+pulls the dataset pinned by its .dvc file (DVC verifies the md5) and writes the split the
+trainer reads. Every value arrives as an environment variable, never spliced into the script,
+so no spec value is ever parsed by a shell."""
 CHECKPOINT_DIR = "/workspace/checkpoints"
 OUTPUT_DIR = "/workspace/output"
 MASTER_PORT = 29500
@@ -282,14 +300,20 @@ def _secret_env(name: str, secret: str, key: str) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def prepared_dir(spec_name: str, data_md5: str) -> str:
+    """Where `ftops data prepare --workdir DATA_DIR` writes the split in the pod."""
+    return f"{DATA_DIR}/prepared/{spec_name}/{data_md5}"
+
+
 def pod_run_config(run_config: RunConfig | Mapping[str, Any], finetune: FineTune) -> RunConfig:
     """run.json as the pod sees it: data, model, checkpoint and output paths point at the volumes
     the template mounts. The local backend uses host paths; the trainer reads only this file."""
     rc = run_config if isinstance(run_config, RunConfig) else RunConfig.model_validate_json(json.dumps(dict(run_config)))
     base = rc.base_model
-    if not base.uri.startswith(("hf://", "s3://")):
-        base = base.model_copy(update={"uri": MODEL_DIR})
-    data = rc.data.model_copy(update={"train": f"{DATA_DIR}/train.jsonl", "test": f"{DATA_DIR}/test.jsonl"})
+    if finetune.spec.base_model.kind == "path":  # a path inside the repo: read from the checkout
+        base = base.model_copy(update={"uri": f"{REPO_DIR}/{finetune.spec.base_model.uri}"})
+    prepared = prepared_dir(finetune.name, rc.data.md5)
+    data = rc.data.model_copy(update={"train": f"{prepared}/train.jsonl", "test": f"{prepared}/test.jsonl"})
     hw = finetune.spec.hardware
     return rc.model_copy(
         update={
@@ -382,34 +406,37 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
         cred = ft.spec.base_model.credentials
         env.append(_secret_env("HF_TOKEN" if ft.spec.base_model.kind == "hf" else "FTOPS_BASE_MODEL_TOKEN", cred.name, cred.key))
     ports: list[dict] = []
-    if kind == "job":
-        if gpus > 1:
-            command = ["torchrun", "--standalone", f"--nproc-per-node={gpus}", *train_module]
-        else:
-            command = ["python", *train_module]
-    elif kind == "indexed":
-        master = f"{job_name}-0.{names['workers']}"
-        command = ["torchrun", f"--nnodes={hw.nodes}", f"--nproc-per-node={max(gpus, 1)}",
-                   "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}", f"--master-port={MASTER_PORT}",
-                   *train_module]
-        ports = [{"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}]
-    elif kind == "jobset":
-        master = f"{job_name}-node-0-0.{names['workers']}"
-        command = ["torchrun", f"--nnodes={hw.nodes}", f"--nproc-per-node={max(gpus, 1)}",
-                   "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}", f"--master-port={MASTER_PORT}",
-                   *train_module]
-        ports = [{"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}]
-    else:  # pytorchjob: the operator injects PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...
-        command = ["torchrun", *train_module]
+    if kind == "pytorchjob":
+        # The training operator injects PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...; torchrun reads them.
+        command = ["torchrun", "--module", "controller.train", "--config", config_path]
         ports = [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}]
+    else:
+        # One command for every world size: with nodes or GPUs > 1 the trainer re-executes
+        # itself through torchrun (controller.train.launch), reading the node rank from
+        # JOB_COMPLETION_INDEX (set by Indexed Jobs) and the rendezvous host from MASTER_ADDR.
+        command = ["python", *train_module]
+        if kind == "indexed":
+            master = f"{job_name}-0.{names['workers']}"
+        elif kind == "jobset":
+            master = f"{job_name}-node-0-0.{names['workers']}"
+        else:
+            master = ""
+        if master:
+            env += [{"name": "MASTER_ADDR", "value": master}, {"name": "MASTER_PORT", "value": str(MASTER_PORT)}]
+            ports = [{"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}]
 
-    init_command = ["ftops", "data", "pull", "--rev", inp.git_commit, "--spec", ft.name, "--md5", inp.data_md5,
-                    "--out", DATA_DIR]
-    if c.git_repo:
-        init_command += ["--repo", c.git_repo]
-    if ft.spec.base_model.kind == "path":
-        init_command += ["--model", ft.spec.base_model.uri, "--model-out", MODEL_DIR]
-    init_env = [{"name": "HOME", "value": "/tmp"}, {"name": "DVC_NO_ANALYTICS", "value": "1"}]
+    init_command = ["sh", "-c", DATA_PULL_SCRIPT]
+    init_env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "DVC_NO_ANALYTICS", "value": "1"},
+        {"name": "FTOPS_GIT_REPO", "value": c.git_repo},
+        {"name": "FTOPS_IMAGE_REPO_DIR", "value": IMAGE_REPO_DIR},
+        {"name": "FTOPS_REPO_DIR", "value": REPO_DIR},
+        {"name": "FTOPS_GIT_COMMIT", "value": inp.git_commit},
+        {"name": "FTOPS_SPEC", "value": ft.name},
+        {"name": "FTOPS_DATA_MD5", "value": inp.data_md5},
+        {"name": "FTOPS_DATA_DIR", "value": DATA_DIR},
+    ]
     init_env += [_secret_env(s.env, s.secret, s.key) for s in c.data_credentials]
 
     tolerations = list(c.tolerations) + (list(c.spot_tolerations) if hw.spot else [])
@@ -432,7 +459,8 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
     }
     rules = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [CONFIG_ERROR_EXIT_CODE]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                              "values": list(CONFIG_ERROR_EXIT_CODES)}},
         {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [PREEMPTED_EXIT_CODE]}},
     ]
     scheduling: dict = {}
@@ -471,7 +499,7 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
         "paths": {
             "configDir": CONFIG_DIR,
             "dataDir": DATA_DIR,
-            "modelDir": MODEL_DIR,
+            "repoDir": REPO_DIR,
             "checkpointDir": CHECKPOINT_DIR,
             "outputDir": OUTPUT_DIR,
             "artifactsSubPath": f"{ft.name}/{inp.run_id}",
@@ -672,7 +700,8 @@ def run_config_for(finetune: FineTune, run_id: str, data_md5: str) -> RunConfig:
         base_model={"uri": s.base_model.uri, "revision": s.base_model.revision},
         method=s.method,
         training=s.training,
-        data={"train": f"{DATA_DIR}/train.jsonl", "test": f"{DATA_DIR}/test.jsonl", "md5": data_md5},
+        data={"train": f"{prepared_dir(finetune.name, data_md5)}/train.jsonl",
+              "test": f"{prepared_dir(finetune.name, data_md5)}/test.jsonl", "md5": data_md5},
         output_dir=OUTPUT_DIR,
         checkpoint_dir=CHECKPOINT_DIR,
     )

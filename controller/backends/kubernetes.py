@@ -40,7 +40,7 @@ from controller.backends.base import (
     tail_lines,
 )
 from controller.errors import PermanentError, TemporaryError
-from controller.render import CONFIG_ERROR_EXIT_CODE, run_label
+from controller.render import CONFIG_ERROR_EXIT_CODES, run_label
 
 FIELD_MANAGER = "ftops-controller"
 RUN_LABEL = "ftops.dev/run-id"
@@ -138,7 +138,7 @@ def job_state(job: dict, pods: Sequence[dict] = ()) -> RunState:
         m = re.search(r"exit code (\d+)", message)
         if m:
             exit_code = int(m.group(1))
-        if reason == "PodFailurePolicy" and exit_code == CONFIG_ERROR_EXIT_CODE:
+        if reason == "PodFailurePolicy" and exit_code in CONFIG_ERROR_EXIT_CODES:
             reason = REASON_CONFIG_ERROR
         return RunState(run_id, Phase.FAILED, reason, message, exit_code, started, failed.get("lastTransitionTime"))
     suspended = conds.get("Suspended")

@@ -141,7 +141,7 @@ def test_payload_in_spec_and_operator_strings_end_to_end(payload):
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "img" + payload
     init = job["spec"]["template"]["spec"]["initContainers"][0]
-    assert init["command"][-1] == "repo" + payload
+    assert {e["name"]: e.get("value") for e in init["env"]}["FTOPS_GIT_REPO"] == "repo" + payload
     run_json = json.loads(evil[0]["data"]["run.json"])
     assert run_json["method"]["targetModules"] == ["q_proj" + payload]
 

@@ -97,24 +97,25 @@ def test_single_node_job_has_what_gpu_operators_need():
     claim = next(v for v in pod["volumes"] if v["name"] == "checkpoints")["persistentVolumeClaim"]["claimName"]
     assert claim == pvc["metadata"]["name"] and pvc["spec"]["storageClassName"] == "fast-rwx"
     init = pod["initContainers"][0]
-    assert init["command"][:3] == ["ftops", "data", "pull"]
-    assert init["command"][init["command"].index("--rev") + 1] == COMMIT
-    assert init["command"][init["command"].index("--md5") + 1] == DATA_MD5
+    init_env = {e["name"]: e.get("value") for e in init["env"]}
+    assert init["command"][:2] == ["sh", "-c"] and "ftops data prepare" in init["command"][2]
+    assert '--rev "$FTOPS_GIT_COMMIT"' in init["command"][2]  # values never spliced into the script
+    assert init_env["FTOPS_GIT_COMMIT"] == COMMIT and init_env["FTOPS_SPEC"] == "support-bot"
     assert spec["activeDeadlineSeconds"] == 5400
     assert spec["ttlSecondsAfterFinished"] == 3600
     assert spec["backoffLimit"] == 4
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [R.CONFIG_ERROR_EXIT_CODE]
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1, 2]
+    assert rules[1]["onExitCodes"]["containerName"] == "trainer"  # a failed data pull is retried
     assert rules[2]["action"] == "Ignore" and rules[2]["onExitCodes"]["values"] == [R.PREEMPTED_EXIT_CODE]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
     for container in pod["containers"] + pod["initContainers"]:
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    # torchrun for two GPUs on one node; the config file comes from the run's ConfigMap.
-    assert c["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
-    assert c["command"][-2:] == ["--config", "/etc/ftops/run.json"]
+    # The trainer launches torchrun itself for 2 GPUs; the config comes from the run's ConfigMap.
+    assert c["command"] == ["python", "-m", "controller.train", "--config", "/etc/ftops/run.json"]
     assert next(v for v in pod["volumes"] if v["name"] == "run-config")["configMap"]["name"] == cm["metadata"]["name"]
 
 
@@ -155,9 +156,10 @@ def test_multi_node_indexed_job_and_headless_service():
     assert pod["spec"]["subdomain"] == svc["metadata"]["name"]
     # The Service selects exactly this run's trainer pods.
     assert all(pod["metadata"]["labels"][k] == v for k, v in svc["spec"]["selector"].items())
-    cmd = trainer(job)["command"]
-    assert cmd[0] == "torchrun" and "--nnodes=4" in cmd and "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
-    assert f"--master-addr={job['metadata']['name']}-0.{svc['metadata']['name']}" in cmd
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    rc = RunConfig.model_validate_json(m["ConfigMap"]["data"]["run.json"])
+    assert (rc.distributed.nodes, rc.distributed.gpus_per_node) == (4, 8)  # the trainer reads these
     # Pod hostnames <job>-<index> must stay DNS labels.
     assert len(f"{job['metadata']['name']}-255") <= 63
     assert m["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -194,7 +196,7 @@ def test_run_json_configmap_is_the_runconfig_with_pod_paths():
     assert cm["immutable"] is True
     rc = RunConfig.model_validate_json(cm["data"]["run.json"])
     assert rc.run_id == RUN_ID and rc.data.md5 == DATA_MD5
-    assert rc.data.train == "/workspace/data/train.jsonl"
+    assert rc.data.train == f"/workspace/data/prepared/support-bot/{DATA_MD5}/train.jsonl"
     assert rc.checkpoint_dir == "/workspace/checkpoints" and rc.output_dir == "/workspace/output"
     assert rc.device == "cuda"
 
@@ -502,3 +504,28 @@ def test_every_example_spec_renders():
         ft = load_finetune(path, sorted(op.gpus))
         manifests = render(R.input_for(ft, DATA_MD5, COMMIT, op))
         assert manifests[-1]["kind"] in ("Job", "PyTorchJob", "JobSet")
+
+
+def test_exit_codes_match_the_trainer():
+    """The pod failure policy speaks the trainer's exit codes (controller.train)."""
+    from controller.train import EXIT_FAILED, EXIT_PREEMPTED, EXIT_TEMPORARY
+
+    assert EXIT_FAILED in R.CONFIG_ERROR_EXIT_CODES
+    assert R.PREEMPTED_EXIT_CODE == EXIT_PREEMPTED
+    assert EXIT_TEMPORARY not in R.CONFIG_ERROR_EXIT_CODES  # temporary errors are retried
+    job = by_kind(render(render_input()))["Job"]
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    actions = {code: r["action"] for r in rules if "onExitCodes" in r for code in r["onExitCodes"]["values"]}
+    assert actions == {EXIT_FAILED: "FailJob", 2: "FailJob", EXIT_PREEMPTED: "Ignore"}
+
+
+def test_repo_path_base_model_is_read_from_the_checkout():
+    ft = finetune(**{"spec.baseModel": {"uri": "models/tiny-llama"}})
+    cm = by_kind(render(render_input(ft)))["ConfigMap"]
+    assert RunConfig.model_validate_json(cm["data"]["run.json"]).base_model.uri == "/workspace/repo/models/tiny-llama"
+
+
+def test_data_pull_script_is_valid_shell():
+    script = by_kind(render(render_input()))["Job"]["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+    proc = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
