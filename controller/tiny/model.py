@@ -43,8 +43,12 @@ TINY_CONFIG = dict(
     max_position_embeddings=512,
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
+    # Measured: with transformers' default std 0.02 a 64-wide model keeps near-uniform attention and
+    # the label token stays at chance for 500+ steps; std 0.1 learns the task in about 2 epochs.
+    initializer_range=0.1,
 )
 VOCAB_SIZE = 400
+EMBEDDING_STD = 0.5
 
 
 def build_tokenizer(seed: int = 0, vocab_size: int = VOCAB_SIZE):
@@ -96,6 +100,11 @@ def init_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+        # Tied embeddings double as the output layer. At std 0.1 their rows are so short that
+        # even a perfectly aligned hidden state gives logits too small for a confident token, and
+        # LoRA (which cannot touch them) plateaus at ~1 nat per token (measured). Longer rows
+        # give the frozen output layer the range a real pretrained model has.
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=EMBEDDING_STD)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -16,23 +16,43 @@ LABELS: tuple[str, ...] = ("billing", "bug", "account")
 
 SYSTEM_PROMPT = 'Classify the support ticket. Answer with JSON: {"label": "billing"|"bug"|"account"}.'
 
-# Topic words carry the label; openers, closers and fillers are shared by all labels, so the
-# model has to find the topic word rather than memorise whole tickets.
-_TOPICS: dict[str, tuple[str, ...]] = {
-    "billing": ("invoice", "refund", "charge", "payment", "receipt", "subscription fee", "credit card", "price"),
-    "bug": ("crash", "error message", "freeze", "broken button", "blank page", "timeout", "glitch", "stack trace"),
-    "account": ("password", "login", "username", "two-factor code", "email address", "profile", "sign in", "locked account"),
+# Each ticket is two sentences about its label's topic between shared openers, fillers and closers.
+# Two label sentences (not one keyword) on purpose: with a frozen random base, LoRA learns from a
+# signal spread over several tokens in a couple of epochs, while one keyword among ~60 tokens keeps
+# it at chance for hundreds of steps (measured on the tiny model).
+_PHRASES: dict[str, tuple[str, ...]] = {
+    "billing": (
+        "I was charged twice for my subscription.",
+        "Where is the invoice for last month?",
+        "Please refund the payment.",
+        "My credit card was billed the wrong price.",
+        "The receipt shows an extra fee.",
+        "Can I get a refund for this charge?",
+        "The payment failed but the money left my bank.",
+        "Why did the subscription fee go up?",
+    ),
+    "bug": (
+        "The app crashes when I open settings.",
+        "I get an error message on the dashboard.",
+        "The page freezes after I click save.",
+        "The upload button is broken.",
+        "I only see a blank page.",
+        "Requests time out all the time.",
+        "There is a glitch in the chart.",
+        "Here is the stack trace from the crash.",
+    ),
+    "account": (
+        "I forgot my password.",
+        "I cannot log in to my account.",
+        "How do I change my username?",
+        "My two-factor code never arrives.",
+        "Please update the email address on my profile.",
+        "My account is locked.",
+        "I cannot sign in since yesterday.",
+        "Can you delete my profile?",
+    ),
 }
 _OPENERS = ("Hi,", "Hello team,", "Hey,", "Good morning,", "Dear support,", "Hi there,", "")
-_TEMPLATES = (
-    "I have a problem with the {topic}.",
-    "There is an issue with my {topic} today.",
-    "Can you help me with the {topic}?",
-    "Something is wrong with the {topic} again.",
-    "Question about the {topic} please.",
-    "The {topic} is not what I expected.",
-    "I need help: {topic}.",
-)
 _FILLERS = (
     "It started yesterday.",
     "This is urgent.",
@@ -47,14 +67,10 @@ _CLOSERS = ("Thanks!", "Regards, Sam", "Best, Alex", "Cheers", "")
 
 def make_ticket(label: str, rng: random.Random) -> str:
     """One ticket text whose label is `label`."""
-    if label not in _TOPICS:
+    if label not in _PHRASES:
         raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
-    parts = [
-        rng.choice(_OPENERS),
-        rng.choice(_TEMPLATES).format(topic=rng.choice(_TOPICS[label])),
-        rng.choice(_FILLERS),
-        rng.choice(_CLOSERS),
-    ]
+    first, second = rng.sample(_PHRASES[label], 2)
+    parts = [rng.choice(_OPENERS), first, rng.choice(_FILLERS), second, rng.choice(_CLOSERS)]
     return " ".join(p for p in parts if p)
 
 
