@@ -270,9 +270,12 @@ def version(
     ensure_dvc_repo(root)
 
     if remote_url:
-        local = _remote("ftops", remote_url, root / ".dvc")
+        # A relative directory means relative to where the command was typed; DVC is told the
+        # absolute path so nobody has to guess what it was relative to.
+        local = _remote("ftops", remote_url, Path.cwd())
         if local.local is not None:
             local.local.mkdir(parents=True, exist_ok=True)
+            remote_url = str(local.local)
         for args in (["remote", "add", "--force", "--default", "ftops", remote_url],):
             proc = run_dvc(args, root)
             if proc.returncode != 0:
@@ -297,8 +300,20 @@ def version(
         else:
             dvc_file.write_bytes(backup)
 
+    # DVC itself deletes a corrupted cache object on push and exits 0 having pushed nothing (seen
+    # in tests/data/test_dvc.py); check it before DVC runs, and keep it as evidence.
+    cache_obj = _cache_dir(root) / "files" / "md5" / md5[:2] / md5[2:]
+    if cache_obj.is_file():
+        cached_md5, _ = file_md5(cache_obj)
+        if cached_md5 != md5:
+            raise DataCorrupted(
+                f"DVC cache object {cache_obj} is corrupted (its bytes hash to {cached_md5}, its name says {md5}); DVC would delete it "
+                f"and report success without pushing. Move that file out of the cache (e.g. `mv {cache_obj} /tmp/`) and run "
+                f"`ftops data version {rel}` again: it re-creates the object from the workspace file, which is intact. Nothing was changed."
+            )
+
     try:
-        proc = run_dvc(["add", "-q", str(rel)], root)
+        proc = run_dvc(["add", str(rel)], root)
         if proc.returncode != 0:
             raise DvcFailed(f"{rel}: `dvc add` failed:\n    {_tail(proc)}")
         pointer = parse_pointer(dvc_file.read_text(encoding="utf-8"), str(rel) + ".dvc")
@@ -307,23 +322,21 @@ def version(
             raise DataCorrupted(f"{rel} changed while it was being versioned (md5 {md5} -> {now_md5}); stop the writer and run `ftops data version` again")
         if pointer.md5 != md5 or (pointer.size is not None and pointer.size != size):
             raise DataCorrupted(f"{rel}.dvc: DVC recorded md5 {pointer.md5} / {pointer.size} bytes, but the file is {md5} / {size} bytes; nothing was pushed")
-        cache_obj = _cache_dir(root) / "files" / "md5" / md5[:2] / md5[2:]
-        if cache_obj.is_file():
-            cached_md5, _ = file_md5(cache_obj)
-            if cached_md5 != md5:
-                raise DataCorrupted(
-                    f"DVC cache object {cache_obj} is corrupted (its bytes hash to {cached_md5}, its name says {md5}); DVC would skip it "
-                    f"and report success. Move that file out of the cache (e.g. `mv {cache_obj} /tmp/`) and run `ftops data version {rel}` again: "
-                    "it re-creates the object from the workspace file, which is intact."
-                )
         info = {"md5": md5, "examples": None, "bytes": size}
         if meta:
             info.update(meta)
         info["md5"], info["bytes"] = md5, size
         _write_meta(dvc_file, info)
         pushed = False
+        if push and remote is not None and remote.local is not None:
+            obj = _object_path(remote.local, md5)
+            if obj.is_file() and file_md5(obj)[0] != md5:
+                raise DataCorrupted(
+                    f"{rel}: remote object {obj} is corrupted (its bytes hash to {file_md5(obj)[0]}, its name says {md5}); DVC would keep it "
+                    f"and report success. Move it out of the remote and run `ftops data version {rel}` again. {rel}.dvc was left as it was before."
+                )
         if push and remote is not None:
-            proc = run_dvc(["push", "-q", "-r", remote.name, str(rel) + ".dvc"], root)
+            proc = run_dvc(["push", "-r", remote.name, str(rel) + ".dvc"], root)
             _verify_pushed(root, rel, remote, md5, proc)
             pushed = True
     except BaseException:
@@ -439,6 +452,21 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
     if remote is None:
         raise RemoteNotConfigured(f"{root}/.dvc/config at {sha[:12]}: no default remote (core.remote); `dvc remote add -d storage <dir or s3://...>` and commit it")
     probe(remote)
+    # DVC 3 deletes an object that fails its hash check on pull, from a local remote too (seen
+    # in tests/data/test_dvc.py). Check the bytes first, so a corrupted object is reported and kept
+    # as evidence instead of silently destroyed.
+    suspects = [("remote", _object_path(remote.local, pointer.md5))] if remote.local is not None else []
+    if cache_dir is not None:
+        suspects.append(("cache", _object_path(Path(cache_dir).resolve(), pointer.md5)))
+    for kind, obj in suspects:
+        if obj.is_file():
+            got, _ = file_md5(obj)
+            if got != pointer.md5:
+                raise DataCorrupted(
+                    f"{data_path}: {kind} object {obj} is corrupted (its bytes hash to {got}, its name and {pointer_rel} at {sha[:12]} say "
+                    f"{pointer.md5}). It was not pulled and is left in place as evidence. Re-push the data from a machine that has it "
+                    "intact (move the bad object aside first). Nothing was written."
+                )
 
     with tempfile.TemporaryDirectory(prefix="ftops-pull-") as scratch_dir:
         scratch = Path(scratch_dir)
@@ -466,7 +494,7 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
         target = scratch / data_path
         target.parent.mkdir(parents=True, exist_ok=True)
         (scratch / pointer_rel).write_text(text, encoding="utf-8")
-        proc = run_dvc(["pull", "-q", "-r", remote.name, pointer_rel], scratch)
+        proc = run_dvc(["pull", "-r", remote.name, pointer_rel], scratch)
         if proc.returncode != 0 or not target.is_file():
             _explain_pull_failure(proc, remote, pointer, data_path, sha, cache_dir)
         got, size = file_md5(target)
