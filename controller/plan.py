@@ -90,10 +90,17 @@ class Plan:
     base: str | None
     head: str
     specs: list[SpecPlan]
+    """Every spec that changed or has errors (unchanged valid specs are only counted)."""
+    unchanged: int = 0
 
     @property
     def has_errors(self) -> bool:
         return any(p.has_errors for p in self.specs)
+
+    def summary(self) -> dict[str, int]:
+        counts = {c: sum(1 for p in self.specs if p.change == c) for c in ("added", "changed", "removed", "unchanged", "invalid")}
+        counts["unchanged"] += self.unchanged
+        return counts
 
     def changed(self) -> list[SpecPlan]:
         return [p for p in self.specs if p.change != "unchanged" or p.has_errors]
@@ -103,7 +110,7 @@ class Plan:
             "base": self.base,
             "head": self.head,
             "valid": not self.has_errors,
-            "summary": {c: sum(1 for p in self.specs if p.change == c) for c in ("added", "changed", "removed", "unchanged", "invalid")},
+            "summary": self.summary(),
             "specs": [p.to_dict() for p in self.changed()],
         }
 
@@ -286,15 +293,18 @@ def plan_change(
     base = base or {}
     corpus_versions = corpus_versions or {}
     plans = []
+    unchanged = 0
     for path in sorted(set(base) | set(head)):
         b, h = base.get(path), head.get(path)
         if b is not None and h is not None and b.blob == h.blob and b.data == h.data and \
                 corpus_versions.get(path, (None, None))[0] == corpus_versions.get(path, (None, None))[1]:
-            plans.append(SpecPlan(_name_of(h), path, "unchanged", issues=list(h.loaded.issues),
-                                  run_head=None))
+            if h.loaded.errors:
+                plans.append(SpecPlan(_name_of(h), path, "unchanged", issues=list(h.loaded.issues)))
+            else:
+                unchanged += 1  # the common case on a big repo: count it, build nothing
             continue
         plans.append(plan_spec(b, h, operator, template_version, corpus_versions.get(path, (None, None))))
-    return Plan(base_sha, head_sha, plans)
+    return Plan(base_sha, head_sha, plans, unchanged)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -310,7 +320,7 @@ _ICON = {"error": "❌", "warning": "⚠️", "info": "ℹ️"}
 def to_markdown(plan: Plan) -> str:
     """A pull-request comment: a summary table, then one section per changed spec."""
     lines = [f"## ftops plan: `{(plan.base or 'empty')[:8]}` → `{plan.head[:8]}`", ""]
-    summary = plan.to_dict()["summary"]
+    summary = plan.summary()
     lines.append(" · ".join(f"{count} {kind}" for kind, count in summary.items() if count) or "no specs")
     lines.append("")
     changed = plan.changed()

@@ -155,8 +155,15 @@ class GitSource:
         with self._lock:
             proc = self._cat_file()
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(("\n".join(wanted) + "\n").encode())
-            proc.stdin.flush()
+            request = ("\n".join(wanted) + "\n").encode()
+
+            # Write from a thread: with both pipes full, writing everything before reading deadlocks.
+            def feed() -> None:
+                proc.stdin.write(request)
+                proc.stdin.flush()
+
+            writer = threading.Thread(target=feed, daemon=True)
+            writer.start()
             result: dict[str, bytes] = {}
             for sha in wanted:
                 header = proc.stdout.readline().decode().split()
@@ -165,6 +172,7 @@ class GitSource:
                 size = int(header[2])
                 result[sha] = proc.stdout.read(size)
                 proc.stdout.read(1)  # trailing newline
+            writer.join()
             return result
 
     def read_file(self, sha: str, path: str) -> bytes | None:
@@ -243,26 +251,47 @@ class WorkingTreeView:
 
 
 class SpecCache:
-    """Parsed specs by (path, blob sha, catalog): an unchanged file is parsed once."""
+    """Parsed specs by (path, blob sha, GPU catalog) and data versions by pointer blob: an
+    unchanged file is read and parsed once, however many passes or revisions look at it."""
 
     def __init__(self) -> None:
         self._parsed: dict[tuple[str, str, tuple[str, ...] | None], LoadedSpec] = {}
-        self._data: dict[tuple[str, str], DataVersion] = {}
+        self._data: dict[tuple[str, str, str], DataVersion] = {}
 
-    def parse(self, path: str, blob: str, text_of, gpu_types: tuple[str, ...] | None) -> LoadedSpec:
-        key = (path, blob, gpu_types)
-        hit = self._parsed.get(key)
-        if hit is None:
-            hit = parse_spec(text_of(), path, gpu_types)
-            self._parsed[key] = hit
-        return hit
+    def specs(self, source: "GitSource", files: dict[str, Entry], gpu_types: tuple[str, ...] | None) -> dict[str, LoadedSpec]:
+        missing = {e.sha for p, e in files.items() if (p, e.sha, gpu_types) not in self._parsed}
+        blobs = source.read_blobs(sorted(missing))
+        out = {}
+        for path, entry in files.items():
+            key = (path, entry.sha, gpu_types)
+            if key not in self._parsed:
+                self._parsed[key] = parse_spec(blobs[entry.sha].decode("utf-8", errors="replace"), path, gpu_types)
+            out[path] = self._parsed[key]
+        return out
 
-    def data_version(self, key: tuple[str, str], compute) -> DataVersion:
-        hit = self._data.get(key)
-        if hit is None:
-            hit = compute()
-            self._data[key] = hit
-        return hit
+    def data_versions(self, source: "GitSource", entries: dict[str, Entry], paths: Iterable[str]) -> dict[str, DataVersion]:
+        """Versions of the datasets at `paths`, from their .dvc pointers or committed files."""
+        located: dict[str, tuple[str, str, str]] = {}
+        out: dict[str, DataVersion] = {}
+        for path in set(paths):
+            pointer, direct = entries.get(path + ".dvc"), entries.get(path)
+            if pointer is not None and pointer.kind == "blob":
+                located[path] = (path, "dvc", pointer.sha)
+            elif direct is not None and direct.kind == "blob":
+                located[path] = (path, "git", direct.sha)
+            else:
+                out[path] = DataVersion(path, None, None, None, "missing")
+        blobs = source.read_blobs(sorted({key[2] for key in located.values() if key not in self._data}))
+        for path, key in located.items():
+            if key not in self._data:
+                content = blobs[key[2]]
+                if key[1] == "dvc":
+                    self._data[key] = parse_dvc_pointer(path, content, key[2])
+                else:
+                    examples = sum(1 for line in content.splitlines() if line.strip())
+                    self._data[key] = DataVersion(path, hashlib.md5(content).hexdigest(), len(content), examples, "git")
+            out[path] = self._data[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -296,49 +325,27 @@ def load_specs_at(
     catalog = tuple(sorted(gpu_types)) if gpu_types is not None else None
     entries = source.tree(sha)
     files = spec_paths(entries)
-    missing = [e.sha for p, e in files.items() if (p, e.sha, catalog) not in cache._parsed]
-    blobs = source.read_blobs(missing) if missing else {}
+    parsed = cache.specs(source, files, catalog)
     view = GitTreeView(source, sha)
-    result: dict[str, SpecAtRev] = {}
-    for path, entry in sorted(files.items()):
-        loaded = cache.parse(path, entry.sha, lambda: blobs[entry.sha].decode("utf-8", errors="replace"), catalog)
-        if loaded.spec is not None:
-            loaded = check_against_repo(loaded, view)
-        data = None
-        if loaded.spec is not None:
-            data = dataset_version(source, sha, loaded.spec.spec.dataset.path, cache)
-        result[path] = SpecAtRev(path, entry.sha, loaded, data)
-    return result
+    checked = {path: check_against_repo(loaded, view) if loaded.spec is not None else loaded for path, loaded in parsed.items()}
+    data = cache.data_versions(source, entries, [l.spec.spec.dataset.path for l in checked.values() if l.spec is not None])
+    return {
+        path: SpecAtRev(path, files[path].sha, loaded, data[loaded.spec.spec.dataset.path] if loaded.spec is not None else None)
+        for path, loaded in sorted(checked.items())
+    }
 
 
 def dataset_version(source: GitSource, sha: str, path: str, cache: SpecCache | None = None) -> DataVersion:
     """The data version pinned at `sha`: the md5 in `<path>.dvc` (as DVC records it), or the md5
     of the file itself when it is committed to git directly."""
-    entries = source.tree(sha)
-    pointer = entries.get(path + ".dvc")
-    direct = entries.get(path)
-    if pointer is not None and pointer.kind == "blob":
-        key = ("dvc:" + path, pointer.sha)
-        return (cache or SpecCache()).data_version(
-            key, lambda: parse_dvc_pointer(path, source.read_blobs([pointer.sha])[pointer.sha], pointer.sha)
-        )
-    if direct is not None and direct.kind == "blob":
-        key = ("git:" + path, direct.sha)
-
-        def from_blob() -> DataVersion:
-            content = source.read_blobs([direct.sha])[direct.sha]
-            examples = sum(1 for line in content.splitlines() if line.strip())
-            return DataVersion(path, hashlib.md5(content).hexdigest(), len(content), examples, "git")
-
-        return (cache or SpecCache()).data_version(key, from_blob)
-    return DataVersion(path, None, None, None, "missing")
+    return (cache or SpecCache()).data_versions(source, source.tree(sha), [path])[path]
 
 
 def parse_dvc_pointer(path: str, content: bytes, blob: str | None = None) -> DataVersion:
     """Read md5, size and ftops' recorded example count from a .dvc file. Never raises: a broken
     pointer is reported on the spec that uses it, not by failing every spec."""
     try:
-        doc = yaml.safe_load(content) or {}
+        doc = yaml.load(content, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         out = (doc.get("outs") or [{}])[0]
         md5 = out.get("md5")
         size = out.get("size")
