@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from controller.data.normalize import canonical_json, normalize_parsed
+from controller.data.normalize import canonical_json, normalize_parsed, normalize_text
 
 ERROR_KINDS: dict[str, str] = {
     "invalid_json": "the line is not valid JSON",
@@ -346,14 +346,22 @@ PARALLEL_MIN_LINES = 20_000
 _SHARED: bytes = b""  # the file's bytes, inherited by forked workers instead of being pickled
 
 
+_ROLE_BITS = {"system": 1, "developer": 1, "user": 2, "assistant": 4}
+
+
 def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issue]]:
+    """The hot loop. Plain examples (only role + content strings) are validated, normalised and
+    measured in one pass over their messages; anything else takes the full check."""
     issues: list[Issue] = []
     records: list[Record] = []
+    append = records.append
     loads = orjson.loads
+    dumps = orjson.dumps
+    sort_keys = orjson.OPT_SORT_KEYS
     decode_error = orjson.JSONDecodeError
-    canonical = canonical_json
     sha256 = hashlib.sha256
-    estimate = estimate_tokens
+    norm_text = normalize_text
+    bits_of = _ROLE_BITS.get
     for lineno, raw in enumerate(lines, first):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
@@ -365,6 +373,38 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
                 continue
             issues.append(Issue(lineno, "invalid_json", "", f"not valid JSON ({exc}); each line must be one complete JSON object"))
             continue
+        if obj.__class__ is dict and len(obj) == 1:
+            messages = obj.get("messages")
+            if messages.__class__ is list and messages:
+                roles = chars = 0
+                normalized = []
+                for m in messages:
+                    if m.__class__ is not dict or len(m) != 2:
+                        break
+                    role = m.get("role")
+                    content = m.get("content")
+                    if role.__class__ is not str or content.__class__ is not str:
+                        break
+                    bit = bits_of(role)
+                    if bit is None:
+                        break
+                    text = norm_text(content)
+                    if not text:
+                        break
+                    normalized.append(text)
+                    chars += len(text)
+                    roles |= bit
+                else:
+                    if roles & 4:
+                        for m, text in zip(messages, normalized):
+                            m["content"] = text
+                        if not roles & 1:
+                            issues.append(Issue(lineno, "missing_system", "messages", "no system message; add one if the model will be served with a system prompt", "warning"))
+                        if not roles & 2:
+                            issues.append(Issue(lineno, "missing_user", "messages", "no user message; the assistant answers nothing", "warning"))
+                        canon = dumps(obj, option=sort_keys)
+                        append(Record(lineno, canon, sha256(canon).hexdigest(), chars // 4 + 4 * len(messages) + 1))
+                        continue
         if validate_example(obj, lineno, issues):
             norm = normalize_parsed(obj)
             # Normalisation can empty a message (e.g. only zero-width characters): recheck it.
@@ -373,8 +413,8 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
                     issues.append(Issue(lineno, "empty_content", f"messages[{i}].content", "content is only invisible characters; write the text of this turn"))
                     break
             else:
-                canon = canonical(norm)
-                records.append(Record(lineno, canon, sha256(canon).hexdigest(), estimate(norm["messages"])))
+                canon = canonical_json(norm)
+                append(Record(lineno, canon, sha256(canon).hexdigest(), estimate_tokens(norm["messages"])))
     return records, issues
 
 

@@ -38,24 +38,28 @@ def split_groups(groups: Sequence[Sequence[int]], hashes: Sequence[str], test_fr
     n = sum(len(g) for g in groups)
     target = round(test_fraction * n)
     seed_bytes = seed.encode()
-    order = sorted(
-        groups,
-        key=lambda g: hashlib.sha256(seed_bytes + min(hashes[i] for i in g).encode()).digest(),
+    sha256 = hashlib.sha256
+    keyed = sorted(
+        (sha256(seed_bytes + (hashes[g[0]] if len(g) == 1 else min(hashes[i] for i in g)).encode()).digest(), k)
+        for k, g in enumerate(groups)
     )
     test: list[int] = []
-    for group in order:
+    for _, k in keyed:
         if len(test) == target:
             break
+        group = groups[k]
         if len(test) + len(group) <= target:
             test.extend(group)
-    test_set = set(test)
-    return Split(train=[i for i in range(n) if i not in test_set], test=sorted(test), target_test=target)
+    in_test = bytearray(n)
+    for i in test:
+        in_test[i] = 1
+    return Split(train=[i for i in range(n) if not in_test[i]], test=sorted(test), target_test=target)
 
 
 def deterministic_split(hashes: Sequence[str], clusters: Sequence[Sequence[int]], test_fraction: float, seed: str) -> Split:
     """Split n examples; `clusters` lists the groups of two or more that must stay together."""
     in_cluster = {i for c in clusters for i in c}
-    groups = [list(c) for c in clusters] + [[i] for i in range(len(hashes)) if i not in in_cluster]
+    groups = [list(c) for c in clusters] + [(i,) for i in range(len(hashes)) if i not in in_cluster]
     return split_groups(groups, hashes, test_fraction, seed)
 
 

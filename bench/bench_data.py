@@ -1,0 +1,100 @@
+"""Data pipeline throughput on 200,000 synthetic chat examples, in examples per second.
+
+Baseline: plain `json.loads` of every line of the same file, measured in the same run, so the
+ratio says what the checks, normalisation, hashing, exact dedupe and split cost on top of merely
+parsing (absolute numbers on a shared machine mean little). Near-duplicate detection (MinHash +
+LSH + exact Jaccard of candidates) is measured separately.
+
+Targets from issue 3 (2 cores): >= 100k examples/s structural pass, >= 20k/s near-duplicates.
+
+    .venv/bin/python -m bench data            (FTOPS_BENCH_N=50000 for a quicker run)
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+from bench.common import best_of, report
+
+N = int(os.environ.get("FTOPS_BENCH_N", "200000"))
+
+
+def synthetic(n: int, seed: int = 0, duplicate_rate: float = 0.03, near_rate: float = 0.03) -> bytes:
+    """Support-style examples: a shared system prompt, a 15-40 word question and a 20-60 word
+    answer over a 5,000-word vocabulary, with planted exact and near duplicates."""
+    import orjson
+
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    system = {"role": "system", "content": "You are a careful support assistant. Answer briefly and politely."}
+    lines: list[bytes] = []
+    questions: list[list[str]] = []
+    for i in range(n):
+        r = rng.random()
+        if lines and r < duplicate_rate:
+            lines.append(lines[rng.randrange(len(lines))])
+            continue
+        if questions and r < duplicate_rate + near_rate:
+            q = list(questions[rng.randrange(len(questions))])
+            q[rng.randrange(len(q))] = rng.choice(vocab)
+        else:
+            q = rng.choices(vocab, k=rng.randint(15, 40))
+        questions.append(q)
+        a = rng.choices(vocab, k=rng.randint(20, 60))
+        msgs = [system, {"role": "user", "content": " ".join(q) + "?"}, {"role": "assistant", "content": " ".join(a) + "."}]
+        lines.append(orjson.dumps({"messages": msgs}))
+    return b"\n".join(lines) + b"\n"
+
+
+def structural_pass(data: bytes, workers: int | None = None):
+    """check + normalise + hash (scan), exact dedupe, deterministic split: what `prepare` does
+    before near-duplicate detection."""
+    from controller.data.check import scan_bytes
+    from controller.data.dedupe import exact_duplicates
+    from controller.data.split import deterministic_split
+
+    scan = scan_bytes(data, "bench.jsonl", workers=workers)
+    hashes = [r.hash for r in scan.records]
+    dup = {d.index for d in exact_duplicates(hashes)}
+    kept = [h for i, h in enumerate(hashes) if i not in dup]
+    split = deterministic_split(kept, [], 0.15, seed=scan.md5)
+    return scan, kept, split
+
+
+def main() -> None:
+    from controller.data import dedupe
+    from controller.data.check import default_workers
+
+    started = time.perf_counter()
+    data = synthetic(N)
+    gen_s = time.perf_counter() - started
+    lines = data.splitlines()
+
+    base_s = best_of(lambda: [json.loads(x) for x in lines], repeat=3)
+    serial_s = best_of(lambda: structural_pass(data, workers=1), repeat=2)
+    workers = default_workers()
+    parallel_s = best_of(lambda: structural_pass(data, workers=workers), repeat=2) if workers > 1 else serial_s
+    scan, kept, split = structural_pass(data)
+
+    texts = [dedupe.example_text(r.example) for r in scan.records]
+    near_s = best_of(lambda: dedupe.near_duplicates(texts, 0.85), repeat=1)
+    near = dedupe.near_duplicates(texts, 0.85)
+
+    rate = lambda s: N / s  # noqa: E731
+    best_struct = min(serial_s, parallel_s)
+    report(
+        f"data pipeline on {N:,} synthetic examples ({len(data) / 1e6:.1f} MB; generated in {gen_s:.1f}s; {os.cpu_count()} CPUs)",
+        [
+            ("baseline json.loads", f"{rate(base_s):>10,.0f} ex/s"),
+            ("structural, 1 process", f"{rate(serial_s):>10,.0f} ex/s  ratio {base_s / serial_s:.2f}x baseline"),
+            (f"structural, {workers} processes", f"{rate(parallel_s):>10,.0f} ex/s  ratio {base_s / parallel_s:.2f}x baseline"),
+            ("near-duplicates (MinHash/LSH)", f"{rate(near_s):>10,.0f} ex/s  ratio {base_s / near_s:.2f}x baseline"),
+            ("target structural >= 100k/s", "met" if rate(best_struct) >= 100_000 else f"not met ({rate(best_struct) / 100_000:.0%} of target)"),
+            ("target near-dup >= 20k/s", "met" if rate(near_s) >= 20_000 else f"not met ({rate(near_s) / 20_000:.0%} of target)"),
+            ("found", f"{len(scan.records) - len(kept)} exact, {len(near.dropped)} near duplicates, "
+                      f"{len(near.clusters)} clusters; split {len(split.train)}/{len(split.test)}"),
+        ],
+    )
