@@ -197,8 +197,93 @@ def _render_template(name: str, context: Mapping[str, Any]) -> list[dict]:
     with _env_lock:  # Jinja's template cache is not documented thread-safe on first load
         template = _environment(str(templates_dir())).get_template(name)
     text = template.render(**context)
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return [doc for doc in yaml.load_all(text, Loader=loader) if doc is not None]
+    return load_manifests(text)
+
+
+def load_manifests(text: str) -> list[dict]:
+    """Parse rendered template text. Our templates write block YAML whose every value is a
+    one-line JSON document (tojson), so a small indentation parser plus json.loads reads them
+    ~10x faster than PyYAML. Anything outside that subset goes to PyYAML's safe loader, and
+    tests check both give the same result for every template."""
+    try:
+        return [doc for doc in (_fast_load(chunk) for chunk in _documents(text)) if doc is not None]
+    except _NotSubset:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return [doc for doc in yaml.load_all(text, Loader=loader) if doc is not None]
+
+
+class _NotSubset(Exception):
+    pass
+
+
+_KEY_LINE = re.compile(r'^([A-Za-z_][A-Za-z0-9_.-]*|"(?:[^"\\]|\\.)*"):(?: (.*))?$')
+_PLAIN = re.compile(r"^[A-Za-z][A-Za-z0-9./_-]*$")
+_YAML11_WORDS = {w for base in ("yes", "no", "true", "false", "on", "off", "null") for w in (base, base.title(), base.upper())}
+
+
+def _documents(text: str) -> list[list[tuple[int, str]]]:
+    docs: list[list[tuple[int, str]]] = [[]]
+    for raw in text.split("\n"):
+        if not raw.strip():
+            continue
+        if raw == "---":
+            docs.append([])
+            continue
+        content = raw.lstrip(" ")
+        if content.startswith("#") or "\t" in raw[: len(raw) - len(content)]:
+            raise _NotSubset
+        docs[-1].append((len(raw) - len(content), content))
+    return [d for d in docs if d]
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    text = text.rstrip()
+    if _PLAIN.match(text) and text not in _YAML11_WORDS:
+        return text
+    raise _NotSubset
+
+
+def _fast_load(lines: list[tuple[int, str]]) -> Any:
+    pos = 0
+
+    def block(indent: int) -> Any:
+        nonlocal pos
+        if lines[pos][1].startswith("- "):
+            seq = []
+            while pos < len(lines) and lines[pos][0] == indent and lines[pos][1].startswith("- "):
+                rest = lines[pos][1][2:]
+                if _KEY_LINE.match(rest):
+                    lines[pos] = (indent + 2, rest)
+                    seq.append(block(indent + 2))
+                else:
+                    seq.append(_scalar(rest))
+                    pos += 1
+            return seq
+        mapping: dict = {}
+        while pos < len(lines) and lines[pos][0] == indent and not lines[pos][1].startswith("- "):
+            m = _KEY_LINE.match(lines[pos][1])
+            if not m:
+                raise _NotSubset
+            key = json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)
+            if key in mapping:
+                raise _NotSubset
+            pos += 1
+            if m.group(2) is not None and m.group(2).strip():
+                mapping[key] = _scalar(m.group(2))
+            elif pos < len(lines) and (lines[pos][0] > indent or (lines[pos][0] == indent and lines[pos][1].startswith("- "))):
+                mapping[key] = block(lines[pos][0])
+            else:
+                mapping[key] = None
+        return mapping
+
+    result = block(lines[0][0])
+    if pos != len(lines):
+        raise _NotSubset
+    return result
 
 
 # ----------------------------------------------------------------------------- context
@@ -727,7 +812,22 @@ def render_for_plan(base: RenderInput | None, head: RenderInput | None) -> str:
     exist there (added or removed). Raises RenderError when head cannot render."""
     before = render(base) if base is not None else []
     after = render(head) if head is not None else []
+    if base is not None and head is not None:
+        # Lineage names the commit that asked for a run; a new commit that changes nothing
+        # else is not a change to show (the reconciler keeps the run's original commit).
+        before, after = _without_commit(before), _without_commit(after)
     return diff_manifests(before, after)
+
+
+def _without_commit(manifests: list[dict]) -> list[dict]:
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "ftops.dev/git-commit" and k != "FTOPS_GIT_COMMIT"}
+        if isinstance(node, list):
+            return [strip(v) for v in node if not (isinstance(v, dict) and v.get("name") == "FTOPS_GIT_COMMIT")]
+        return node
+
+    return [strip(m) for m in manifests]
 
 
 # ----------------------------------------------------------------------------- validation

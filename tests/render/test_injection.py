@@ -155,3 +155,29 @@ def test_corpus_path_payload_reaches_serve_json_verbatim():
     cm = manifests[0]
     assert set(cm["data"]) == {"serve.json"}
     assert json.loads(cm["data"]["serve.json"])["corpus"] == "corpora/" + payload
+
+
+@pytest.mark.parametrize("payload", ["", *PAYLOADS], ids=range(len(PAYLOADS) + 1))
+def test_fast_manifest_parser_agrees_with_pyyaml(payload):
+    """render.load_manifests reads our templates' YAML subset with json.loads; for every
+    template, with or without payloads, it must give exactly what PyYAML's safe loader gives,
+    and it must really take the fast path (not silently fall back)."""
+    import yaml
+
+    env = R._environment(str(R.templates_dir()))
+    inp = render_input()
+    serving = R._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="a/b",
+                                              data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
+    pairs = [(name, ctx) for templates, ctx in _contexts() for name in templates]
+    pairs += [(name, serving) for name in R.SERVING_TEMPLATES]
+    for name, ctx in pairs:
+        text = env.get_template(name).render(**_mark(ctx, payload, [0], keys=True))
+        fast = [d for d in (R._fast_load(chunk) for chunk in R._documents(text)) if d is not None]
+        assert fast == [d for d in yaml.safe_load_all(text) if d is not None], name
+
+
+def test_text_outside_the_subset_falls_back_to_pyyaml():
+    import yaml
+
+    for text in ("a: &x 1\nb: *x\n", "a: yes\n", "a: 010\n", "# c\na: 1\n", "a:\n  - - 1\n", "a: 1\na: 2\n"):
+        assert R.load_manifests(text) == [d for d in yaml.safe_load_all(text) if d is not None], text

@@ -464,6 +464,7 @@ def test_serving_manifests():
 def test_plan_diff():
     base = render_input()
     assert render_for_plan(base, base) == ""
+    assert render_for_plan(base, render_input(git_commit="b" * 40)) == ""  # a new commit alone is no change
     ft = finetune(**{"spec.hardware.maxHours": 2})
     head = render_input(ft)
     diff = render_for_plan(base, head)
