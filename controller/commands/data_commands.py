@@ -264,10 +264,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _source(args: argparse.Namespace, params, root: Path, workdir: Path) -> Path:
     if getattr(args, "rev", None):
-        from controller.data import dvc
+        from controller.data.pipeline import source_at
 
-        dest = workdir / "sources" / params.spec_name / args.rev.replace("/", "_") / Path(params.data_path).name
-        return dvc.pull(root, args.rev, params.data_path, dest).path
+        return source_at(root, args.rev, params, workdir)  # through its .dvc pointer, verified, or the git blob
     return Path(args.data) if args.data else root / params.data_path
 
 
