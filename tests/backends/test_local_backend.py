@@ -194,3 +194,50 @@ def test_unknown_runs(tmp_path):
     with pytest.raises(RunNotFound):
         b.logs("feedfacefeed")
     assert b.runs() == []
+
+
+# ----------------------------------------------------------------------------- the real trainer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Llama and the synthetic ticket task (controller.tiny): real training in seconds."""
+    from controller.tiny.model import init_tiny_model
+    from controller.tiny.task import write_task
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = init_tiny_model(root / "model")
+    train, test = write_task(root / "data", n_train=64, n_test=16)
+    return model, train, test
+
+
+def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption(tiny, tmp_path):
+    model, train, test = tiny
+    rc = RunConfig.model_validate_json(json.dumps({
+        "runId": "0badc0ffee00", "specName": "tiny", "baseModel": {"uri": str(model)},
+        "method": {"type": "lora", "r": 4, "alpha": 8},
+        "training": {"epochs": 3, "batchSize": 8, "maxSeqLength": 256, "checkpointEverySteps": 1},
+        "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
+        "outputDir": str(tmp_path / "out"), "checkpointDir": str(tmp_path / "ckpt"), "device": "cpu",
+    }))
+    runs = tmp_path / "runs"
+    LocalBackend(runs).submit(Run(config=rc))  # the default command: python -m controller.train
+    restarted = LocalBackend(runs)  # the controller came back: only the files are left
+    for _ in range(60000):  # until the first optimizer step is logged
+        if '"event": "step"' in restarted.logs(rc.run_id) or restarted.status(rc.run_id).finished:
+            break
+        restarted.wait(rc.run_id, timeout=0.01)
+    assert restarted.status(rc.run_id).phase is Phase.RUNNING, restarted.logs(rc.run_id)
+
+    # The node is being drained: SIGTERM, as the kubelet would send. The trainer checkpoints.
+    os.killpg(json.loads((runs / rc.run_id / "spawn.json").read_text())["pid"], signal.SIGTERM)
+    state = restarted.wait(rc.run_id, timeout=300)
+    assert state.phase is Phase.PREEMPTED and state.exit_code == 143, restarted.logs(rc.run_id)
+    assert any((tmp_path / "ckpt").iterdir())
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    assert restarted.submit(Run(config=rc)).phase in (Phase.PENDING, Phase.RUNNING)
+    state = restarted.wait(rc.run_id, timeout=600)
+    assert state.phase is Phase.SUCCEEDED, restarted.logs(rc.run_id)
+    assert '"event": "resume"' in restarted.logs(rc.run_id)
+    assert (tmp_path / "out" / "manifest.json").exists()  # a run without a manifest is not finished
