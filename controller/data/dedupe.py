@@ -149,22 +149,54 @@ def _block_signatures(texts: Sequence[str], ids: _WordIds, a, b):
     return sig
 
 
-def signatures(texts: Sequence[str], num_perm: int = NUM_PERM, block: int = 20_000, progress: bool = False):
+_SHARED_TEXTS: Sequence[str] = ()  # inherited by forked workers instead of being pickled
+PARALLEL_MIN_TEXTS = 40_000
+
+
+def _signature_block(start: int, block: int = 20_000):
+    a, b = _permutations(NUM_PERM)
+    return _block_signatures(_SHARED_TEXTS[start : start + block], _WordIds(), a, b)
+
+
+def signatures(texts: Sequence[str], num_perm: int = NUM_PERM, block: int = 20_000, progress: bool = False, workers: int | None = None):
     """(n, num_perm) uint32 MinHash signatures of word 3-gram shingles.
 
     Each permutation is a 32-bit xor-multiply-xorshift of an already well-mixed shingle id, so
     one permutation costs three vector operations and a segmented min over all shingles; texts
-    are processed in blocks to bound memory. Deterministic across runs and machines."""
+    are processed in blocks to bound memory, over two forked processes for large inputs.
+    Deterministic across runs, machines and worker counts."""
     import numpy as np
 
+    global _SHARED_TEXTS
     a, b = _permutations(num_perm)
-    ids = _WordIds()
     sig = np.empty((len(texts), num_perm), dtype=np.uint32)
-    steps = range(0, len(texts), block)
+    starts = list(range(0, len(texts), block))
+    if workers is None:
+        from controller.data.check import default_workers
+
+        workers = default_workers()
+    if workers > 1 and num_perm == NUM_PERM and block == 20_000 and len(texts) >= PARALLEL_MIN_TEXTS:
+        import multiprocessing
+
+        _SHARED_TEXTS = texts
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.imap(_signature_block, starts)
+                if progress:
+                    from controller.data.progress import bar
+
+                    parts = bar(parts, total=len(starts), desc="minhash", unit="block")
+                for s, part in zip(starts, parts):
+                    sig[s : s + block] = part
+        finally:
+            _SHARED_TEXTS = ()
+        return sig
+    ids = _WordIds()
+    steps = starts
     if progress:
         from controller.data.progress import bar
 
-        steps = bar(steps, total=len(steps), desc="minhash", unit="block")
+        steps = bar(starts, total=len(starts), desc="minhash", unit="block")
     for s in steps:
         sig[s : s + block] = _block_signatures(texts[s : s + block], ids, a, b)
     return sig
@@ -232,6 +264,7 @@ class NearDuplicates:
     bands: int
     rows: int
     edges: list[tuple[int, int, float]] = field(default_factory=list)  # i < j, similarity >= threshold
+    signatures: Any = field(default=None, repr=False)  # (n, NUM_PERM) uint32, reusable by the leak check
     clusters: list[list[int]] = field(default_factory=list)  # components of size >= 2, sorted
     dropped: dict[int, tuple[int, float]] = field(default_factory=dict)  # index -> (kept twin, similarity)
 
@@ -266,6 +299,7 @@ def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = Fal
     if n < 2:
         return result
     sig = signatures(texts, progress=progress)
+    result.signatures = sig
     pairs = candidate_pairs(sig, bands, rows)
     if pairs:
         arr = np.array(sorted(pairs), dtype=np.int64)

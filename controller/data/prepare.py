@@ -136,10 +136,16 @@ def prepare(
     train_recs = [records[kept[p]] for p in split.train]
     test_recs = [records[kept[p]] for p in split.test]
     kept_texts = {unique[k]: texts[k] for k in range(len(unique))}
+    row_of = {rec_i: k for k, rec_i in enumerate(unique)}
+
+    def sig_of(rec_indices: list[int]):
+        return near.signatures[[row_of[i] for i in rec_indices]] if near.signatures is not None else None
+
     leaks = check_leaks(
         [r.hash for r in train_recs], [kept_texts[kept[p]] for p in split.train],
         [r.hash for r in test_recs], [kept_texts[kept[p]] for p in split.test],
         params.near_duplicate_threshold,
+        signatures=(sig_of([kept[p] for p in split.test]), sig_of([kept[p] for p in split.train])) if near.signatures is not None else None,
     )
     require_no_leaks(leaks, scan.path, [r.line for r in test_recs], [r.line for r in train_recs])
 
