@@ -57,6 +57,10 @@ PLURALS = {
     ("batch/v1", "Job"): "jobs",
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+    # the cluster plumbing (kubernetes_lease.py, kubernetes_crd.py)
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("v1", "Event"): "events",
+    ("ftops.dev/v1alpha1", "FineTune"): "finetunes",
 }
 WORKLOADS = (("batch/v1", "Job"), ("kubeflow.org/v1", "PyTorchJob"), ("jobset.x-k8s.io/v1alpha2", "JobSet"))
 
@@ -220,8 +224,12 @@ class KubernetesBackend:
 
     def __init__(self, api_client: Any = None, *, kubeconfig: str | None = None, context: str | None = None,
                  namespaces: Sequence[str] | None = None, field_manager: str = FIELD_MANAGER,
-                 request_timeout: float = 30, workloads: Sequence[tuple[str, str]] = WORKLOADS) -> None:
+                 request_timeout: float = 30, workloads: Sequence[tuple[str, str]] = WORKLOADS,
+                 fence: Callable[[], None] | None = None) -> None:
         self.api = api_client if api_client is not None else load_api_client(kubeconfig, context)
+        self.fence = fence
+        """Called before every write (any method but GET); raising refuses the write. With leader
+        election it is `LeaderElector.ensure_leader`, so a paused or deposed leader cannot write."""
         self.namespaces = list(namespaces) if namespaces else None
         self.field_manager = field_manager
         self.request_timeout = request_timeout
@@ -238,6 +246,8 @@ class KubernetesBackend:
 
     def _request(self, method: str, path: str, query: dict | None = None, body: Any = None,
                  content_type: str = "application/json", timeout: float | None = None, stream: bool = False):
+        if method != "GET" and self.fence is not None:
+            self.fence()
         query = {k: v for k, v in (query or {}).items() if v is not None}
         url = self.api.configuration.host.rstrip("/") + path + ("?" + urlencode(query) if query else "")
         headers = {"Accept": "application/json", "User-Agent": f"{self.field_manager}/ftops"}
