@@ -529,7 +529,7 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
     pod = {
         "labels": pod_labels,
         "annotations": annotations,
-        "restartPolicy": "Never" if kind != "pytorchjob" else "Never",
+        "restartPolicy": "Never",  # retries belong to the Job controller and its podFailurePolicy
         "serviceAccountName": c.service_account_name,
         "subdomain": names["workers"] if kind == "indexed" else "",
         "priorityClassName": c.priority_class_name,
@@ -1004,6 +1004,7 @@ def _fast_checker(key: str, schema_file: str | None, ref: str | None):
 # the real PodTemplateSpec / JobTemplateSpec schemas below).
 _PYTORCHJOB_SPEC = {"nprocPerNode", "runPolicy", "pytorchReplicaSpecs", "elasticPolicy"}
 _RUN_POLICY = {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "cleanPodPolicy", "schedulingPolicy", "suspend"}
+_JOBSET_FAILURE_POLICY = {"maxRestarts", "rules", "restartStrategy"}
 _JOBSET_SPEC = {"ttlSecondsAfterFinished", "failurePolicy", "successPolicy", "network", "replicatedJobs", "suspend",
                 "startupPolicy", "managedBy", "coordinator"}
 
@@ -1038,6 +1039,14 @@ def _crd_errors(doc: dict) -> list[str]:
                                        where=f"{where}.template")
     elif kind == "JobSet":
         problems += [f"spec.{k}: unknown field" for k in spec if k not in _JOBSET_SPEC]
+        fp = spec.get("failurePolicy") or {}
+        problems += [f"spec.failurePolicy.{k}: unknown field" for k in fp if k not in _JOBSET_FAILURE_POLICY]
+        for i, rule in enumerate(fp.get("rules") or []):
+            if rule.get("action") not in ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"):
+                problems.append(f"spec.failurePolicy.rules[{i}].action: must be FailJobSet, RestartJobSet or "
+                                "RestartJobSetAndIgnoreMaxRestarts")
+            if not RFC1123_LABEL.match(str(rule.get("name", ""))):
+                problems.append(f"spec.failurePolicy.rules[{i}].name: must be an RFC 1123 label")
         if spec.get("successPolicy", {}).get("operator") not in ("All", "Any"):
             problems.append("spec.successPolicy.operator: must be All or Any")
         for i, rj in enumerate(spec.get("replicatedJobs") or []):
@@ -1072,7 +1081,7 @@ def _walk(node: Any, path: str, problems: list[str], ctx: dict) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             here = f"{path}.{key}" if path else key
-            if key in _ENUMS:
+            if key in _ENUMS and (key != "action" or "podFailurePolicy" in path):
                 values = value if isinstance(value, list) else [value]
                 for v in values:
                     if isinstance(v, str) and v not in _ENUMS[key]:

@@ -241,3 +241,13 @@ def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption
     assert state.phase is Phase.SUCCEEDED, restarted.logs(rc.run_id)
     assert '"event": "resume"' in restarted.logs(rc.run_id)
     assert (tmp_path / "out" / "manifest.json").exists()  # a run without a manifest is not finished
+
+
+def test_make_backend(tmp_path):
+    from controller.backends import Backend, make_backend
+    from controller.errors import PermanentError
+
+    local = make_backend("local", root=tmp_path)
+    assert isinstance(local, LocalBackend) and isinstance(local, Backend)
+    with pytest.raises(PermanentError, match="unknown backend 'nomad'"):
+        make_backend("nomad")

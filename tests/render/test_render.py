@@ -178,6 +178,8 @@ def test_pytorchjob_and_jobset_flavours():
     inner = js["spec"]["replicatedJobs"][0]["template"]["spec"]
     assert inner["completionMode"] == "Indexed" and inner["completions"] == 3
     assert inner["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
+    assert js["spec"]["failurePolicy"]["rules"][0] == {
+        "name": "config-error", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
     # <jobset>-node-0-<index> hostnames fit in a DNS label.
     assert len(f"{js['metadata']['name']}-node-0-255") <= 63
 
