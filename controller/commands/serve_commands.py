@@ -1,0 +1,151 @@
+"""`ftops serve`, `ftops deploy`, `ftops rollback`: the RAG + adapter server and its rollouts
+(controller.serve). Heavy imports happen inside the command functions only.
+
+    ftops serve --run RUN_DIR --spec SPEC_FILE [--corpus DIR] [--host H] [--port P]
+    ftops serve --config serve.json            (what a serving pod and the local deploy step run)
+    ftops deploy SPEC_FILE --run RUN_DIR [--store DIR]    promote a gated run (local backend)
+    ftops rollback SPEC [--to RUN] [--store DIR]          back to an earlier run that passed its gate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STORE = os.environ.get("FTOPS_STORE", "artifacts")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="Serve a finished run: OpenAI-compatible API with retrieval and citations.",
+        description="Serve a run's model (base + adapter, with the chat template recorded in its manifest) behind "
+                    "retrieval over the spec's corpus. Endpoints: POST /v1/chat/completions (stream: true for SSE), "
+                    "GET /v1/models, /healthz, /readyz, /metrics.")
+    serve.add_argument("--run", help="Run directory (<store>/<spec>/<run-id>, with manifest.json and model/).")
+    serve.add_argument("--spec", help="The FineTune spec file (its serving block: corpus, retriever, topK, maxTokens).")
+    serve.add_argument("--config", help="A serve.json instead of --run/--spec (what pods and the local deploy step use).")
+    serve.add_argument("--corpus", help="Corpus folder (default: spec.serving.corpus, relative to the repository).")
+    serve.add_argument("--retriever", choices=("bm25", "dense", "hybrid"), help="Override spec.serving.retriever.")
+    serve.add_argument("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+    serve.add_argument("--port", type=int, default=None, help="Port (default 8000; 0 lets the OS choose).")
+    serve.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu).")
+    serve.add_argument("--index-cache", default=None, help="Where corpus indexes are kept (default beside the corpus).")
+    serve.set_defaults(func=_serve)
+
+    deploy = subparsers.add_parser(
+        "deploy", help="Promote a run to serving (local backend) once its gate passed.",
+        description="Start the run's server beside the serving one; switch when it is ready, otherwise keep the old "
+                    "one and report the automatic rollback. Prints the transition events as JSON.")
+    deploy.add_argument("spec", help="The FineTune spec file.")
+    deploy.add_argument("--run", required=True, help="Run directory in the store.")
+    deploy.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
+    deploy.add_argument("--corpus", help="Corpus folder (default: spec.serving.corpus, relative to the repository).")
+    deploy.add_argument("--timeout", type=float, default=300, help="Seconds the new version has to become ready.")
+    deploy.set_defaults(func=_deploy)
+
+    rollback = subparsers.add_parser(
+        "rollback", help="Serve an earlier run of a spec again (one that passed its gate).",
+        description="Back to the run that served before the current one, or to --to RUN (a prefix is enough).")
+    rollback.add_argument("spec", help="Spec name or spec file.")
+    rollback.add_argument("--to", help="Run id to return to (must have served before and passed its gate).")
+    rollback.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
+    rollback.add_argument("--timeout", type=float, default=300, help="Seconds the version has to become ready.")
+    rollback.set_defaults(func=_rollback)
+
+
+def _repo_root(start: Path) -> Path:
+    for parent in [start, *start.parents]:
+        if (parent / ".git").exists() or (parent / "specs").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def _load_spec(path: str):
+    from controller.errors import PermanentError
+    from controller.spec import load_spec_text
+
+    spec_path = Path(path)
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PermanentError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    loaded = load_spec_text(text, str(spec_path))
+    if not loaded.ok:
+        raise PermanentError("\n".join(f"{i.file}:{i.line}: {i.field}: {i.message}" for i in loaded.errors))
+    ft = loaded.spec
+    if ft.spec.serving is None:
+        raise PermanentError(f"{path}: spec '{ft.name}' has no spec.serving block; add one to serve it")
+    return ft, _repo_root(spec_path.resolve().parent)
+
+
+def config_from_spec(spec_file: str, run_dir: str, corpus: str | None = None):
+    """ServeConfig for a run of a spec: the spec's serving block, the corpus resolved in its repo."""
+    from controller.serve.config import ServeConfig
+
+    ft, repo = _load_spec(spec_file)
+    s = ft.spec.serving
+    corpus_dir = corpus or (str(repo / s.corpus) if s.corpus else None)
+    return ServeConfig(run_dir=str(Path(run_dir).resolve()), model_name=ft.name,
+                       corpus_dir=str(Path(corpus_dir).resolve()) if corpus_dir else None, retriever=s.retriever,
+                       top_k=s.top_k, max_tokens=s.max_tokens)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+
+    try:
+        if args.config:
+            if args.run or args.spec:
+                print("error: give either --config or --run/--spec", file=sys.stderr)
+                return 2
+            from controller.serve.config import load_config
+
+            config = load_config(args.config, base=Path.cwd())
+        elif args.run and args.spec:
+            config = config_from_spec(args.spec, args.run, args.corpus)
+        else:
+            print("error: give --run RUN_DIR and --spec SPEC_FILE (or --config serve.json)", file=sys.stderr)
+            return 2
+        changes = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device,
+                                     "retriever": args.retriever, "index_cache": args.index_cache}.items() if v is not None}
+        if args.corpus and args.config:
+            changes["corpus_dir"] = str(Path(args.corpus).resolve())
+        config = config.replace(**changes)
+        from controller.serve.server import run_forever
+
+        return run_forever(config)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+    from controller.serve.deploy import LocalServing
+
+    try:
+        config = config_from_spec(args.spec, args.run, args.corpus)
+        result = LocalServing(args.store, ready_timeout=args.timeout).promote(config)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.outcome in ("promoted", "unchanged") else 1
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from controller.errors import FtopsError
+    from controller.serve.deploy import LocalServing
+
+    name = args.spec
+    try:
+        if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            name = _load_spec(name)[0].name
+        result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.serving_run_id and result.outcome in ("rolled_back", "unchanged") else 1

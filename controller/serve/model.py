@@ -1,0 +1,238 @@
+"""Loading a finished run for serving: base model + adapter (or the full model), with exactly the
+chat template and special tokens recorded in the run's manifest (train/serve parity).
+
+Why the manifest and not the tokenizer files alone: the manifest is what the trainer trained
+with, written last and atomically; files beside it can be edited or half-copied. So:
+
+* no manifest.json -> the run is not finished -> refuse;
+* every file under model/ must match its sha256 in the manifest -> a tampered or truncated
+  adapter is refused before it is loaded (this is also what makes a broken rollout fail
+  readiness instead of serving garbage);
+* the tokenizer's chat template is set to the manifest's `chatTemplate`, and its special tokens
+  must have the manifest's ids, or loading fails with the difference named.
+
+Weights load through the trainer's loader rules: safetensors only, trust_remote_code off
+(controller.train.loading). A LoRA adapter is merged into the float base once at load, so each
+request runs a plain model (same outputs, no adapter overhead per token).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from controller.errors import PermanentError
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PermanentError(f"{run_dir}: no manifest.json, so the run is not finished; serve a finished run") from None
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(manifest, dict) or "runId" not in manifest or "provenance" not in manifest:
+        raise PermanentError(f"{path}: not a run manifest (runId/provenance missing)")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_model_files(run_dir: Path, manifest: dict) -> None:
+    """Every model/ file listed in the manifest exists with the recorded sha256."""
+    files = {k: v for k, v in (manifest.get("files") or {}).items() if k.startswith("model/")}
+    if not files:
+        raise PermanentError(f"{run_dir}/manifest.json lists no model/ files; the run has no model to serve")
+    for rel, meta in sorted(files.items()):
+        path = run_dir / rel
+        if not path.is_file():
+            raise PermanentError(f"{run_dir}: {rel} is listed in the manifest but missing")
+        got = _sha256(path)
+        if got != meta.get("sha256"):
+            raise PermanentError(f"{run_dir}: {rel} has sha256 {got[:12]}…, the manifest records "
+                                 f"{str(meta.get('sha256'))[:12]}…; the artifact changed after training, refusing to serve it")
+
+
+def check_special_tokens(tokenizer, recorded: dict) -> None:
+    problems = []
+    for name, want in (recorded or {}).items():
+        if name == "additional":
+            have = [str(t) for t in (getattr(tokenizer, "additional_special_tokens", None) or [])]
+            if list(want) != have:
+                problems.append(f"additional special tokens {have} != {list(want)}")
+            continue
+        tok = getattr(tokenizer, name, None)
+        tid = tokenizer.convert_tokens_to_ids(str(tok)) if tok is not None else None
+        if tok is None or str(tok) != want.get("token") or tid != want.get("id"):
+            problems.append(f"{name} is {tok!r} (id {tid}), manifest records {want.get('token')!r} (id {want.get('id')})")
+    if problems:
+        raise PermanentError("tokenizer does not match the run's manifest: " + "; ".join(problems))
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    run_id: str
+    manifest: dict
+    eos_ids: list[int]
+    pad_id: int
+    device: str
+    max_positions: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _kwargs(self, ids: list[int], max_new_tokens: int) -> dict:
+        import torch
+
+        input_ids = torch.tensor([ids], device=self.device)
+        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                    do_sample=False, eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
+        """Greedy completion of `ids`: (new token ids without the end-of-turn token, finish reason)."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(**self._kwargs(ids, max_new_tokens))
+        return self._finish(out[0, len(ids):].tolist())
+
+    def _finish(self, new: list[int]) -> tuple[list[int], str]:
+        if new and new[-1] in self.eos_ids:
+            return new[:-1], "stop"
+        return new, "length"
+
+    def stream(self, ids: list[int], max_new_tokens: int) -> Iterator[str | tuple[list[int], str]]:
+        """Yields text deltas as tokens are generated, then one final (token ids, finish reason)."""
+        import torch
+
+        tokens: "queue.Queue[Any]" = queue.Queue()
+        done = object()
+        prompt_len = len(ids)
+
+        class _Streamer:
+            first = True
+
+            def put(self, value):
+                if self.first:  # generate() first passes the prompt
+                    self.first = False
+                    return
+                tokens.put(value.reshape(-1).tolist())
+
+            def end(self):
+                tokens.put(done)
+
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**self._kwargs(ids, max_new_tokens), streamer=_Streamer())
+            except BaseException as exc:  # surfaced in the caller's thread
+                failure.append(exc)
+                tokens.put(done)
+
+        with self.lock:
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            new: list[int] = []
+            sent = ""
+            while True:
+                item = tokens.get()
+                if item is done:
+                    break
+                new.extend(item)
+                body = [t for t in new if t not in self.eos_ids]
+                text = self.tokenizer.decode(body, skip_special_tokens=True)
+                if len(text) > len(sent) and not text.endswith("\ufffd"):
+                    yield text[len(sent):]
+                    sent = text
+            thread.join()
+        if failure:
+            raise failure[0]
+        del prompt_len
+        yield self._finish(new)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_run(run_dir: str | Path, base_uri: str | None = None, base_revision: str | None = None,
+             device: str = "cpu") -> LoadedModel:
+    """Load a finished run for inference (see module docstring for the checks)."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    verify_model_files(run_dir, manifest)
+    prov = manifest["provenance"]
+    model_dir = run_dir / "model"
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from controller.train.loading import check_safetensors_only, load_tokenizer, resolve_device, resolve_model_dir
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(model_dir)
+    template = prov.get("chatTemplate")
+    if not template:
+        raise PermanentError(f"{run_dir}/manifest.json records no chatTemplate; cannot guarantee train/serve parity")
+    tokenizer.chat_template = template
+    check_special_tokens(tokenizer, prov.get("specialTokens") or {})
+    kwargs = dict(trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
+    check_safetensors_only(model_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        base = prov.get("baseModel") or {}
+        base_dir = resolve_model_dir(base_uri or base.get("uri", ""), base_revision if base_uri else base.get("revision"))
+        from peft import PeftModel
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+            model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+        except PermanentError:
+            raise
+        except Exception as exc:
+            raise PermanentError(f"{run_dir}: cannot load base {base_dir} + adapter: {type(exc).__name__}: {exc}") from None
+        gen_dir = base_dir
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        except Exception as exc:
+            raise PermanentError(f"{run_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
+        gen_dir = model_dir
+    model.to(device).eval()
+    model.config.use_cache = True
+    eos = set()
+    recorded_eos = (prov.get("specialTokens") or {}).get("eos_token") or {}
+    if isinstance(recorded_eos.get("id"), int):
+        eos.add(recorded_eos["id"])
+    try:
+        gen_eos = json.loads((gen_dir / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, json.JSONDecodeError):
+        gen_eos = None
+    if isinstance(gen_eos, int):
+        eos.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        eos.update(int(i) for i in gen_eos)
+    if not eos:
+        raise PermanentError(f"{run_dir}: no end-of-turn token recorded; generation would never stop")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    return LoadedModel(model, tokenizer, manifest["runId"], manifest, sorted(eos), pad, device, max_pos)

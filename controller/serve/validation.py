@@ -1,0 +1,109 @@
+"""Request validation for the OpenAI-compatible endpoint (pure: bytes in, request or error out).
+
+Why strict and up front: every check here runs before any retrieval or generation, so a bad
+request costs microseconds, gets a 4xx JSON error in OpenAI's shape (`{"error": {message, type,
+param, code}}`, which the official SDK turns into BadRequestError & co.), and can never reach the
+model with something that would make it fail or run for minutes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+MAX_BODY_BYTES = 1 << 20
+MAX_MESSAGES = 64
+MAX_CONTENT_CHARS = 32_000
+ROLES = ("system", "user", "assistant")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict]
+    max_tokens: int
+    stream: bool
+    model: str | None
+    include_usage: bool = False
+
+    @property
+    def query(self) -> str:
+        """What retrieval searches for: the last user message."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+
+def _content(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # [{"type": "text", "text": ...}]
+        parts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(400, f"{where}[{i}] must be a text part {{\"type\": \"text\", \"text\": ...}}; "
+                                        "this server takes text only", where)
+            parts.append(part["text"])
+        return "".join(parts)
+    raise RequestError(400, f"{where} must be a string", where)
+
+
+def parse_chat_request(body: bytes, max_tokens_limit: int, default_max_tokens: int | None = None) -> ChatRequest:
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "request body must be a JSON object")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(400, f"'messages' has {len(messages)} entries; the limit is {MAX_MESSAGES}", "messages")
+    clean, total = [], 0
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise RequestError(400, f"{where} must be an object with 'role' and 'content'", where)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise RequestError(400, f"{where}.role must be one of {', '.join(ROLES)}, not {role!r}", f"{where}.role")
+        if "content" not in msg or msg["content"] is None:
+            raise RequestError(400, f"{where}.content is required", f"{where}.content")
+        text = _content(msg["content"], f"{where}.content")
+        total += len(text)
+        clean.append({"role": role, "content": text})
+    if total > MAX_CONTENT_CHARS:
+        raise RequestError(400, f"messages hold {total} characters; the limit is {MAX_CONTENT_CHARS}", "messages",
+                           "context_length_exceeded")
+    if clean[-1]["role"] != "user":
+        raise RequestError(400, "the last message must have role 'user'", f"messages[{len(clean) - 1}].role")
+    key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = data.get(key)
+    if max_tokens is None:
+        max_tokens = default_max_tokens or max_tokens_limit
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError(400, f"'{key}' must be a positive integer", key)
+    if max_tokens > max_tokens_limit:
+        raise RequestError(400, f"'{key}' is {max_tokens}; this deployment allows at most {max_tokens_limit} "
+                                "(spec.serving.maxTokens)", key)
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "'stream' must be true or false", "stream")
+    n = data.get("n", 1)
+    if n not in (1, None):
+        raise RequestError(400, "'n' must be 1: this server returns one choice", "n")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, "'model' must be a string", "model")
+    options = data.get("stream_options") or {}
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    return ChatRequest(clean, max_tokens, stream, model, include_usage)
