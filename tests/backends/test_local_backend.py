@@ -211,6 +211,7 @@ def tiny(tmp_path_factory):
     return model, train, test
 
 
+@pytest.mark.slow
 def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption(tiny, tmp_path):
     model, train, test = tiny
     rc = RunConfig.model_validate_json(json.dumps({
