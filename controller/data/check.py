@@ -445,6 +445,11 @@ def _chunks(data: bytes, n: int) -> list[tuple[int, int, int]]:
 
 
 def default_workers() -> int:
+    """Two processes on a machine with two or more CPUs (the size this runs on), else one;
+    FTOPS_DATA_WORKERS overrides (1 turns parallelism off, e.g. on an oversubscribed machine)."""
+    env = os.environ.get("FTOPS_DATA_WORKERS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, min(2, os.cpu_count() or 1))
 
 

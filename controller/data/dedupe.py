@@ -289,7 +289,12 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = False) -> NearDuplicates:
+def near_duplicates_with(texts: Sequence[str], threshold: float, workers: int | None = None) -> NearDuplicates:
+    """`near_duplicates` with an explicit process count (the benchmark compares them)."""
+    return near_duplicates(texts, threshold, workers=workers)
+
+
+def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = False, workers: int | None = None) -> NearDuplicates:
     """Find near-duplicate pairs (Jaccard of word 3-gram sets >= threshold) and cluster them."""
     import numpy as np
 
@@ -298,7 +303,7 @@ def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = Fal
     n = len(texts)
     if n < 2:
         return result
-    sig = signatures(texts, progress=progress)
+    sig = signatures(texts, progress=progress, workers=workers)
     result.signatures = sig
     pairs = candidate_pairs(sig, bands, rows)
     if pairs:
