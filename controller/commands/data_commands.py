@@ -213,10 +213,10 @@ def _check(args: argparse.Namespace) -> int:
         lengths = [r.est_tokens for r in scan.records]
         method = tk.ESTIMATE
         scan.issues.append(Issue(0, "tokenizer_unavailable", "", note or "token counts are estimates", "warning"))
-        over = sum(1 for n in lengths if n > params.max_seq_length)
-        if over:
-            scan.issues.append(Issue(0, "too_long", "", f"about {over} example(s) may exceed maxSeqLength {params.max_seq_length} (estimated; "
-                                     "give --base-model for exact counts)", "warning"))
+        for rec in scan.records:
+            if rec.est_tokens > params.max_seq_length:
+                scan.issues.append(Issue(rec.line, "too_long", "messages", f"about {rec.est_tokens} tokens (estimated), over maxSeqLength "
+                                         f"{params.max_seq_length}; give --base-model for the exact count and truncation", "warning"))
     scan.issues.sort(key=lambda i: (i.line, i.severity != "error"))
     stats = tk.stats(lengths, method)
     train_share = 1 - params.test_fraction

@@ -267,6 +267,12 @@ def version(
         raise PermanentError(f"{rel}: no such file in {root}; write the dataset there first (spec.dataset.path)")
     if _git(["rev-parse", "--is-inside-work-tree"], root).returncode != 0:
         raise PermanentError(f"{root}: not a git repository; datasets are versioned next to the specs that use them (`git init` first)")
+    if _git(["ls-files", "--error-unmatch", str(rel)], root).returncode == 0:
+        raise PermanentError(
+            f"{rel}: is committed to git directly, so DVC cannot take it over. To version it with DVC, untrack it "
+            f"(`git rm --cached {rel}`; the file stays on disk), then run `ftops data version {rel}` again and commit the "
+            f"change together with {rel}.dvc. Nothing was changed."
+        )
     ensure_dvc_repo(root)
 
     if remote_url:

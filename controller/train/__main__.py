@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TEMPORARY if exc.temporary else EXIT_FAILED
 
 
-def _log(kind: str, **fields) -> None:
-    print(json.dumps({"event": kind, **fields}), flush=True)
+def _log(event: str, **fields) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 if __name__ == "__main__":

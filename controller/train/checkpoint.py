@@ -8,8 +8,8 @@ directory is renamed into place, then the marker is written atomically. A checkp
 valid marker (cut off mid-write by SIGKILL or a node loss) is ignored on resume and removed.
 
 `FTOPS_TEST_KILL_IN_CHECKPOINT=<step>` makes the writer SIGKILL its own process after the
-first file of that step's checkpoint: the only way to make a kill land mid-write
-deterministically. Only the tests set it.
+first file of that step's checkpoint, and `<step>:marker` after the rename but before the marker:
+the only way to make a kill land mid-write deterministically. Only the tests set it.
 """
 from __future__ import annotations
 
@@ -56,6 +56,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def _test_kill_hook(point: str) -> None:
+    if os.environ.get(KILL_HOOK_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)  # die with the checkpoint half written (tests only)
+
+
 def optimizer_to_tensors(state_dict: dict) -> tuple[dict, dict]:
     """Split an optimizer state_dict into tensors (for safetensors) and JSON (everything else)."""
     import torch
@@ -96,8 +101,7 @@ def save_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(partial / "trainable.safetensors"))
-    if os.environ.get(KILL_HOOK_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)  # test hook: die with the checkpoint half written
+    _test_kill_hook(f"{step}")
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state)
     opt_tensors.update({f"rng.{k}": v for k, v in rng.items()})
     save_file(opt_tensors, str(partial / "optimizer.safetensors"))
@@ -108,6 +112,7 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     _fsync_dir(checkpoint_dir)
+    _test_kill_hook(f"{step}:marker")
     files = {p.name: _sha256(p) for p in sorted(final.iterdir())}
     _write_atomic(final / MARKER, json.dumps({"step": step, "files": files}, sort_keys=True).encode())
     _prune(checkpoint_dir, keep=KEEP)

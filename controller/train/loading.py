@@ -211,5 +211,7 @@ def load_model(model_dir: Path, method: Any, device: str, gradient_checkpointing
 
 def _enable_checkpointing(model) -> None:
     """Non-reentrant activation checkpointing (works with frozen inputs, i.e. LoRA, without hooks)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -113,12 +113,12 @@ class Trainer:
                 raise PermanentError(f"{field}: '{p}' is not an absolute path; run.json paths are absolute on the trainer's machine")
 
         # 1. Everything that can be wrong with the input, before any weights are loaded.
-        model_dir = resolve_model_dir(cfg.base_model.uri, cfg.base_model.revision)
-        tokenizer = load_tokenizer(model_dir)
+        # Cheapest checks first (no heavy import yet): data files, then the model directory.
         train_path, test_path = Path(cfg.data.train), Path(cfg.data.test)
         first = read_chat_jsonl(train_path, "data.train")
-        if not test_path.is_file():
-            raise PermanentError(f"data.test: data file '{test_path}' not found; run `ftops data prepare` or fix the path in run.json")
+        read_chat_jsonl(test_path, "data.test")
+        model_dir = resolve_model_dir(cfg.base_model.uri, cfg.base_model.revision)
+        tokenizer = load_tokenizer(model_dir)
         gen_eos = _generation_eos(model_dir)
         eot = end_of_turn_ids(tokenizer, gen_eos)
         check_template(tokenizer, first[0], f"{train_path}:1", eot)

@@ -237,3 +237,14 @@ def test_cli_version_and_pull(git_repo, tmp_path):
     assert proc.returncode == 0 and md5(tmp_path / "p.jsonl") == out["md5"]
     proc = run_ftops("data", "pull", DATA, "--rev", "nope", "--out", str(tmp_path / "q.jsonl"), cwd=root)
     assert proc.returncode == 1 and "revision 'nope' does not exist" in proc.stderr
+
+
+def test_a_file_committed_to_git_is_not_taken_over_silently(git_repo, tmp_path):
+    root = git_repo.root
+    write_lines(root / DATA, diverse_examples(220, seed=8))
+    git_repo.commit("data in git")
+    before = (root / DATA).read_bytes()
+    with pytest.raises(dvc.PermanentError, match=r"committed to git directly.*git rm --cached data/train.jsonl"):
+        dvc.version(root, DATA, remote_url=str(tmp_path / "store"))
+    assert (root / DATA).read_bytes() == before and not (root / ".dvc").exists() and git(root, "status", "--porcelain") == ""
+    assert not (tmp_path / "store").exists()

@@ -1,0 +1,309 @@
+"""`ftops reconcile`, `ftops controller`, `ftops status`, `ftops get`, `ftops trace`, `ftops audit`:
+running the reconciler and asking it what it did."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from controller.errors import FtopsError
+
+DEFAULT_HOME = ".ftops"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=DEFAULT_HOME, help=f"controller state: ledger, artifacts, status (default: {DEFAULT_HOME})")
+
+
+def _controller_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--repo", required=True, help="the GitOps repository: a local path or a git URL")
+    p.add_argument("--rev", default="main", help="branch, tag or commit to reconcile (default: main)")
+    p.add_argument("--backend", choices=("local", "kubernetes"), default="local")
+    p.add_argument("--kubeconfig", help="kubeconfig for --backend kubernetes (default: in-cluster, then ~/.kube/config)")
+    p.add_argument("--operator-config", help="operator config (GPU catalog, prices, tenancy, cluster defaults)")
+    p.add_argument("--max-concurrent-runs", type=int, default=2)
+    p.add_argument("--max-runs-per-owner", type=int, default=1)
+    p.add_argument("--allow-delete-all", action="store_true", help="confirm a commit that deletes every spec")
+    p.add_argument("--allowed-signers", help="signed-commit mode: a git allowed-signers file (SSH keys)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where local runs train")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    reconcile = sub.add_parser("reconcile", help="run reconcile passes against a GitOps repo")
+    _controller_args(reconcile)
+    reconcile.add_argument("--once", action="store_true", help="one pass, then exit (default)")
+    reconcile.add_argument("--until-settled", type=float, metavar="SECONDS",
+                           help="repeat passes until nothing is waiting, or SECONDS pass")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    ctl = sub.add_parser("controller", help="reconcile forever, polling git (and watching a local repo with --watch)")
+    _controller_args(ctl)
+    ctl.add_argument("--interval", type=float, default=30, help="seconds between polls (default: 30)")
+    ctl.add_argument("--watch", action="store_true", help="also reconcile as soon as a local repo's refs change")
+    ctl.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    ctl.set_defaults(func=cmd_controller)
+
+    status = sub.add_parser("status", help="every spec's status, like `kubectl get`")
+    _common(status)
+    status.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    status.set_defaults(func=cmd_status)
+
+    get = sub.add_parser("get", help="one spec's status with its conditions")
+    _common(get)
+    get.add_argument("spec")
+    get.add_argument("-o", "--output", choices=("text", "yaml", "json"), default="text")
+    get.set_defaults(func=cmd_get)
+
+    trace = sub.add_parser("trace", help="from a spec, run, artifact sha256, data md5 or commit to its whole chain")
+    _common(trace)
+    trace.add_argument("query")
+    trace.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    trace.set_defaults(func=cmd_trace)
+
+    audit = sub.add_parser("audit", help="check or export the audit ledger")
+    _common(audit)
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="re-check the hash chain and every recorded artifact hash")
+    _common(verify)
+    verify.set_defaults(func=cmd_audit_verify)
+    export = audit_sub.add_parser("export", help="in-toto provenance statements, one per model")
+    _common(export)
+    export.add_argument("--out", help="write to this file instead of stdout")
+    export.set_defaults(func=cmd_audit_export)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def build_reconciler(args: argparse.Namespace):
+    from controller.reconciler import ControllerConfig, Reconciler
+
+    config = ControllerConfig(
+        repo=args.repo, home=Path(args.home), rev=args.rev, operator_config=args.operator_config,
+        max_concurrent_runs=args.max_concurrent_runs, max_runs_per_owner=args.max_runs_per_owner,
+        allow_delete_all=args.allow_delete_all,
+        allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None, device=args.device,
+    )
+    if args.backend == "kubernetes":
+        from controller.backends.kubernetes import KubernetesBackend
+
+        backend = KubernetesBackend(kubeconfig=args.kubeconfig)
+    else:
+        from controller.backends.local import LocalBackend
+
+        backend = LocalBackend(Path(args.home) / "runs")
+    return Reconciler(config, backend)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from controller.observability import configure_logging
+
+    configure_logging("WARNING")
+    try:
+        reconciler = build_reconciler(args)
+        deadline = time.monotonic() + (args.until_settled or 0)
+        while True:
+            result = reconciler.reconcile_once()
+            if not args.until_settled or result.requeue_after is None or time.monotonic() > deadline:
+                break
+            time.sleep(min(result.requeue_after, 2.0))
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(_table(result.statuses))
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.observability import Metrics, configure_logging
+
+    configure_logging()
+    reconciler = build_reconciler(args)
+    metrics = Metrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    wake = threading.Event()
+    observer = _watch(Path(args.repo), wake) if args.watch else None
+    try:
+        while True:
+            started = time.monotonic()
+            result = reconciler.reconcile_once()
+            waiting = sum(1 for s in result.statuses.values() if s.phase not in ("Ready", "Stalled"))
+            metrics.observe_pass(time.monotonic() - started, result.statuses, result.error, waiting)
+            delay = args.interval if result.requeue_after is None else min(args.interval, result.requeue_after)
+            wake.wait(timeout=max(0.2, delay))
+            wake.clear()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if observer is not None:
+            observer.stop()
+
+
+def _watch(repo: Path, wake: threading.Event):
+    """Wake the loop when a local repository's refs or HEAD change (a commit, a checkout)."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    git_dir = repo / ".git" if (repo / ".git").is_dir() else repo
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:
+            path = str(getattr(event, "dest_path", "") or event.src_path)
+            if "/refs/" in path or path.endswith(("HEAD", "packed-refs")):
+                wake.set()
+
+    observer = Observer()
+    observer.schedule(Handler(), str(git_dir), recursive=True)
+    observer.start()
+    return observer
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _statuses(home: str):
+    from controller.reconciler import Home, load_statuses
+
+    return load_statuses(Home(Path(home)).status)
+
+
+def _table(statuses) -> str:
+    rows = [("NAME", "PHASE", "RUN", "SERVING", "GATE", "REVISION", "MESSAGE")]
+    for name, status in sorted(statuses.items()):
+        gate = status.condition("GatePassed")
+        gate_text = "-" if gate is None else ("Passed" if gate.status == "True" else gate.reason)
+        not_done = next((c for c in status.conditions if c.status != "True" and c.type not in ("Ready",)), None)
+        stalled = status.condition("Stalled")
+        message = (stalled.message if stalled is not None and stalled.status == "True" else
+                   not_done.message if not_done is not None else "")
+        rows.append((name, status.phase, status.run_id or "-", status.serving_run_id or "-", gate_text,
+                     (status.observed_revision or "-")[:8], message[:80]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    statuses = _statuses(args.home)
+    if args.output == "table":
+        print(_table(statuses) if statuses else "no specs reconciled yet")
+        return 0
+    payload = [s.to_dict() for _, s in sorted(statuses.items())]
+    print(_dump(payload, args.output))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    status = _statuses(args.home).get(args.spec)
+    if status is None:
+        print(f"error: no status for spec '{args.spec}' in {args.home}", file=sys.stderr)
+        return 1
+    if args.output != "text":
+        print(_dump(status.to_dict(), args.output))
+        return 0
+    print(f"{status.name}: {status.phase} (revision {(status.observed_revision or '-')[:12]}, run {status.run_id or '-'}, "
+          f"serving {status.serving_run_id or '-'})")
+    for c in status.conditions:
+        print(f"  {c.type:<12} {c.status:<7} {c.reason:<20} {c.message}")
+    return 0
+
+
+def _dump(payload, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(payload, indent=2)
+    import yaml
+
+    return yaml.safe_dump(payload, sort_keys=False).rstrip()
+
+
+def _ledger(home: str):
+    from controller.ledger import open_ledger
+    from controller.reconciler import Home
+
+    path = Home(Path(home)).ledger
+    if not path.exists():
+        raise FtopsError(f"no ledger at {path}: nothing has been reconciled with --home {home}")
+    return open_ledger(path)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from controller.ledger import trace
+
+    try:
+        result = trace(_ledger(args.home), args.query)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{args.query}: matched as {result.matched}")
+    for chain in result.runs:
+        print(f"\nrun {chain['runId']} of spec {chain['spec']}")
+        for label, key in (("requested by", "requestedBy"), ("data", "data"), ("submitted", "submitted"),
+                           ("finished", "finished"), ("evaluated", "evaluation"), ("gate", "gate")):
+            record = chain.get(key)
+            print(f"  {label:<13} {_describe(key, record)}")
+        for d in chain["deployments"]:
+            print(f"  {'deployment':<13} #{d['seq']} {d['kind']} at {d['time']}")
+    return 0
+
+
+def _describe(key: str, record: dict | None) -> str:
+    if record is None:
+        return "-"
+    p = record["payload"]
+    seq = f"#{record['seq']}"
+    if key == "requestedBy":
+        return f"{seq} commit {p.get('commit', '')[:12]} by {p.get('author')} <{p.get('email')}>: {p.get('message', '').splitlines()[0] if p.get('message') else ''}"
+    if key == "data":
+        counts = p.get("counts") or {}
+        review = p.get("review") or {}
+        return (f"{seq} {p.get('path')} md5 {p.get('md5')} ({counts.get('train', '?')} train / {counts.get('test', '?')} test; "
+                f"review {review.get('approved', '?')}/{review.get('reviewed', '?')} approved)")
+    if key == "submitted":
+        return f"{seq} {p.get('backend')} job {p.get('job')} image {p.get('image')}"
+    if key == "finished":
+        return f"{seq} {len(p.get('artifacts') or {})} artifacts, manifest sha256 {str(p.get('manifestSha256'))[:16]}…"
+    if key == "evaluation":
+        return f"{seq} report sha256 {str(p.get('reportSha256'))[:16]}… {json.dumps(p.get('metrics'))[:100]}"
+    if key == "gate":
+        return f"{seq} {'passed' if p.get('passed') else 'failed'}"
+    return seq
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    try:
+        result = _ledger(args.home).verify()
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result.ok:
+        print(f"ledger OK: {result.checked} records, chain and artifact hashes match")
+        return 0
+    print(f"ledger BROKEN at record {result.first_bad_seq}: {result.problem}")
+    return 1
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from controller.ledger import provenance_statements
+
+    try:
+        statements = provenance_statements(_ledger(args.home))
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(statements, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {len(statements)} provenance statement(s) to {args.out}")
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,102 @@
+"""Reading evaluation sets: chat JSONL (the held-out split, bias sets) and regression suites.
+
+An example's reference answer is its last assistant message; everything before it is the prompt.
+Errors name file:line and what to write instead, as everywhere in ftops.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.errors import PermanentError
+
+ROLES = ("system", "user", "assistant", "tool")
+DEFAULT_SUITE = "default"
+_DEFAULT_SUITE_FILE = Path(__file__).resolve().parent.parent / "defaults" / "regression.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One input with its reference answer. `meta` keeps the other keys of the line (group, id...)."""
+
+    prompt: tuple[dict, ...]
+    reference: str
+    line: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[dict]:
+        return [dict(m) for m in self.prompt]
+
+    def text(self) -> str:
+        """Prompt (minus system messages, shared by every example) and answer, for overlap checks."""
+        return "\n".join([m["content"] for m in self.prompt if m["role"] != "system"] + [self.reference])
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise PermanentError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise PermanentError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise PermanentError(f"{where}: messages[{i}].content must be a string")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_examples(path: str | Path, what: str, *, answer_key: str | None = None) -> list[EvalExample]:
+    """Every example of a JSONL file. With `answer_key`, a line may give its answer under that key
+    (regression suites: `{"messages": [user...], "answer": "..."}`); otherwise the last message
+    must be the assistant's reference answer."""
+    path = Path(path)
+    if not path.is_file():
+        raise PermanentError(f"{what}: file '{path}' not found")
+    examples: list[EvalExample] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PermanentError(f"{where}: not valid JSON ({exc.msg}); each line must be one example") from None
+            if not isinstance(obj, dict):
+                raise PermanentError(f'{where}: each line must be a JSON object with "messages"')
+            messages = _check_messages(obj.get("messages"), where)
+            meta = {k: v for k, v in obj.items() if k != "messages"}
+            if answer_key and answer_key in obj:
+                if not isinstance(obj[answer_key], str):
+                    raise PermanentError(f'{where}: "{answer_key}" must be a string (the expected answer)')
+                reference = obj[answer_key]
+                prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+            elif messages[-1]["role"] == "assistant":
+                reference, prompt = messages[-1]["content"], messages[:-1]
+            else:
+                hint = f' or an "{answer_key}" key' if answer_key else ""
+                raise PermanentError(f"{where}: the last message must be the assistant's reference answer{hint}")
+            if not prompt:
+                raise PermanentError(f"{where}: no prompt before the reference answer")
+            examples.append(EvalExample(tuple(prompt), reference, lineno, meta))
+    if not examples:
+        raise PermanentError(f"{what}: file '{path}' has no examples")
+    return examples
+
+
+def suite_path(suite: str, repo_root: Path | None) -> Path:
+    """The shipped default suite, or a repo-relative JSONL path from the spec."""
+    if suite == DEFAULT_SUITE:
+        return _DEFAULT_SUITE_FILE
+    return resolve_repo_path(suite, repo_root, "evaluation.regression.suite")
+
+
+def resolve_repo_path(rel: str, repo_root: Path | None, field_name: str) -> Path:
+    """A spec path (relative to the GitOps repository) on this machine."""
+    root = Path(repo_root) if repo_root is not None else Path.cwd()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise PermanentError(f"{field_name}: '{rel}' leads outside the repository {root}")
+    if not path.exists():
+        raise PermanentError(f"{field_name}: '{rel}' not found under {root}; pass --repo-root or fix the path in the spec")
+    return path

@@ -1,0 +1,263 @@
+"""Loading a run's model and generating answers: batched, left-padded, greedy, seeded.
+
+Why these choices:
+- Greedy with a fixed seed, so the same run on the same inputs gives the same report (a gate
+  decision must be reproducible by an auditor).
+- Left padding, so every prompt in a batch ends where generation starts; sorting prompts by
+  length before batching keeps padding small, and the original order is restored afterwards.
+- The prompt is rendered with the chat template and special tokens recorded in the run's
+  manifest, not whatever the tokenizer files say today: the model is judged the way it was
+  trained and the way it will be served.
+- Weights load through the trainer's rules (`controller.train.loading`): safetensors only,
+  `trust_remote_code` never on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from controller.errors import PermanentError
+
+DEFAULT_SEED = 0
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate, with the tokenizer that renders its prompts."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: str
+    eos_ids: list[int] = field(default_factory=list)
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """The run's manifest; a run without one is not finished and must not be evaluated."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise PermanentError(
+            f"{run_dir}: no manifest.json, so this run is not finished (the trainer writes it last); "
+            "wait for training to finish, or point at the run's artifact directory <store>/<spec>/<run-id>/"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); the run's manifest is damaged") from None
+    if not isinstance(manifest, dict) or not manifest.get("runId") or not isinstance(manifest.get("provenance"), dict):
+        raise PermanentError(f"{path}: not a run manifest (needs runId and provenance)")
+    return manifest
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _eos_ids(tokenizer, model_dir: Path | None) -> list[int]:
+    from controller.train.data import end_of_turn_ids
+
+    gen_eos = None
+    if model_dir is not None:
+        try:
+            gen_eos = json.loads((Path(model_dir) / "generation_config.json").read_text()).get("eos_token_id")
+        except (OSError, json.JSONDecodeError):
+            gen_eos = None
+    return sorted(end_of_turn_ids(tokenizer, gen_eos))
+
+
+def _apply_recorded_tokens(tokenizer, provenance: dict, run_dir: Path) -> None:
+    """Use the chat template and special tokens the run was trained with (from the manifest)."""
+    template = provenance.get("chatTemplate")
+    if not template:
+        raise PermanentError(f"{run_dir}/manifest.json: provenance.chatTemplate is missing; cannot render prompts as trained")
+    tokenizer.chat_template = template
+    for name, entry in (provenance.get("specialTokens") or {}).items():
+        if name == "additional" or not isinstance(entry, dict):
+            continue
+        token, token_id = entry.get("token"), entry.get("id")
+        actual = tokenizer.convert_tokens_to_ids(token)
+        if actual != token_id:
+            raise PermanentError(
+                f"{run_dir}/manifest.json: special token {name} {token!r} has id {token_id} in the manifest but {actual} "
+                "in the saved tokenizer; the run's tokenizer files do not match what it was trained with"
+            )
+        setattr(tokenizer, name, token)
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
+    """The fine-tuned model of a finished run: base + adapter (LoRA/QLoRA) or the full model."""
+    from controller.train.loading import check_safetensors_only, load_tokenizer, resolve_device, resolve_model_dir
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    prov = manifest["provenance"]
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise PermanentError(f"{run_dir}: no model/ directory although manifest.json exists; the run's artifacts are incomplete")
+    check_safetensors_only(model_dir)
+    _quiet_transformers()
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(model_dir)
+    _apply_recorded_tokens(tokenizer, prov, run_dir)
+    method = (prov.get("method") or {}).get("type")
+    if (model_dir / "adapter_config.json").is_file():
+        base = prov.get("baseModel") or {}
+        base_dir = resolve_model_dir(base.get("uri", ""), base.get("revision"))
+        model = _load_causal_lm(base_dir, device, quantization=(prov.get("method") or {}).get("quantization") if method == "qlora" else None)
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, model_dir, is_trainable=False)
+        except Exception as exc:
+            raise PermanentError(f"{model_dir}: cannot load the adapter onto {base_dir}: {type(exc).__name__}: {exc}") from None
+        eos_dir = base_dir
+    else:
+        model = _load_causal_lm(model_dir, device)
+        eos_dir = model_dir
+    model.eval()
+    return LoadedModel("fine-tuned", model, tokenizer, device, _eos_ids(tokenizer, eos_dir))
+
+
+def load_base_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
+    """The run's base model (from its manifest), with the run's recorded chat template, so base
+    and fine-tuned see byte-identical prompts."""
+    from controller.train.loading import load_tokenizer, resolve_device, resolve_model_dir
+
+    run_dir = Path(run_dir)
+    prov = read_manifest(run_dir)["provenance"]
+    base = prov.get("baseModel") or {}
+    base_dir = resolve_model_dir(base.get("uri", ""), base.get("revision"))
+    _quiet_transformers()
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(base_dir)
+    _apply_recorded_tokens(tokenizer, prov, run_dir)
+    model = _load_causal_lm(base_dir, device)
+    model.eval()
+    return LoadedModel("base", model, tokenizer, device, _eos_ids(tokenizer, base_dir))
+
+
+def load_local_model(path: str | Path, name: str, device: str = "auto") -> LoadedModel:
+    """A reference model from a local directory (its own tokenizer and chat template)."""
+    from controller.train.loading import load_tokenizer, resolve_device, resolve_model_dir
+
+    model_dir = resolve_model_dir(str(Path(path).resolve()), None)
+    _quiet_transformers()
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(model_dir)
+    model = _load_causal_lm(model_dir, device)
+    model.eval()
+    return LoadedModel(name, model, tokenizer, device, _eos_ids(tokenizer, model_dir))
+
+
+def _load_causal_lm(model_dir: Path, device: str, quantization: dict | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(trust_remote_code=False, use_safetensors=True)
+    if quantization and device.startswith("cuda"):
+        # The adapter was trained against the 4-bit base: evaluate it against the same weights.
+        from transformers import BitsAndBytesConfig
+
+        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quantization.get("quantType", "nf4"),
+            bnb_4bit_use_double_quant=quantization.get("doubleQuant", True),
+            bnb_4bit_compute_dtype=dtypes[quantization.get("computeDtype", "bfloat16")],
+        )
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except Exception as exc:
+        raise PermanentError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from None
+    if "quantization_config" not in kwargs:
+        model.to(device)
+    model.config.use_cache = True
+    return model
+
+
+def prompt_messages(messages: Sequence[dict]) -> list[dict]:
+    """The conversation up to (not including) its final assistant answer: what the model sees."""
+    messages = list(messages)
+    if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    return messages
+
+
+def render_prompts(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str]:
+    return [
+        tokenizer.apply_chat_template(prompt_messages(c), tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+
+
+def generate(
+    loaded: LoadedModel,
+    conversations: Sequence[Sequence[dict]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    seed: int = DEFAULT_SEED,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> list[str]:
+    """Greedy answers, one per conversation, in input order. `progress=None` shows a bar only on
+    an interactive terminal (logs stay clean in a Job)."""
+    import torch
+
+    if not conversations:
+        return []
+    tok = loaded.tokenizer
+    prompts = render_prompts(tok, conversations)
+    # Templates carry their own BOS; tokenizing without special tokens avoids a double BOS.
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    outputs: list[str | None] = [None] * len(encoded)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (loaded.eos_ids[0] if loaded.eos_ids else 0)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(encoded), desc=desc or loaded.name, unit="ex", file=sys.stderr, dynamic_ncols=True)
+    torch.manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), max(1, batch_size)):
+                idx = order[start : start + max(1, batch_size)]
+                width = max(len(encoded[i]) for i in idx)
+                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    seq = encoded[i]
+                    ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                    mask[r, width - len(seq) :] = 1
+                out = loaded.model.generate(
+                    input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device),
+                    do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                    eos_token_id=loaded.eos_ids or None, pad_token_id=pad_id,
+                    temperature=None, top_p=None, top_k=None,
+                )
+                new = out[:, width:].tolist()
+                for r, i in enumerate(idx):
+                    outputs[i] = tok.decode(new[r], skip_special_tokens=True)
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+    return [o if o is not None else "" for o in outputs]
+
+
+def answer_token_budget(tokenizer, answers: Sequence[str], floor: int = 16, cap: int = 512) -> int:
+    """max_new_tokens from the reference answers: the longest one plus slack, so a model that
+    never stops cannot make evaluation slow, and a right answer is never cut off."""
+    longest = max((len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers), default=0)
+    return max(floor, min(cap, longest + longest // 2 + 8))
