@@ -1,0 +1,123 @@
+"""The OpenAI-compatible API, exercised with the official openai SDK as the client."""
+from __future__ import annotations
+
+import http.client
+import json
+
+import openai
+import pytest
+
+from serve_helpers import ANSWER_DOC, QUESTION, RUN_A, SPEC_NAME
+
+
+def _chat(client, content: str = QUESTION, **kw):
+    return client.chat.completions.create(model=SPEC_NAME, messages=[{"role": "user", "content": content}], **kw)
+
+
+def test_models_lists_the_spec_and_run(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [SPEC_NAME]
+    assert models.data[0].model_extra["runId"] == RUN_A
+
+
+def test_non_streaming_answer_with_usage_and_citations(client):
+    resp = _chat(client, max_tokens=12)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert resp.usage.completion_tokens <= 12 and resp.usage.prompt_tokens > 0
+    assert resp.system_fingerprint == RUN_A
+
+
+def test_citations_point_at_the_only_document_that_answers(client):
+    """Only zorblax.md mentions ZX-4417: it must be the first citation, with its chunk id and a score."""
+    cites = _chat(client, max_tokens=4).model_extra["citations"]
+    assert cites, "no citations"
+    assert cites[0]["path"] == ANSWER_DOC
+    assert cites[0]["chunkId"] == f"{ANSWER_DOC}#0"
+    assert cites[0]["score"] > 0
+    assert all(c["score"] <= cites[0]["score"] for c in cites)
+    other = _chat(client, "How many business days until my refund reaches the card?", max_tokens=4).model_extra["citations"]
+    assert other[0]["path"] == "refunds.md"
+
+
+def test_streaming_yields_the_same_text_as_non_streaming(client):
+    """Greedy decoding: the SSE deltas concatenate to exactly the non-streamed answer."""
+    full = _chat(client, max_tokens=16)
+    stream = _chat(client, max_tokens=16, stream=True)
+    chunks = list(stream)
+    assert chunks[0].model_extra["citations"][0]["path"] == ANSWER_DOC
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [full.choices[0].finish_reason]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(max_tokens=10_000), "max_tokens"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(messages=[]), "messages"),
+    (dict(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role"),
+    (dict(messages=[{"role": "user"}]), "messages[0].content"),
+    (dict(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]), "messages[1].role"),
+    (dict(messages=[{"role": "user", "content": "x" * 40_000}]), "messages"),
+    (dict(n=3), "n"),
+])
+def test_bad_requests_get_400_with_the_field_named(client, kwargs, param):
+    args = {"model": SPEC_NAME, "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**args)
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == param
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def _raw(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection(server.config.host, server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_malformed_http_requests_get_json_errors_and_the_server_stays_up(server, client):
+    cases = [
+        ("POST", "/v1/chat/completions", b"{not json", 400),
+        ("POST", "/v1/chat/completions", b"[1, 2]", 400),
+        ("POST", "/v1/chat/completions", b"x" * (1 << 20 + 1), 413),
+        ("GET", "/v1/chat/completions", None, 405),
+        ("GET", "/v1/nothing", None, 404),
+        ("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), 400),
+        ("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}).encode(), 400),
+    ]
+    for method, path, body, code in cases:
+        status, data = _raw(server, method, path, body, {"Content-Type": "application/json"})
+        assert status == code, (path, body[:40] if body else None, status, data)
+        assert "message" in json.loads(data)["error"]
+    # still serving
+    assert _raw(server, "GET", "/healthz")[0] == 200
+    assert _raw(server, "GET", "/readyz")[0] == 200
+    assert _chat(client, max_tokens=2).choices[0].message.content is not None
+
+
+def test_metrics_in_prometheus_text_format(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _chat(client, max_tokens=2)
+    status, body = _raw(server, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    requests = {(s.labels.get("path"), s.labels.get("code")): s.value for s in families["ftops_serve_requests"].samples
+                if s.name.endswith("_total")}
+    assert requests[("/v1/chat/completions", "200")] >= 1
+    assert families["ftops_serve_ready"].samples[0].value == 1
+    info = families["ftops_serve_info"].samples[0].labels
+    assert info["run_id"] == RUN_A and info["retriever"] == "bm25" and len(info["corpus_version"]) == 64
+    assert sum(s.value for s in families["ftops_serve_completion_tokens"].samples if s.name.endswith("_total")) > 0
