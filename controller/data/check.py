@@ -466,7 +466,12 @@ def scan_bytes(data: bytes, path: str = "<data>", progress: bool = False, worker
         return result
     workers = default_workers() if workers is None else workers
     if workers <= 1 or result.lines < PARALLEL_MIN_LINES:
-        records, issues = _scan_lines(body.split(b"\n"), 1)
+        lines: Any = body.split(b"\n")
+        if progress:
+            from controller.data.progress import bar
+
+            lines = bar(lines, total=result.lines, desc=f"check {Path(path).name}", unit="line")
+        records, issues = _scan_lines(lines, 1)
         result.records, result.issues = records, issues
         return result
     import multiprocessing
