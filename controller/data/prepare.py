@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.data import dedupe
-from controller.data.check import ScanResult, scan_file
+from controller.data.check import ERROR_KINDS, ScanResult, scan_file
 from controller.data.normalize import NORMALIZATION_VERSION
 from controller.data.params import DataParams
 from controller.data.split import check_leaks, deterministic_split, require_no_leaks
@@ -90,7 +90,7 @@ def prepared_dir(workdir: str | Path, spec_name: str, md5: str) -> Path:
 
 def invalid_message(scan: ScanResult, limit: int = 20) -> str:
     errors = scan.errors
-    counts = {k: v for k, v in scan.counts().items() if v and any(e.kind == k for e in errors[:10000])}
+    counts = {k: v for k, v in scan.counts().items() if v and k in ERROR_KINDS}
     lines = [e.format(scan.path) for e in errors[:limit]]
     more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
     return (
