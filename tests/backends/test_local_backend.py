@@ -217,7 +217,7 @@ def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption
     rc = RunConfig.model_validate_json(json.dumps({
         "runId": "0badc0ffee00", "specName": "tiny", "baseModel": {"uri": str(model)},
         "method": {"type": "lora", "r": 4, "alpha": 8},
-        "training": {"epochs": 3, "batchSize": 8, "maxSeqLength": 256, "checkpointEverySteps": 1},
+        "training": {"epochs": 6, "batchSize": 8, "maxSeqLength": 256, "checkpointEverySteps": 1},
         "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
         "outputDir": str(tmp_path / "out"), "checkpointDir": str(tmp_path / "ckpt"), "device": "cpu",
     }))
