@@ -389,11 +389,15 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def version_meta(path: Path, params=None, root: Path | None = None) -> dict[str, Any]:
-    """What `ftops plan` reads from `meta.ftops` in the .dvc file without pulling data:
-    examples (non-blank lines), valid (lines without errors), errors, tokens and how they were
-    counted (bytes are added by the DVC adapter, with the md5)."""
+    """What `ftops plan` reads from `meta.ftops` in the .dvc file without pulling data: examples
+    (non-blank lines), valid and errors (lines with and without errors), tokens and how they were
+    counted, and, when the file has no errors, what `prepare` would do with the spec's settings:
+    exactDuplicates, nearDuplicates, kept, train, test and trainable. The DVC adapter adds md5
+    and bytes."""
     from controller.data import tokens as tk
     from controller.data.check import scan_file
+    from controller.data.params import DataParams
+    from controller.data.prepare import analyse
 
     scan = scan_file(path)
     tok = None
@@ -406,8 +410,14 @@ def version_meta(path: Path, params=None, root: Path | None = None) -> dict[str,
     else:
         lengths = [r.est_tokens for r in scan.records]
         method = "estimate:chars/4"
-    return {"examples": scan.examples, "valid": len(scan.records), "errors": len(scan.errors),
-            "tokens": sum(lengths), "tokensMethod": method}
+    meta: dict[str, Any] = {"examples": scan.examples, "valid": len(scan.records), "errors": len(scan.errors),
+                            "tokens": sum(lengths), "tokensMethod": method}
+    if not scan.errors and scan.records:
+        manifest, _ = analyse(scan, params or DataParams())
+        c = manifest["counts"]
+        meta.update({"exactDuplicates": c["exactDuplicates"], "nearDuplicates": c["nearDuplicates"], "kept": c["kept"],
+                     "train": c["train"], "test": c["test"], "trainable": manifest["readiness"]["trainable"]})
+    return meta
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -111,6 +111,21 @@ def prepare(
     """Check, normalise, dedupe, split, leak-check and write. `tokenizer` (optional) counts tokens
     with the base model's chat template; otherwise counts are estimates and say so."""
     scan = scan or scan_file(source, progress=progress)
+    manifest, files = analyse(scan, params, tokenizer, tokenizer_name, progress)
+    out = prepared_dir(workdir, params.spec_name, scan.md5)
+    _write(out, files)
+    return Prepared(out, manifest)
+
+
+def analyse(
+    scan: ScanResult,
+    params: DataParams,
+    tokenizer=None,
+    tokenizer_name: str | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Everything `prepare` computes, without writing: (manifest, {file name: bytes}). Also used
+    at versioning time to record counts in the .dvc meta."""
     if scan.errors:
         raise DataInvalid(invalid_message(scan))
     records = scan.records
@@ -237,9 +252,7 @@ def prepare(
         "leakCheck": leaks.to_dict([r.line for r in test_recs], [r.line for r in train_recs]),
         "readiness": readiness.to_dict(),
     }
-    out = prepared_dir(workdir, params.spec_name, scan.md5)
-    _write(out, {"train.jsonl": train_bytes, "test.jsonl": test_bytes, "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode()})
-    return Prepared(out, manifest)
+    return manifest, {"train.jsonl": train_bytes, "test.jsonl": test_bytes, "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode()}
 
 
 def _count_kinds(issues) -> dict[str, int]:

@@ -230,6 +230,7 @@ def test_cli_version_and_pull(git_repo, tmp_path):
     meta = yaml.safe_load((root / (DATA + ".dvc")).read_text())["meta"]["ftops"]
     assert meta == out["meta"]
     assert meta["examples"] == 231 and meta["valid"] == 230 and meta["errors"] == 1
+    assert "train" not in meta  # no split is predicted for data with errors
     assert meta["bytes"] == (root / DATA).stat().st_size and meta["tokens"] > 0 and meta["tokensMethod"] == "estimate:chars/4"
     assert md5(remote_object(store, out["md5"])) == out["md5"] == hashlib.md5((root / DATA).read_bytes()).hexdigest()
     rev = commit(root, "data")
@@ -248,3 +249,17 @@ def test_a_file_committed_to_git_is_not_taken_over_silently(git_repo, tmp_path):
         dvc.version(root, DATA, remote_url=str(tmp_path / "store"))
     assert (root / DATA).read_bytes() == before and not (root / ".dvc").exists() and git(root, "status", "--porcelain") == ""
     assert not (tmp_path / "store").exists()
+
+
+def test_cli_version_of_a_spec_records_what_prepare_will_do(git_repo, tmp_path):
+    root = git_repo.root
+    lines = diverse_examples(300, seed=11)
+    write_lines(root / "data" / "s.jsonl", lines + lines[:5])
+    git_repo.write("specs/s.yaml", "\n".join([
+        "apiVersion: ftops.dev/v1alpha1", "kind: FineTune", "metadata: {name: s, owner: team}",
+        "spec:", "  baseModel: {uri: models/none}", "  dataset: {path: data/s.jsonl, testFraction: 0.2}", "  method: {type: lora}", "",
+    ]))
+    proc = run_ftops("data", "version", "specs/s.yaml", "--remote", str(tmp_path / "store"), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    meta = yaml.safe_load((root / "data" / "s.jsonl.dvc").read_text())["meta"]["ftops"]
+    assert (meta["examples"], meta["exactDuplicates"], meta["kept"], meta["train"], meta["test"], meta["trainable"]) == (305, 5, 300, 240, 60, True)
