@@ -349,13 +349,18 @@ class FineTuneMirror:
 
     `backend`: a KubernetesBackend (its fence guards every write). `namespace_for`: where each
     spec's CR lives (e.g. the owner's tenant namespace from the operator config).
-    `namespaces`: where to look for CRs to prune; None lists cluster-wide."""
+    `namespaces`: where to look for CRs to prune; None lists cluster-wide. `labels` and
+    `annotations` go on every CR (e.g. Argo CD's tracking label, so an Application shows the
+    FineTunes' health); the mirror's own keys win over them."""
 
     def __init__(self, backend: Any, namespace_for: Callable[[FineTune], str],
-                 namespaces: Sequence[str] | None = None) -> None:
+                 namespaces: Sequence[str] | None = None, labels: dict[str, str] | None = None,
+                 annotations: dict[str, str] | None = None) -> None:
         self.k8s = backend
         self.namespace_for = namespace_for
         self.namespaces = list(namespaces) if namespaces else None
+        self.labels = dict(labels or {})
+        self.annotations = dict(annotations or {})
 
     # -- HTTP helpers
 
@@ -406,6 +411,8 @@ class FineTuneMirror:
             ft, source = item if isinstance(item, tuple) else (item, None)
             desired = desired_cr(ft, self.namespace_for(ft), source)
             meta = desired["metadata"]
+            meta["labels"] = {**self.labels, **meta["labels"]}
+            meta["annotations"] = {**self.annotations, **meta["annotations"]}
             wanted.add((meta["namespace"], meta["name"]))
             self._sync_one(desired, result)
         if prune:

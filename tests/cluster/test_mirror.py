@@ -198,3 +198,22 @@ def test_watch_reverts_an_edit_without_waiting_for_the_next_sync(cluster):
     reverted = cr_of(fake, ft)
     assert reverted["spec"].get("needs") == cr["spec"].get("needs")
     assert reverted["metadata"]["annotations"][HASH_ANNOTATION] == cr["metadata"]["annotations"][HASH_ANNOTATION]
+
+
+def test_extra_labels_and_annotations_go_on_every_cr_and_are_restored(cluster):
+    fake, api, specs = cluster
+    mirror = FineTuneMirror(KubernetesBackend(api), lambda ft: "ftops-" + ft.metadata.owner,
+                            labels={"app.kubernetes.io/instance": "ml-platform", "ftops.dev/owner": "spoofed"},
+                            annotations={"argocd.argoproj.io/compare-options": "IgnoreExtraneous"})
+    mirror.sync(specs)
+    for ft in specs:
+        meta = cr_of(fake, ft)["metadata"]
+        assert meta["labels"]["app.kubernetes.io/instance"] == "ml-platform"
+        assert meta["labels"]["ftops.dev/owner"] == ft.metadata.owner  # ours win
+        assert meta["annotations"]["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
+    cr = cr_of(fake, specs[0])
+    cr["metadata"]["labels"].pop("app.kubernetes.io/instance")
+    fake.update(cr, manager="kubectl-edit")
+    result = mirror.sync(specs)
+    assert result.updated == [f"ftops-{specs[0].metadata.owner}/{specs[0].name}"]
+    assert cr_of(fake, specs[0])["metadata"]["labels"]["app.kubernetes.io/instance"] == "ml-platform"
