@@ -1,0 +1,134 @@
+"""The local deploy step: gate-checked promotion, the old version serving until the new one is
+ready, automatic rollback on failed readiness, `ftops rollback --to`, and a controller restart
+finding the serving process again. Real server processes, real runs, the openai SDK as client."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from serve_helpers import ANSWER_DOC, QUESTION, ROOT, RUN_A, RUN_B, SPEC_NAME, copy_run, write_gate
+
+
+def _config(env, run_dir: Path):
+    from controller.commands.serve_commands import config_from_spec
+
+    return config_from_spec(str(env.spec_file), str(run_dir)).replace(index_cache=str(env.root / "index-cache"))
+
+
+def _ask(url: str) -> tuple[str, list]:
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    resp = client.chat.completions.create(model=SPEC_NAME, messages=[{"role": "user", "content": QUESTION}], max_tokens=4)
+    return resp.system_fingerprint, resp.model_extra["citations"]
+
+
+@pytest.fixture
+def serving(env, tmp_path):
+    """A LocalServing over a store holding copies of both runs; every server is stopped at the end."""
+    from controller.serve.deploy import LocalServing
+
+    store = tmp_path / "store"
+    for run_id in (RUN_A, RUN_B):
+        copy_run(env.run_dir(run_id), store)
+    local = LocalServing(store, ready_timeout=240)
+    yield local
+    for spawn in store.glob(f"{SPEC_NAME}/serving/*/spawn.json"):
+        try:
+            os.killpg(json.loads(spawn.read_text())["pid"], 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def test_gate_not_passed_or_for_another_run_refuses_promotion(env, serving):
+    from controller.serve import history
+
+    run_b = serving.run_dir(SPEC_NAME, RUN_B)
+    write_gate(run_b, passed=False)
+    result = serving.promote(_config(env, run_b))
+    assert result.outcome == "refused" and result.serving_run_id is None
+    assert "task accuracy 0.41 < min 0.90" in result.message
+    write_gate(run_b, passed=True, run_id=RUN_A)  # a passed decision, but for another run
+    result = serving.promote(_config(env, run_b))
+    assert result.outcome == "refused" and "not this run" in result.message
+    (run_b / "eval" / "gate.json").unlink()
+    assert serving.promote(_config(env, run_b)).outcome == "refused"
+    # nothing was started, and each refusal is on record
+    assert not (serving.store / SPEC_NAME / "serving" / RUN_B).exists()
+    kinds = [e["kind"] for e in history.read(serving.store, SPEC_NAME)]
+    assert kinds == ["deploy.refused"] * 3
+    json.dumps(result.to_dict())
+
+
+def test_rollout_failing_readiness_keeps_the_old_version_then_rollback_to(env, serving):
+    from controller.serve import history
+    from controller.serve.deploy import LocalServing
+
+    run_a, run_b = serving.run_dir(SPEC_NAME, RUN_A), serving.run_dir(SPEC_NAME, RUN_B)
+    first = serving.promote(_config(env, run_a))
+    assert first.outcome == "promoted", first.message
+    url_a = first.url
+    assert _ask(url_a) == (RUN_A, _ask(url_a)[1]) and _ask(url_a)[1][0]["path"] == ANSWER_DOC
+    pid_a = serving.current(SPEC_NAME)["pid"]
+
+    # Run B passed its gate, but its adapter changed after training: the new server refuses to
+    # load it, fails readiness, and is rolled back automatically. A keeps answering.
+    adapter = run_b / "model" / "adapter_model.safetensors"
+    good = adapter.read_bytes()
+    adapter.write_bytes(good[:-64] + bytes(64))
+    failed = serving.promote(_config(env, run_b))
+    assert failed.outcome == "rolled_back" and failed.serving_run_id == RUN_A
+    assert [e["kind"] for e in failed.events] == ["deploy.started", "deploy.rolled_back"]
+    assert failed.events[-1]["automatic"] is True and "sha256" in failed.message
+    assert _ask(url_a)[0] == RUN_A
+    assert serving.current(SPEC_NAME)["pid"] == pid_a
+
+    # The repaired run B rolls out: ready first, then A stops.
+    adapter.write_bytes(good)
+    second = serving.promote(_config(env, run_b))
+    assert second.outcome == "promoted" and second.serving_run_id == RUN_B, second.message
+    assert _ask(second.url)[0] == RUN_B
+    assert not _alive(pid_a)
+    assert serving.promote(_config(env, run_b)).outcome == "unchanged"
+
+    # A controller restart (a new LocalServing over the same store) finds the serving process.
+    again = LocalServing(serving.store).current(SPEC_NAME)
+    assert again["runId"] == RUN_B and again["healthy"]
+
+    # `ftops rollback SPEC --to A` from the command line.
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", SPEC_NAME, "--to", RUN_A[:8],
+                          "--store", str(serving.store)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["servingRunId"] == RUN_A and result["events"][-1]["kind"] == "deploy.rolled_back"
+    assert result["events"][-1]["reason"] == "Requested"
+    assert _ask(result["url"])[0] == RUN_A
+    assert history.serving_run(serving.store, SPEC_NAME) == RUN_A
+    kinds = [e["kind"] for e in history.read(serving.store, SPEC_NAME)]
+    assert kinds == ["deploy.started", "deploy.promoted", "deploy.started", "deploy.rolled_back",
+                     "deploy.started", "deploy.promoted", "deploy.started", "deploy.rolled_back"]
+
+
+def test_rollback_only_to_runs_that_served_and_passed(env, serving):
+    from controller.errors import PermanentError
+    from controller.serve import history
+    from controller.serve.gatecheck import GateNotPassed
+
+    with pytest.raises(PermanentError, match="never served"):
+        serving.rollback(SPEC_NAME, to=RUN_B)
+    # a run that served once but whose gate decision is now failing is not a rollback target
+    history.append(serving.store, SPEC_NAME, {"kind": "deploy.promoted", "servingRunId": RUN_B, "runId": RUN_B})
+    history.append(serving.store, SPEC_NAME, {"kind": "deploy.promoted", "servingRunId": RUN_A, "runId": RUN_A})
+    write_gate(serving.run_dir(SPEC_NAME, RUN_B), passed=False)
+    with pytest.raises(GateNotPassed):
+        serving.rollback(SPEC_NAME)
+
+
+def _alive(pid: int) -> bool:
+    from controller.serve.deploy import _alive as alive
+
+    return alive(pid)
