@@ -80,8 +80,8 @@ def main() -> None:
     scan, kept, split = structural_pass(data)
 
     texts = [dedupe.example_text(r.example) for r in scan.records]
-    near_serial_s = best_of(lambda: dedupe.near_duplicates_with(texts, 0.85, workers=1), repeat=1)
-    near_s = best_of(lambda: dedupe.near_duplicates_with(texts, 0.85, workers=workers), repeat=1) if workers > 1 else near_serial_s
+    near_serial_s = best_of(lambda: dedupe.near_duplicates(texts, 0.85, workers=1), repeat=1)
+    near_s = best_of(lambda: dedupe.near_duplicates(texts, 0.85, workers=workers), repeat=1) if workers > 1 else near_serial_s
     near = dedupe.near_duplicates(texts, 0.85)
 
     rate = lambda s: N / s  # noqa: E731

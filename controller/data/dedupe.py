@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 NUM_PERM = 64
 SHINGLE_WORDS = 3
@@ -287,11 +287,6 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def near_duplicates_with(texts: Sequence[str], threshold: float, workers: int | None = None) -> NearDuplicates:
-    """`near_duplicates` with an explicit process count (the benchmark compares them)."""
-    return near_duplicates(texts, threshold, workers=workers)
 
 
 def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = False, workers: int | None = None) -> NearDuplicates:

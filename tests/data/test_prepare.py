@@ -10,7 +10,8 @@ from data_helpers import WORDS, chat, diverse_examples, run_ftops, write_lines
 from controller.data import dedupe
 from controller.data.normalize import example_hash, normalize_text
 from controller.data.params import DataParams
-from controller.data.prepare import DataInvalid, prepare
+from controller.data.prepare import DataInvalid, load_manifest, prepare
+from controller.errors import PermanentError
 from controller.data.split import check_leaks
 
 
@@ -190,3 +191,12 @@ def test_cli_prepare_exit_codes(tmp_path):
     assert out["counts"]["test"] == 52 and out["params"]["testFraction"] == 0.2
     proc = run_ftops("data", "prepare", "--data", str(ok), "--test-fraction", "0.3")
     assert proc.returncode == 1 and "15-20%" in proc.stderr
+
+
+def test_load_manifest_verifies_the_split_files(tmp_path):
+    result = prepare(write_lines(tmp_path / "d.jsonl", diverse_examples(220)), tmp_path / "w", DataParams(spec_name="d"))
+    assert load_manifest(result.dir)["counts"]["kept"] == 220
+    with open(result.train_path, "a", encoding="utf-8") as fh:
+        fh.write(diverse_examples(1, seed=99)[0] + "\n")  # someone "adds one more" by hand
+    with pytest.raises(PermanentError, match=r"train\.jsonl: sha256 .* does not match the manifest"):
+        load_manifest(result.dir)
