@@ -14,6 +14,8 @@ from cluster_helpers import ROOT, example_specs
 from controller.backends.kubernetes_crd import desired_cr, status_to_cr
 from controller.status import Condition, Reason, SpecStatus, summarize
 
+FLUX_TO_ARGO = {"InProgress": "Progressing", "Failed": "Degraded", "Current": "Healthy"}
+
 ARGO = ROOT / "deploy" / "argocd"
 FLUX = ROOT / "deploy" / "flux"
 SCRIPT = (ARGO / "health.lua").read_text()
@@ -98,3 +100,36 @@ def test_flux_health_check_exprs_use_real_conditions_and_reasons():
     assert argo == set(listed)
     for hc in ks["spec"]["healthChecks"]:
         assert hc["kind"] == "FineTune" and hc["name"] in {ft.name for ft in example_specs()}
+
+
+def flux_health(expr: dict, obj: dict) -> str:
+    """kustomize-controller's order: inProgress, then failed, then current; none: InProgress.
+    An expression that cannot be evaluated (a field missing) means "keep waiting"."""
+    import cel
+
+    for key, verdict in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+        try:
+            if cel.evaluate(expr[key], obj) is True:
+                return verdict
+        except Exception:  # noqa: BLE001 - Flux waits on an evaluation error
+            return "InProgress"
+    return "InProgress"
+
+
+def test_flux_expressions_evaluate_like_the_argo_cd_script():
+    """The CEL expressions, evaluated with a CEL implementation, give the same health as the Lua
+    script on every Argo CD test input and on the controller's own status shapes."""
+    ks = yaml.safe_load((FLUX / "kustomization.yaml").read_text())
+    (expr,) = ks["spec"]["healthCheckExprs"]
+    objs = [yaml.safe_load((ARGO / c["inputPath"]).read_text()) for c in CASES]
+    rev = "abc"
+    done = tuple(Condition(t, "True", Reason.SUCCEEDED, "", rev) for t in ("DataReady", "Trained", "Evaluated", "GatePassed"))
+    objs += [cr_with(SpecStatus("x", summarize(done, False, rev), rev)),
+             cr_with(SpecStatus("x", summarize(done[:1], False, rev), rev)),
+             cr_with(SpecStatus("x", (Condition("Trained", "False", Reason.TRAINING_FAILED, "", rev),), rev))]
+    seen = set()
+    for obj in objs:
+        flux = flux_health(expr, obj)
+        seen.add(flux)
+        assert FLUX_TO_ARGO[flux] == lua_health(obj)["status"], (obj.get("status"), flux)
+    assert seen == {"InProgress", "Failed", "Current"}
