@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from data_helpers import chat, line, run_ftops, write_lines
 
 from controller.data.check import ERROR_KINDS, scan_bytes, scan_file
@@ -144,3 +146,22 @@ def test_missing_file_is_a_clear_error(tmp_path):
     proc = run_ftops("data", "check", str(tmp_path / "nope.jsonl"))
     assert proc.returncode == 1
     assert "nope.jsonl: no such file" in proc.stderr
+
+
+def test_tokenizer_never_runs_code_from_the_model_dir(tmp_path, tiny_model_dir):
+    import shutil
+
+    from controller.data.tokens import load_tokenizer
+    from controller.errors import FtopsError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    marker = tmp_path / "pwned"
+    (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["auto_map"] = {"AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    cfg["tokenizer_class"] = "EvilTokenizer"
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FtopsError, match="custom code"):
+        load_tokenizer(str(model))
+    assert not marker.exists()  # with trust_remote_code=True transformers would have run evil.py
