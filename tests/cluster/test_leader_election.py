@@ -211,3 +211,73 @@ def test_two_real_run_loops_fail_over_when_the_leader_stops_renewing(cluster):
         t.join(5)
     lease = fake.get("coordination.k8s.io/v1", "Lease", NS, "ftops-controller")
     assert lease["spec"]["holderIdentity"] == ""  # b released on its way out
+
+
+def test_two_controllers_writing_concurrently_never_interleave(cluster):
+    """Two full controllers (elector + fenced backend + FineTune mirror) in threads, both trying
+    to write status as fast as they can. a's renewals stall while its worker keeps going (a stale
+    leader); b takes over. In the API server's request log every write by a comes before b's
+    first one: never two writers at once."""
+    import yaml
+
+    from cluster_helpers import example_specs
+    from controller.backends.kubernetes_crd import CRD_FILE, FineTuneMirror
+    from controller.status import SpecStatus
+
+    fake, api = cluster
+    KubernetesBackend(api)._request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                    body=yaml.safe_load(CRD_FILE.read_text()))
+    ft = example_specs()[0]
+    FineTuneMirror(KubernetesBackend(api), lambda _: TENANT).sync([ft])
+    stop = threading.Event()
+    renew_paused = threading.Event()
+    electors = {n: LeaderElector(api, namespace=NS, identity=n, lease_duration=2.0, renew_deadline=1.0,
+                                 retry_period=0.1) for n in "ab"}
+    refused = {"a": 0, "b": 0}
+
+    def elector_sleep(name):
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)
+            while name == "a" and renew_paused.is_set() and not stop.is_set():
+                time.sleep(0.02)
+        return sleep
+
+    def worker(name: str) -> None:
+        mirror = FineTuneMirror(KubernetesBackend(api, field_manager=f"ftops-{name}", fence=electors[name].ensure_leader),
+                                lambda _: TENANT)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                mirror.write_status(TENANT, ft.name, SpecStatus(ft.name, message=f"{name} {n}"))
+            except NotLeader:
+                refused[name] += 1
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=electors[n].run, args=(stop, None, None, elector_sleep(n)), daemon=True)
+               for n in "ab"]
+    threads[0].start()
+    t0 = time.monotonic()
+    while not electors["a"].is_leader() and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    threads[1].start()
+    threads += [threading.Thread(target=worker, args=(n,), daemon=True) for n in "ab"]
+    for t in threads[2:]:
+        t.start()
+    time.sleep(0.5)
+    renew_paused.set()  # a's renewals stall; its worker does not
+    t0 = time.monotonic()
+    while not electors["b"].is_leader() and time.monotonic() - t0 < 20:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    stop.set()
+    renew_paused.clear()
+    for t in threads:
+        t.join(10)
+
+    writers = [r["userAgent"].split("/")[0] for r in fake.requests
+               if r["method"] == "PATCH" and r["path"].endswith(f"/finetunes/{ft.name}/status")]
+    assert "ftops-a" in writers and "ftops-b" in writers
+    first_b = writers.index("ftops-b")
+    assert "ftops-b" not in writers[:first_b] and "ftops-a" not in writers[first_b:]
+    assert refused["a"] > 0 and refused["b"] > 0  # both tried while not leading, and were fenced
