@@ -50,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _param_args(status)
     status.set_defaults(func=cmd_review_status)
 
+    imp = sub.add_parser("review-import", help="Append the verdicts of a filled-in review-sample.csv to the reviews file.")
+    imp.add_argument("csv", help="The review-sample.csv with the verdict (approve/reject), reviewer and note columns filled in.")
+    imp.add_argument("spec", nargs="?", help="FineTune spec file (its review.file is the target).")
+    imp.add_argument("--reviews", help="Reviews file to append to (default: the spec's review.file, else reviews/<name>.jsonl).")
+    imp.add_argument("--name", help="Spec name when there is no spec.")
+    imp.add_argument("--reviewer", help="Reviewer for rows whose reviewer column is empty.")
+    imp.set_defaults(func=cmd_review_import)
+
     ver = sub.add_parser("version", help="dvc add + dvc push a dataset, verified, with counts in the .dvc meta.")
     ver.add_argument("target", help="A FineTune spec file (its dataset is versioned) or the dataset file itself.")
     ver.add_argument("--repo", help="Repository root (default: the git top level of the target).")
@@ -374,6 +382,37 @@ def cmd_review_status(args: argparse.Namespace) -> int:
         if status.outside_sample:
             print(f"  {status.outside_sample} verdict(s) are for examples outside the sample; they do not count")
     return 0 if status.ready else 1
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    from controller.data.params import DataParams, from_finetune
+    from controller.data.review import import_filled_sample, load_reviews
+    from controller.errors import FtopsError, PermanentError
+
+    try:
+        if args.spec:
+            params = from_finetune(load_finetune(args.spec))
+            root = _repo_root(Path(args.spec).resolve())
+        else:
+            if not (args.reviews or args.name):
+                raise PermanentError("give a SPEC, or --reviews FILE (or --name NAME for reviews/<name>.jsonl)")
+            params = DataParams(spec_name=args.name or "dataset")
+            root = Path.cwd()
+        params = params.with_(review_file=args.reviews)
+        target = _reviews_path(params, root)
+        lines = import_filled_sample(args.csv, args.reviewer)
+        load_reviews(target, params.reviews_path)  # refuse to append to a file that is already broken
+    except FtopsError as exc:
+        return _fail(exc)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    existing = target.read_bytes() if target.exists() else b""
+    with open(target, "ab") as fh:
+        if existing and not existing.endswith(b"\n"):
+            fh.write(b"\n")
+        for line in lines:
+            fh.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+    print(f"appended {len(lines)} verdict(s) to {target}; commit it through a pull request")
+    return 0
 
 
 # ---------------------------------------------------------------- version / pull

@@ -256,3 +256,32 @@ def export_sample(
     jpath.write_text(jsonl.getvalue(), encoding="utf-8")
     cpath.write_text(buf.getvalue(), encoding="utf-8")
     return jpath, cpath, todo
+
+
+def import_filled_sample(path: str | Path, reviewer: str | None = None) -> list[dict[str, str]]:
+    """Turn a filled-in review-sample.csv (columns example, verdict, reviewer, note) into review
+    lines. Rows without a verdict are skipped (not reviewed yet); every other problem is reported
+    by row and column, and nothing is returned unless all rows are valid."""
+    p = Path(path)
+    try:
+        rows = list(csv.DictReader(p.read_text(encoding="utf-8").splitlines()))
+    except FileNotFoundError:
+        raise ReviewsInvalid(f"{p}: no such file") from None
+    problems: list[str] = []
+    out: list[dict[str, str]] = []
+    for n, row in enumerate(rows, 2):  # row 1 is the header
+        verdict = (row.get("verdict") or "").strip().lower()
+        if not verdict:
+            continue
+        example = (row.get("example") or "").strip()
+        who = (row.get("reviewer") or "").strip() or (reviewer or "")
+        if not _HASH.match(example):
+            problems.append(f"{p}:{n}: column example: must be the 64-hex example hash exported in the sample, not {example!r}")
+        if verdict not in VERDICTS:
+            problems.append(f"{p}:{n}: column verdict: write approve or reject, not {verdict!r}")
+        if not who:
+            problems.append(f"{p}:{n}: column reviewer: write who reviewed it (or pass --reviewer)")
+        out.append({"example": example, "verdict": verdict, "reviewer": who, "note": (row.get("note") or "").strip()})
+    if problems:
+        raise ReviewsInvalid(f"{p}: {len(problems)} problem(s); nothing was imported:\n  " + "\n  ".join(problems))
+    return out

@@ -130,9 +130,25 @@ def test_cli_review_sample_and_status_with_a_spec(git_repo, tmp_path):
     sample = [json.loads(x) for x in open(out["jsonl"], encoding="utf-8")]
     assert [r["example"] for r in rows] == [s["example"] for s in sample] and len(rows) == 40
     assert rows[0]["user"].startswith("ticket ") and rows[0]["verdict"] == ""
-    # An expert approves 38 and rejects 2 (95%), committing to the spec's review.file.
-    lines = [json.dumps({"example": r["example"], "verdict": "approve" if i < 38 else "reject", "reviewer": "ana", "note": ""}) for i, r in enumerate(rows)]
-    git_repo.write("reviews/custom.jsonl", "\n".join(lines) + "\n")
+    # An expert fills in the CSV: 38 approved, 2 rejected (95%), and imports it into review.file.
+    for i, r in enumerate(rows):
+        r["verdict"] = "approve" if i < 38 else "reject"
+    filled = tmp_path / "filled.csv"
+    with open(filled, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:39] + [{**rows[39], "verdict": "maybe"}])
+    proc = run_ftops("data", "review-import", str(filled), "specs/reviewed.yaml", "--reviewer", "ana", cwd=root)
+    assert proc.returncode == 1 and "filled.csv:41: column verdict: write approve or reject, not 'maybe'" in proc.stderr
+    assert not (root / "reviews" / "custom.jsonl").exists()
+    with open(filled, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    proc = run_ftops("data", "review-import", str(filled), "specs/reviewed.yaml", "--reviewer", "ana", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    lines = (root / "reviews" / "custom.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and json.loads(lines[0]) == {"example": rows[0]["example"], "verdict": "approve", "reviewer": "ana", "note": ""}
     proc = run_ftops("data", "review-status", "specs/reviewed.yaml", "--workdir", str(work), "--output", "json", cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = json.loads(proc.stdout)
