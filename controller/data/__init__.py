@@ -12,6 +12,9 @@ One module per concern, so each can be tested and benchmarked on its own:
 - `review`: expert review sample, reviews file and readiness.
 - `dvc`: versioning with DVC and verified pulls at an exact git revision.
 - `params`: the spec fields this step reads, in one flat object.
+- `pipeline`: the controller's entry point, `prepare_spec(repo, rev, finetune, workdir)`, and the
+  DataReady condition.
+- `progress`: progress bars, shown only on a TTY.
 
 Importing this package is cheap: numpy, transformers and DVC load only where used.
 """
