@@ -124,7 +124,10 @@ def _encode_by_prefix(tokenizer, messages: list[dict]) -> tuple[list[int], list[
                 "chat template: rendering is not prefix-stable, so assistant tokens cannot be located; "
                 "add {% generation %} markers to the template"
             )
-        spans.append((len(before), len(upto)))
+        end = len(upto)
+        while end > len(before) and upto[end - 1].isspace():  # the separator after end-of-turn is not generated
+            end -= 1
+        spans.append((len(before), end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(any(s <= a < e for s, e in spans)) for a, _ in enc["offset_mapping"]]
     return list(enc["input_ids"]), mask
@@ -211,8 +214,10 @@ def tokenize_split(
             f"{field}: every example in '{path}' lost all assistant tokens to truncation at maxSeqLength={max_length}; raise training.maxSeqLength"
         )
     if target is not None:
+        import datasets
         from datasets import Dataset
 
+        datasets.disable_progress_bars()  # the trainer reports its own progress
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict({"input_ids": input_ids, "labels": labels}).save_to_disk(str(tmp))
