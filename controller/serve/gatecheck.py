@@ -1,13 +1,16 @@
 """Is this run allowed to serve? Only when its own gate passed (DESIGN principle 4).
 
 Reads `<run>/manifest.json` (the run finished) and `<run>/eval/gate.json`, written by the gate
-(controller.gate, `{"runId": ..., "passed": bool, ...}`). Refused, with the reason, when: the run
-has no manifest, there is no gate decision, the decision is for another run id (a copied or
-stale file), `passed` is anything but the JSON literal true, or the file is not valid JSON.
+(controller.gate's `Decision.to_dict()`: `{"runId", "passed", "reportSha256", "lines": [...]}`).
+Refused, with the reason, when: the run has no manifest, there is no gate decision, the decision
+is for another run id (a copied or stale file), `passed` is anything but the JSON literal true,
+the file is not valid JSON, or the report the decision was made from (`reportSha256`) is not the
+`eval/report.json` beside it any more (a report edited after the decision vouches for nothing).
 Pure file reads, so the reconciler and `ftops rollback` can ask it any time.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,8 +42,19 @@ def gate_decision(run_dir: str | Path) -> dict:
         raise GateNotPassed(f"run {run_id}: {path} is the gate decision for run {gate.get('runId')!r}, not this run; "
                             "a decision only counts for the exact run it was made for")
     if gate.get("passed") is not True:
-        reasons = gate.get("reasons") or gate.get("failures") or []
+        reasons = [line for line in gate.get("lines") or [] if isinstance(line, dict) and not line.get("passed")]
+        reasons = reasons or gate.get("reasons") or []
         detail = "; ".join(str(r.get("message", r)) if isinstance(r, dict) else str(r) for r in reasons)[:800]
         raise GateNotPassed(f"run {run_id}: the gate did not pass{': ' + detail if detail else ''}; "
                             "the serving version stays as it is")
+    recorded = gate.get("reportSha256")
+    if recorded:
+        report = run_dir / "eval" / "report.json"
+        try:
+            actual = hashlib.sha256(report.read_bytes()).hexdigest()
+        except OSError:
+            raise GateNotPassed(f"run {run_id}: the gate decision was made from {report}, which is missing") from None
+        if actual != recorded:
+            raise GateNotPassed(f"run {run_id}: {report} changed after the gate decided (sha256 {actual[:12]}… != "
+                                f"{recorded[:12]}…); re-run the evaluation and the gate")
     return gate

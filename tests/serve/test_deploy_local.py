@@ -51,16 +51,21 @@ def test_gate_not_passed_or_for_another_run_refuses_promotion(env, serving):
     write_gate(run_b, passed=False)
     result = serving.promote(_config(env, run_b))
     assert result.outcome == "refused" and result.serving_run_id is None
-    assert "task accuracy 0.41 < min 0.90" in result.message
+    assert "task accuracy (json_field_match) 0.4100 < min 0.9000" in result.message, result.message
     write_gate(run_b, passed=True, run_id=RUN_A)  # a passed decision, but for another run
     result = serving.promote(_config(env, run_b))
     assert result.outcome == "refused" and "not this run" in result.message
+    write_gate(run_b, passed=True)
+    report = run_b / "eval" / "report.json"
+    report.write_text(report.read_text().replace("0.97", "0.99"))  # edited after the decision
+    result = serving.promote(_config(env, run_b))
+    assert result.outcome == "refused" and "changed after the gate decided" in result.message
     (run_b / "eval" / "gate.json").unlink()
     assert serving.promote(_config(env, run_b)).outcome == "refused"
     # nothing was started, and each refusal is on record
     assert not (serving.store / SPEC_NAME / "serving" / RUN_B).exists()
     kinds = [e["kind"] for e in history.read(serving.store, SPEC_NAME)]
-    assert kinds == ["deploy.refused"] * 3
+    assert kinds == ["deploy.refused"] * 4
     json.dumps(result.to_dict())
 
 

@@ -1,0 +1,222 @@
+"""The deploy step, kubernetes backend: the serving Deployment + Service rendered by
+controller.render.render_serving (the run directory on the artifacts PVC mounted read-only at
+/workspace/adapter, serve.json in an immutable per-run ConfigMap), applied and watched through
+controller.backends.kubernetes (server-side apply, our field manager; this module never imports
+the kubernetes client).
+
+Rolling (default): one Deployment per spec; a new run changes its pod template, and Kubernetes'
+RollingUpdate with maxUnavailable 0 keeps the old pods serving until new ones pass /readyz.
+We wait until the rollout is complete (observedGeneration caught up, every replica updated, ready
+and available). If the Deployment reports ProgressDeadlineExceeded, or the rollout does not
+complete in time, the previous run's manifests are applied again (automatic rollback); with no
+previous run the failed version is scaled to 0 so it does not hold GPUs while crash-looping.
+
+Canary: a second Deployment (`<spec>-canary`, track=canary) with canaryPercent of the replicas on
+the new run, behind the same Service as the stable one. Once it is ready and stays ready for
+stableSeconds, the stable Deployment is rolled to the new run and the canary scaled to 0. A canary
+that fails (or stops being ready) is scaled to 0 and the stable one was never touched.
+
+Readiness is observed by re-reading the Deployment (a level-triggered poll through the backend's
+`get`), which sees the same final state a watch would and survives API-server restarts and
+compaction without relist logic. Events and history are those of controller.serve.deploy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.errors import PermanentError, TemporaryError
+from controller.serve import history
+from controller.serve.deploy import DeployResult, event, rollback_target
+from controller.serve.gatecheck import GateNotPassed, gate_decision
+from controller.status import Reason
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    ready: bool
+    failed: bool
+    message: str
+    ready_replicas: int = 0
+
+
+def deployment_state(dep: dict | None, replicas: int, run_id: str | None = None) -> RolloutState:
+    """Is this Deployment's rollout complete (pure)? Failed on ProgressDeadlineExceeded."""
+    if dep is None:
+        return RolloutState(False, False, "the Deployment does not exist yet")
+    meta, status = dep.get("metadata") or {}, dep.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("status") == "False":
+            return RolloutState(False, True, f"{cond.get('reason')}: {cond.get('message', '')}".strip(), ready)
+    template = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    if run_id and (template.get("annotations") or {}).get("ftops.dev/run-id") != run_id:
+        return RolloutState(False, False, "the Deployment does not hold this run's pod template", ready)
+    if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return RolloutState(False, False, "the Deployment controller has not observed the change yet", ready)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    if replicas == 0:
+        return RolloutState(total == 0, False, f"{total} replicas left", ready)
+    done = updated >= replicas and ready >= replicas and available >= replicas and total == replicas
+    return RolloutState(done, False, f"{updated}/{replicas} updated, {ready} ready, {available} available, {total} total", ready)
+
+
+class KubernetesServing:
+    """Rollouts of a spec's server on a cluster, through a controller.backends.kubernetes.KubernetesBackend."""
+
+    backend = "kubernetes"
+
+    def __init__(self, kube: Any, operator: Any, store: str | Path, ready_timeout: float = 900,
+                 poll_interval: float = 1.0, namespace: str | None = None) -> None:
+        self.kube = kube
+        self.operator = operator
+        self.store = Path(store)
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self.namespace = namespace
+
+    # ---------------------------------------------------------------- rendering
+    def manifests(self, finetune, run_id: str, data_md5: str, git_commit: str, track: str = "stable",
+                  replicas: int | None = None) -> list[dict]:
+        from controller.render import ServingInput, render_serving
+
+        return render_serving(ServingInput(
+            finetune=finetune, run_id=run_id, adapter_uri=f"{finetune.name}/{run_id}", data_md5=data_md5,
+            git_commit=git_commit, operator=self.operator, replicas=replicas, track=track, namespace=self.namespace))
+
+    @staticmethod
+    def _deployment(manifests: list[dict]) -> dict:
+        return next(m for m in manifests if m["kind"] == "Deployment")
+
+    def _apply(self, manifests: list[dict]) -> None:
+        # ConfigMap first (the pods mount it), then the Deployment, then the Service.
+        order = {"ConfigMap": 0, "Deployment": 1, "Service": 2}
+        for m in sorted(manifests, key=lambda m: order.get(m["kind"], 3)):
+            self.kube.apply(m)
+
+    def _get(self, dep: dict) -> dict | None:
+        from controller.backends.kubernetes import ApiError
+
+        meta = dep["metadata"]
+        try:
+            return self.kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+        except ApiError as err:
+            if err.code == 404:
+                return None
+            raise TemporaryError(f"reading Deployment {meta['name']}: {err}") from None
+
+    def wait(self, dep: dict, replicas: int, run_id: str | None, timeout: float) -> RolloutState:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = deployment_state(self._get(dep), replicas, run_id)
+            if state.ready or state.failed:
+                return state
+            if time.monotonic() >= deadline:
+                return RolloutState(False, True, f"rollout not complete after {timeout:.0f}s ({state.message})",
+                                    state.ready_replicas)
+            time.sleep(self.poll_interval)
+
+    def _stays_ready(self, dep: dict, replicas: int, run_id: str, seconds: float) -> RolloutState:
+        deadline = time.monotonic() + seconds
+        state = deployment_state(self._get(dep), replicas, run_id)
+        while state.ready and time.monotonic() < deadline:
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            state = deployment_state(self._get(dep), replicas, run_id)
+        return state if not state.ready else RolloutState(True, False, f"ready for {seconds:.0f}s", state.ready_replicas)
+
+    # ---------------------------------------------------------------- transitions
+    def _record(self, spec: str, ev: dict) -> dict:
+        return history.append(self.store, spec, ev)
+
+    def promote(self, finetune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
+                kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
+        """Roll the spec's server to `run_id` (rolling or canary, per spec.serving.rollout), only
+        when that run's gate passed; roll back automatically when it does not become ready."""
+        spec = finetune.name
+        serving = finetune.spec.serving
+        if serving is None:
+            raise PermanentError(f"spec '{spec}' has no spec.serving block; there is nothing to deploy")
+        timeout = timeout or self.ready_timeout
+        prev = self._previous(spec)
+        prev_id = prev["servingRunId"] if prev else None
+        try:
+            gate_decision(self.store / spec / run_id)
+        except GateNotPassed as exc:
+            ev = event("deploy.refused", spec, run_id, self.backend, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
+            return DeployResult("refused", prev_id, [self._record(spec, ev)], message=str(exc))
+        stable = self.manifests(finetune, run_id, data_md5, git_commit, "stable")
+        stable_dep = self._deployment(stable)
+        if prev_id == run_id and deployment_state(self._get(stable_dep), serving.replicas, run_id).ready:
+            return DeployResult("unchanged", run_id, [], message="already serving")
+        lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"]}
+        strategy = serving.rollout.strategy if prev_id else "rolling"
+        events = [self._record(spec, event("deploy.started", spec, run_id, self.backend, prev_id, prev_id,
+                                           Reason.ROLLING_OUT, f"{strategy} rollout of run {run_id}", strategy=strategy,
+                                           **lineage))]
+        if strategy == "canary":
+            n = min(serving.replicas - 1, max(1, math.ceil(serving.replicas * serving.rollout.canary_percent / 100)))
+            canary = self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=n)
+            self._apply(canary)
+            state = self.wait(self._deployment(canary), n, run_id, timeout)
+            if state.ready:
+                state = self._stays_ready(self._deployment(canary), n, run_id, serving.rollout.stable_seconds)
+            if not state.ready:
+                self._scale_canary_down(finetune, run_id, data_md5, git_commit)
+                msg = f"canary of run {run_id} failed ({state.message}); run {prev_id} keeps serving"
+                events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.backend, prev_id, prev_id,
+                                                       Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
+                return DeployResult("rolled_back", prev_id, events, message=msg)
+            events.append(self._record(spec, event("deploy.canary_ready", spec, run_id, self.backend, prev_id, prev_id,
+                                                   Reason.ROLLING_OUT, f"{n} canary replica(s) stayed ready for "
+                                                   f"{serving.rollout.stable_seconds}s", canaryReplicas=n, **lineage)))
+        self._apply(stable)
+        state = self.wait(stable_dep, serving.replicas, run_id, timeout)
+        if strategy == "canary":
+            self._scale_canary_down(finetune, run_id, data_md5, git_commit)
+        if not state.ready:
+            if prev:
+                self._apply(self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""), "stable"))
+                back = self.wait(stable_dep, serving.replicas, prev_id, timeout)
+                serving_now = prev_id if back.ready else None
+            else:
+                self._apply(self.manifests(finetune, run_id, data_md5, git_commit, "stable", replicas=0))
+                serving_now = None
+            msg = (f"run {run_id} failed readiness ({state.message}); "
+                   f"{'run ' + serving_now + ' serves again' if serving_now else 'nothing serves'}")
+            events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.backend, serving_now, prev_id,
+                                                   Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
+            return DeployResult("rolled_back", serving_now, events, message=msg)
+        msg = f"run {run_id} serves on {serving.replicas} replica(s)" + (f" (was {prev_id})" if prev_id else "")
+        events.append(self._record(spec, event(kind, spec, run_id, self.backend, run_id, prev_id, reason, msg, **lineage)))
+        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, events, message=msg)
+
+    def _scale_canary_down(self, finetune, run_id: str, data_md5: str, git_commit: str) -> None:
+        self._apply([self._deployment(self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=0))])
+
+    def _previous(self, spec: str) -> dict | None:
+        """The last event that made a run serve (it carries the lineage needed to re-render it)."""
+        current = history.serving_run(self.store, spec)
+        if current is None:
+            return None
+        for ev in reversed(history.served_runs(self.store, spec)):
+            if ev["servingRunId"] == current and ev.get("runId") == current:
+                return ev
+        for ev in reversed(history.read(self.store, spec)):
+            if ev.get("runId") == current and "dataMd5" in ev:
+                return {**ev, "servingRunId": current}
+        return None
+
+    def rollback(self, finetune, to: str | None = None, timeout: float | None = None) -> DeployResult:
+        """Roll back to `to` or the previously served run (which must still pass its gate)."""
+        target = rollback_target(self.store, finetune.name, to)
+        lineage = next((e for e in reversed(history.read(self.store, finetune.name))
+                        if e.get("runId") == target and "dataMd5" in e), None)
+        if lineage is None:
+            raise PermanentError(f"rollback: the history has no lineage (data md5, git commit) for run {target}")
+        return self.promote(finetune, target, lineage["dataMd5"], lineage["gitCommit"], timeout,
+                            kind="deploy.rolled_back", reason="Requested")

@@ -1,0 +1,124 @@
+"""The deploy step on Kubernetes, against the fake API server (tests/fakekube) and a fake
+Deployment controller: rolling and canary rollouts rendered by controller.render.render_serving,
+applied and observed through controller.backends.kubernetes; automatic rollback on
+ProgressDeadlineExceeded; gate refusal; rollback --to."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fake_deployments import FakeDeployments
+from serve_helpers import RUN_A, RUN_B, SPEC_NAME, copy_run, spec_text, write_gate
+
+MD5 = "0123456789abcdef0123456789abcdef"
+COMMIT = "1234567abcdef1234567abcdef1234567abcdef0"
+
+
+@pytest.fixture
+def cluster(env, fake_kube, tmp_path):
+    """(serving, finetune factory, fake controller, store) over a fresh fake cluster."""
+    from controller.backends.kubernetes import KubernetesBackend
+    from controller.catalog import load_operator_config
+    from controller.render import owner_namespace
+    from controller.serve.kube import KubernetesServing
+    from controller.spec import load_spec_text
+
+    store = tmp_path / "store"
+    for run_id in (RUN_A, RUN_B):
+        copy_run(env.run_dir(run_id), store)
+    operator = load_operator_config()
+
+    def finetune(**kw):
+        return load_spec_text(spec_text(**kw), f"specs/{SPEC_NAME}.yaml").spec
+
+    namespace = owner_namespace(finetune(), operator)
+    fake_kube.ensure_namespace(namespace)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(fake_kube.kubeconfig())
+    kube = KubernetesBackend(kubeconfig=str(kubeconfig), namespaces=[namespace])
+    serving = KubernetesServing(kube, operator, store, ready_timeout=30, poll_interval=0.05)
+    with FakeDeployments(fake_kube) as controller:
+        yield serving, finetune, controller, namespace
+
+
+def _dep(fake_kube, namespace: str, name: str) -> dict:
+    return fake_kube.get("apps/v1", "Deployment", namespace, name)
+
+
+def _template_run(dep: dict) -> str:
+    return dep["spec"]["template"]["metadata"]["annotations"]["ftops.dev/run-id"]
+
+
+def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves(cluster, fake_kube):
+    serving, finetune, controller, ns = cluster
+    ft = finetune()
+    first = serving.promote(ft, RUN_A, MD5, COMMIT)
+    assert first.outcome == "promoted", first.message
+    dep = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
+    assert _template_run(dep) == RUN_A
+    # the run directory on the artifacts claim is mounted where serve.json says the adapter is
+    mount = next(v for v in dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if v["name"] == "artifacts")
+    assert mount["subPath"] == f"{SPEC_NAME}/{RUN_A}" and mount["readOnly"] is True
+    config = json.loads(fake_kube.get("v1", "ConfigMap", ns, next(
+        v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "serve-config"))["data"]["serve.json"])
+    assert config["adapter"] == mount["mountPath"] and config["runId"] == RUN_A and config["corpus"] == "corpora/kb"
+    svc = fake_kube.get("v1", "Service", ns, f"{SPEC_NAME}-serve")
+    assert "ftops.dev/track" not in svc["spec"]["selector"]
+
+    controller.failing.add(RUN_B)
+    failed = serving.promote(ft, RUN_B, MD5, COMMIT)
+    assert failed.outcome == "rolled_back" and failed.serving_run_id == RUN_A
+    assert "ProgressDeadlineExceeded" in failed.message
+    assert [e["kind"] for e in failed.events] == ["deploy.started", "deploy.rolled_back"]
+    assert _template_run(_dep(fake_kube, ns, f"{SPEC_NAME}-serve")) == RUN_A
+    # run A's pods answered all along: the served run never went to B or to nothing
+    served = [run for name, run, _ in controller.timeline if name == f"{SPEC_NAME}-serve"]
+    assert served == [RUN_A]
+    json.dumps([e for e in failed.events])
+
+
+def test_gate_not_passed_applies_nothing(cluster, fake_kube):
+    serving, finetune, _, ns = cluster
+    write_gate(serving.store / SPEC_NAME / RUN_B, passed=False)
+    result = serving.promote(finetune(), RUN_B, MD5, COMMIT)
+    assert result.outcome == "refused"
+    assert fake_kube.list("apps/v1", "Deployment", ns)["items"] == []
+    assert fake_kube.list("v1", "ConfigMap", ns)["items"] == []
+
+
+def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
+    serving, finetune, controller, ns = cluster
+    ft = finetune(replicas=4, rollout="{strategy: canary, canaryPercent: 25, stableSeconds: 1}")
+    assert serving.promote(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+    assert fake_kube.list("apps/v1", "Deployment", ns)["items"][0]["metadata"]["name"] == f"{SPEC_NAME}-serve"
+
+    result = serving.promote(ft, RUN_B, MD5, COMMIT)
+    assert result.outcome == "promoted", result.message
+    assert [e["kind"] for e in result.events] == ["deploy.started", "deploy.canary_ready", "deploy.promoted"]
+    assert result.events[1]["canaryReplicas"] == 1
+    canary = _dep(fake_kube, ns, f"{SPEC_NAME}-canary")
+    assert canary["spec"]["replicas"] == 0 and _template_run(canary) == RUN_B
+    assert canary["spec"]["selector"]["matchLabels"]["ftops.dev/track"] == "canary"
+    stable = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
+    assert _template_run(stable) == RUN_B and stable["spec"]["replicas"] == 4
+    # the canary served (1 replica of B) while the stable kept 4 of A, then B took over
+    assert (f"{SPEC_NAME}-canary", RUN_B, 1) in controller.timeline
+    stable_runs = [run for name, run, _ in controller.timeline if name == f"{SPEC_NAME}-serve"]
+    assert stable_runs == [RUN_A, RUN_B]
+
+    back = serving.rollback(ft, to=RUN_A[:6])
+    assert back.serving_run_id == RUN_A and back.events[-1]["kind"] == "deploy.rolled_back"
+    assert _template_run(_dep(fake_kube, ns, f"{SPEC_NAME}-serve")) == RUN_A
+
+
+def test_failing_canary_never_touches_the_stable_deployment(cluster, fake_kube):
+    serving, finetune, controller, ns = cluster
+    ft = finetune(replicas=2, rollout="{strategy: canary, canaryPercent: 50, stableSeconds: 0}")
+    assert serving.promote(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+    generation = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")["metadata"]["generation"]
+    controller.failing.add(RUN_B)
+    result = serving.promote(ft, RUN_B, MD5, COMMIT)
+    assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A
+    assert _dep(fake_kube, ns, f"{SPEC_NAME}-serve")["metadata"]["generation"] == generation
+    assert _dep(fake_kube, ns, f"{SPEC_NAME}-canary")["spec"]["replicas"] == 0
