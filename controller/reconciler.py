@@ -240,7 +240,8 @@ class Reconciler:
                 status, again = self._reconcile_spec(name, state, info, known.get(name))
             except Exception as exc:  # one spec never blocks the others
                 log.exception("spec %s: unexpected error", name)
-                status = SpecStatus(name, (Condition(STALLED, "True", "InternalError", f"{type(exc).__name__}: {exc}", commit),), commit)
+                previous = known.get(name) or SpecStatus(name)
+                status = _with(previous, Condition(STALLED, "True", "InternalError", f"{type(exc).__name__}: {exc}", commit))
                 again = BACKOFF_BASE_S
             statuses[name] = self._save(status)
             if again is not None:
@@ -293,7 +294,7 @@ class Reconciler:
             return _with(base, Condition(STALLED, "True", Reason.SPEC_INVALID, message, info.sha)), None
 
         spec = state.loaded.spec
-        content_key = f"{state.blob}:{state.data.md5}"
+        content_key = self._content_key(state, info.sha)
         retry = self._read_state(name)
         if retry.get("stalledKey") == content_key:
             message = retry.get("lastError", "stalled")
@@ -336,6 +337,20 @@ class Reconciler:
             self._write_state(name, {})
         conditions = summarize(ctx.status.conditions, spec.spec.serving is not None, info.sha)
         return SpecStatus(name, conditions, info.sha, ctx.run_id, ctx.status.serving_run_id), requeue
+
+    def _content_key(self, state: SpecAtRev, commit: str) -> str:
+        """Everything a spec's steps read from git: a stalled spec is retried when any changes
+        (the spec, the data version, the reviews, the base model folder, the corpus)."""
+        spec = state.loaded.spec
+        assert spec is not None and state.data is not None
+        tree = self.source.tree(commit)
+        reviews = spec.spec.dataset.review.file or f"reviews/{spec.metadata.name}.jsonl"
+        parts = [state.blob, state.data.md5 or "", getattr(tree.get(reviews), "sha", "")]
+        if spec.spec.base_model.kind == "path":
+            parts.append(getattr(tree.get(spec.spec.base_model.uri), "sha", ""))
+        if spec.spec.serving is not None and spec.spec.serving.corpus:
+            parts.append(getattr(tree.get(spec.spec.serving.corpus), "sha", ""))
+        return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
     def steps(self) -> list[tuple[str, Callable[[SpecContext], StepResult]]]:
         return [
