@@ -239,3 +239,35 @@ def test_docs_name_every_controller_flag_the_chart_passes(helm):
             flags.add(arg.split("=", 1)[0])
     missing = sorted(f for f in flags if f"`{f}" not in doc)
     assert not missing, f"docs/cluster.md does not document {missing}"
+
+
+@pytest.mark.parametrize("sets", [
+    ["rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=platform-sa"],
+    ["persistence.ledger.enabled=false", "persistence.checkpoints.existingClaim=shared-checkpoints"],
+    ["metrics.enabled=false", "networkPolicy.enabled=true", "finetunes.mirror=false"],
+], ids=["no-rbac", "bring-your-own-storage", "no-metrics"])
+def test_switches_off_render_valid_objects(helm, sets):
+    args = ["template", "ftops", str(CHART), "-n", NS, "--set", "git.repo=https://git.example.com/x.git"]
+    for s in sets:
+        args += ["--set", s]
+    out = helm_run(helm, *args)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    args_ = pod["containers"][0]["args"]
+    if "rbac.create=false" in sets:
+        assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "Role") and not by_kind(docs, "ServiceAccount")
+        assert pod["serviceAccountName"] == "platform-sa"
+    if "persistence.ledger.enabled=false" in sets:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes["home"]
+        assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "shared-checkpoints"
+        assert not by_kind(docs, "PersistentVolumeClaim")
+    if "metrics.enabled=false" in sets:
+        assert not any(a.startswith("--metrics") for a in args_) and "--mirror-finetunes" not in args_
+        assert not by_kind(docs, "Service") and "ports" not in pod["containers"][0]
+        (np,) = by_kind(docs, "NetworkPolicy")
+        assert not np["spec"].get("ingress")  # nothing may connect in
