@@ -338,8 +338,8 @@ def version(
             obj = _object_path(remote.local, md5)
             if obj.is_file() and file_md5(obj)[0] != md5:
                 raise DataCorrupted(
-                    f"{rel}: remote object {obj} is corrupted (its bytes hash to {file_md5(obj)[0]}, its name says {md5}); DVC would keep it "
-                    f"and report success. Move it out of the remote and run `ftops data version {rel}` again. {rel}.dvc was left as it was before."
+                    f"{rel}: remote object {obj} is corrupted (its bytes hash to {file_md5(obj)[0]}, its name says {md5}); pushing would not "
+                    f"repair it. Move it out of the remote and run `ftops data version {rel}` again. {rel}.dvc was left as it was before."
                 )
         if push and remote is not None:
             proc = run_dvc(["push", "-r", remote.name, str(rel) + ".dvc"], root)

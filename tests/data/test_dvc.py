@@ -155,6 +155,10 @@ def test_corrupted_object_in_the_remote(world, tmp_path):
     assert not (tmp_path / "fresh.jsonl").exists()
     assert md5(earlier) == v1_md5 and snapshot(root) == before
     assert obj.read_bytes() == corrupted  # kept as evidence
+    # Versioning the same data again does not report the corrupted object as a good push.
+    with pytest.raises(dvc.DataCorrupted, match="remote object .* is corrupted"):
+        dvc.version(root, DATA)
+    assert snapshot(root) == before and obj.read_bytes() == corrupted
 
     # What plain DVC does with it: the pull fails as "missing" and the remote object is deleted.
     scratch = tmp_path / "scratch"
