@@ -26,7 +26,8 @@ def _step(title: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controller.cli import main as ftops
+    def ftops(argv: list[str]) -> int:
+        return subprocess.run([sys.executable, "-m", "controller.cli", *argv]).returncode
 
     specs = Path(args.specs)
     checkout = specs.parent

@@ -205,3 +205,24 @@ def test_advisor_error_below_200_examples_fails_the_plan(git_repo):
     done = run_cli(git_repo.root, "--head", sha)
     assert done.returncode == 1
     assert "150 examples: fine-tuning needs at least 200" in done.stdout
+
+
+def test_plan_shows_the_data_check_and_manifest_diff_for_a_new_data_version(tmp_path):
+    """A real DVC-versioned dataset: plan pulls it at head and reports counts and review
+    coverage, and diffs the rendered training manifests."""
+    from controller import demo
+    from controller.data import dvc
+
+    repo = demo.build(tmp_path / "repo", tmp_path / "remote", examples=300)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo.root, capture_output=True, text=True).stdout.strip()
+    demo.degrade_labels(repo.root)
+    dvc.version(repo.root, demo.DATA_PATH)
+    head = demo.commit(repo.root, "relabel")
+    done = run_cli(repo.root, "--base", base, "--head", head, "--output", "json")
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)["specs"][0]
+    data = spec["sections"]["Data"]
+    assert "300 read" in data and "leak check passed" in data
+    assert "DataReady: ❌ ReviewPending" in data  # the relabelled examples have no verdicts yet
+    diff = spec["sections"]["Kubernetes manifests"]
+    assert f"ftops.dev/run-id: {spec['runBase']}" in diff and f"ftops.dev/run-id: {spec['runHead']}" in diff
