@@ -1,0 +1,86 @@
+"""Generation is deterministic and batching does not change answers; format compliance on real
+outputs drops below 1.0 when a broken output is planted, and names it."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from controller.evaluate import metrics as M
+from controller.evaluate.datasets import read_examples
+from controller.evaluate.generation import generate, load_run_model, read_manifest
+from controller.evaluate.run import evaluate_format
+from controller.gate import decide
+from controller.errors import PermanentError
+
+SCHEMA = {
+    "type": "object", "required": ["label"], "additionalProperties": False,
+    "properties": {"label": {"enum": ["billing", "bug", "account"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def well_outputs(well_run):
+    model = load_run_model(well_run.run_dir, "cpu")
+    examples = read_examples(well_run.test, "test")
+    outputs = generate(model, [e.messages for e in examples], batch_size=32, max_new_tokens=24, progress=False)
+    return model, examples, outputs
+
+
+def test_batched_generation_equals_one_by_one_and_repeats_exactly(well_outputs) -> None:
+    model, examples, outputs = well_outputs
+    some = [e.messages for e in examples[:10]]
+    one_by_one = generate(model, some, batch_size=1, max_new_tokens=24, progress=False)
+    assert one_by_one == outputs[:10]
+    assert generate(model, some, batch_size=4, max_new_tokens=24, progress=False) == outputs[:10]
+
+
+def test_prompts_use_the_chat_template_recorded_in_the_manifest(well_run, well_outputs) -> None:
+    model, examples, _ = well_outputs
+    manifest = read_manifest(well_run.run_dir)
+    assert model.tokenizer.chat_template == manifest["provenance"]["chatTemplate"]
+    prompt = model.tokenizer.apply_chat_template(examples[0].messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and examples[0].reference not in prompt
+
+
+def test_a_planted_broken_output_drops_compliance_below_one(well_run, well_outputs) -> None:
+    _, examples, outputs = well_outputs
+    check = M.format_checker(json_schema=SCHEMA)
+    clean = evaluate_format(outputs, check, examples)
+    assert clean["compliance"] == 1.0 and clean["failures"] == []
+
+    planted = list(outputs)
+    planted[7] = planted[7].rstrip("}")             # truncated JSON
+    planted[11] = '{"label": "refund"}'             # valid JSON, label outside the schema
+    result = evaluate_format(planted, check, examples)
+    assert result["compliance"] == pytest.approx((len(outputs) - 2) / len(outputs))
+    assert [(f["index"], f["line"]) for f in result["failures"]] == [(7, examples[7].line), (11, examples[11].line)]
+    assert result["failures"][0]["reason"].startswith("not JSON")
+    assert "label" in result["failures"][1]["reason"] and "refund" in result["failures"][1]["reason"]
+
+    regex = evaluate_format(planted, M.format_checker(regex=r'\{"label": "(billing|bug|account)"\}'), examples)
+    assert [f["index"] for f in regex["failures"]] == [7, 11]
+
+    # The gate turns it into a failing line with the value and the threshold.
+    from eval_helpers import load_spec, write_spec
+
+    spec_dir = well_run.run_dir.parent.parent / "planted-spec"
+    spec = load_spec(write_spec(spec_dir, """    format:
+      regex: '\\{"label": "(billing|bug|account)"\\}'
+      min: 1.0"""))
+    report = {"runId": well_run.run_id, "status": "completed",
+              "metrics": {"task.exact_match": 1.0, "format.compliance": result["compliance"], "regression.drop": 0.0,
+                          "compare.fine-tuned.score": 1.0, "compare.base.score": 0.0}}
+    decision = decide(report, spec, well_run.run_id)
+    assert [line.metric for line in decision.failures] == ["format.compliance"]
+    assert decision.failures[0].value < 1.0
+
+
+def test_read_examples_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+                    + "\n" + json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+    with pytest.raises(PermanentError, match=r"bad.jsonl:2: the last message must be the assistant's reference answer"):
+        read_examples(path, "test split")
+    assert math.isnan(M.mean([]))
