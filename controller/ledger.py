@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from controller.errors import PermanentError
 
@@ -96,8 +96,11 @@ class VerifyResult:
 class Ledger:
     """One SQLite file. Safe to open from several processes (WAL, immediate transactions)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, before_write: "Callable[[], None] | None" = None) -> None:
+        """`before_write` runs before every append: in a cluster it is the leader-election
+        fence, so a paused or deposed leader can never add a record."""
         self.path = Path(path)
+        self.before_write = before_write
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
@@ -115,6 +118,8 @@ class Ledger:
         """Append one record, chained to the last. Durable when this returns. With `key`, a
         second record of the same kind and key is refused by the database (see append_once)."""
         payload = payload or {}
+        if self.before_write is not None:
+            self.before_write()
         canonical(payload)  # refuse NaN and non-JSON values before touching the file
         time = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
         with self._lock:

@@ -189,7 +189,7 @@ class Reconciler:
     """observe -> plan -> apply -> status -> ledger, for every spec at the tracked revision."""
 
     def __init__(self, config: ControllerConfig, backend: Backend, ledger: Ledger | None = None,
-                 source: GitSource | None = None, deployer: Any = None) -> None:
+                 source: GitSource | None = None, deployer: Any = None, metrics: Any = None) -> None:
         self.config = config
         self.home = Home(Path(config.home))
         self.backend = backend
@@ -198,6 +198,7 @@ class Reconciler:
         self.operator: OperatorConfig = load_operator_config(config.operator_config)
         self.cache = SpecCache()
         self.deployer = deployer
+        self.metrics = metrics
         self.template_version = template_version()
         for folder in (self.home.status, self.home.state, self.home.store):
             folder.mkdir(parents=True, exist_ok=True)
@@ -433,15 +434,123 @@ class Reconciler:
         raise TemporaryError(f"run {ctx.run_id} failed ({state.reason}: {state.message}); it will be retried")
 
     def step_evaluate(self, ctx: SpecContext) -> StepResult:
-        raise NotImplementedError
+        """Evaluate the run on its held-out split (in this process; a crash re-runs it). The
+        report is keyed by the evaluation identity, so a changed gate re-evaluates without
+        retraining and an unchanged one is never evaluated twice."""
+        out = self.home.run_dir(ctx.name, ctx.run_id)
+        marker = out / "eval" / "ftops-eval.json"
+        done = _read_json(marker)
+        if done is None or done.get("evalId") != ctx.eval_id or not (out / "eval" / "report.json").exists():
+            from controller.evaluate.run import crashed_report, run_evaluation
+
+            ctx.set(EVALUATED, "False", Reason.IN_PROGRESS, f"evaluating run {ctx.run_id}")
+            try:
+                report = run_evaluation(out, ctx.spec, ctx.prepared.test_path, train_path=ctx.prepared.train_path,
+                                        repo_root=self._checkout(ctx.commit.sha), device=self.config.device, progress=False)
+            except PermanentError as exc:
+                report = crashed_report(ctx.run_id, str(exc), ctx.name)
+                report.write(out)
+            done = {"evalId": ctx.eval_id, "reportSha256": report.sha256, "status": report.data.get("status")}
+            _write_json(marker, done)
+        report_path = out / "eval" / "report.json"
+        report_data = json.loads(report_path.read_text())
+        self.ledger.append_once(
+            "eval.reported", ctx.name, ctx.run_id,
+            {"evalId": ctx.eval_id, "reportSha256": _sha256(report_path), "reportPath": str(report_path),
+             "status": report_data.get("status"), "metrics": _finite(report_data.get("metrics") or {})},
+            key=f"{ctx.run_id}:{ctx.eval_id}",
+        )
+        ctx.facts["report"] = report_data
+        if report_data.get("status") != "completed":
+            ctx.set(EVALUATED, "False", Reason.EVAL_FAILED, str(report_data.get("error", "evaluation crashed")))
+        else:
+            ctx.set(EVALUATED, "True", Reason.SUCCEEDED, f"report {report_path}")
+        return DONE
 
     def step_gate(self, ctx: SpecContext) -> StepResult:
-        raise NotImplementedError
+        """The pure gate on the report; the decision is written beside it (eval/gate.json, the
+        only thing serving trusts) and recorded in the ledger."""
+        from controller.evaluate.report import record_in_manifest, render_markdown
+        from controller.gate import decide
+
+        out = self.home.run_dir(ctx.name, ctx.run_id)
+        report_path = out / "eval" / "report.json"
+        decision = decide(ctx.facts["report"], ctx.spec, ctx.run_id, report_sha256=_sha256(report_path))
+        gate = decision.to_dict()
+        gate_path = out / "eval" / "gate.json"
+        if _read_json(gate_path) != gate:
+            _write_json(gate_path, gate)
+            (out / "eval" / "report.md").write_text(render_markdown(ctx.facts["report"], gate))
+            record_in_manifest(out, report_path, gate=gate)
+        recorded = self.ledger.find_one("gate.decided", f"{ctx.run_id}:{ctx.eval_id}")
+        self.ledger.append_once("gate.decided", ctx.name, ctx.run_id, {"evalId": ctx.eval_id, **gate},
+                                key=f"{ctx.run_id}:{ctx.eval_id}")
+        if recorded is None and self.metrics is not None:
+            self.metrics.gate_outcomes.labels("passed" if decision.passed else "failed").inc()
+        if decision.passed:
+            ctx.set(GATE_PASSED, "True", Reason.SUCCEEDED, f"every gate passed for run {ctx.run_id}")
+            return DONE
+        ctx.set(GATE_PASSED, "False", Reason.GATE_FAILED, decision.message)
+        serving = self._serving_run(ctx.name)
+        if serving is not None:
+            ctx.status = SpecStatus(ctx.name, ctx.status.conditions, ctx.status.observed_revision, ctx.run_id, serving)
+            ctx.set(DEPLOYED, "True", "PreviousRunServing", f"run {serving} keeps serving: run {ctx.run_id} failed its gate")
+        raise _Stall(Reason.GATE_FAILED, f"run {ctx.run_id} failed its gate: {decision.message}")
 
     def step_deploy(self, ctx: SpecContext) -> StepResult:
-        raise NotImplementedError
+        """Promote the run (only with its own passed gate.json); the previous one serves until
+        the new one is ready, and a new one that never gets ready is rolled back."""
+        serving = ctx.spec.spec.serving
+        if serving is None or self.deployer is None:
+            return DONE
+        from controller.serve.config import ServeConfig
+
+        corpus = self._corpus(ctx) if serving.corpus else None
+        config = ServeConfig(
+            run_dir=str(self.home.run_dir(ctx.name, ctx.run_id)), model_name=ctx.name, corpus_dir=corpus,
+            retriever=serving.retriever, top_k=serving.top_k, max_tokens=serving.max_tokens, device=self.config.device,
+            base_uri=self._base_model(ctx), run_id=ctx.run_id,
+        )
+        result = self.deployer.promote(config)
+        for event in result.events:
+            self.ledger.append_once(event["kind"], ctx.name, event.get("runId"), event,
+                                    key=f"{ctx.name}:{event['kind']}:{event.get('runId')}:{event.get('time')}")
+        ctx.status = SpecStatus(ctx.name, ctx.status.conditions, ctx.status.observed_revision, ctx.run_id, result.serving_run_id)
+        if result.outcome in ("promoted", "unchanged"):
+            ctx.set(DEPLOYED, "True", Reason.SUCCEEDED, result.message or f"run {ctx.run_id} is serving")
+            return DONE
+        ctx.set(DEPLOYED, "False", Reason.ROLLED_BACK if result.outcome == "rolled_back" else Reason.FAILED, result.message)
+        raise TemporaryError(f"deploy of run {ctx.run_id}: {result.message}")
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _serving_run(self, spec: str) -> str | None:
+        if self.deployer is None:
+            return None
+        current = self.deployer.current(spec)
+        return current.get("runId") if current and current.get("healthy", True) else None
+
+    def _checkout(self, commit: str) -> Path:
+        """The repo's files at `commit` (git only, no DVC data), for paths a spec names."""
+        target = self.home.root / "checkouts" / commit
+        if not target.exists():
+            _extract(self.source.repo, commit, target)
+        return target
+
+    def _corpus(self, ctx: SpecContext) -> str:
+        """The RAG corpus folder at the commit, content-addressed by its git tree hash."""
+        rel = ctx.spec.spec.serving.corpus  # type: ignore[union-attr]
+        tree = self.source.tree(ctx.commit.sha)
+        entry = tree.get(rel)
+        if entry is None or entry.kind != "tree":
+            if (rel + ".dvc") in tree:
+                raise PermanentError(f"serving.corpus {rel!r} is tracked by DVC as a folder; commit the documents to git "
+                                     "(DVC-tracked corpora are not pulled by the controller yet)")
+            raise PermanentError(f"serving.corpus {rel!r} is not a folder at {ctx.commit.sha[:12]}")
+        target = self.home.root / "corpora" / entry.sha
+        if not target.exists():
+            _extract(self.source.repo, entry.sha, target)
+        return str(target)
 
     def _record_submitted(self, ctx: SpecContext) -> None:
         self.ledger.append_once(
@@ -494,13 +603,7 @@ class Reconciler:
             raise PermanentError(f"baseModel.uri {bm.uri!r} is not a folder at {ctx.commit.sha[:12]}")
         target = self.home.models / entry.sha
         if not target.exists():
-            tmp = target.with_name(target.name + ".tmp")
-            subprocess.run(["rm", "-rf", str(tmp)], check=True)
-            tmp.mkdir(parents=True)
-            archive = subprocess.run(["git", "archive", "--format=tar", f"{entry.sha}"], cwd=self.source.repo,
-                                     capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-            os.replace(tmp, target)
+            _extract(self.source.repo, entry.sha, target)
         return str(target)
 
     def _manifests(self, ctx: SpecContext, config: RunConfig) -> tuple[dict, ...]:
@@ -569,6 +672,43 @@ class _Stall(PermanentError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _extract(repo: Path, treeish: str, target: Path) -> None:
+    """`git archive` a commit or tree into `target`, atomically (a crash leaves no half folder)."""
+    tmp = target.with_name(target.name + ".tmp")
+    subprocess.run(["rm", "-rf", str(tmp)], check=True)
+    tmp.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", treeish], cwd=repo, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    os.replace(tmp, target)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _finite(metrics: dict) -> dict:
+    """Metrics as the ledger stores them: NaN and infinities become null (JSON has neither)."""
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(metrics)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _job_name(ctx: SpecContext) -> str:

@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import FtopsError
@@ -45,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--interval", type=float, default=30, help="seconds between polls (default: 30)")
     ctl.add_argument("--watch", action="store_true", help="also reconcile as soon as a local repo's refs change")
     ctl.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    ctl.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (0.0.0.0 in a pod)")
+    ctl.add_argument("--leader-elect", action="store_true", help="kubernetes: act only while holding the Lease")
+    ctl.add_argument("--lease-name", default="ftops-controller")
+    ctl.add_argument("--lease-namespace", help="namespace of the Lease (default: $POD_NAMESPACE)")
+    ctl.add_argument("--lease-duration", type=float, default=15)
+    ctl.add_argument("--renew-deadline", type=float, default=10)
+    ctl.add_argument("--retry-period", type=float, default=2)
+    ctl.add_argument("--watch-namespace", action="append", default=[], help="restrict to these namespaces (repeatable)")
+    ctl.add_argument("--mirror-finetunes", action="store_true", help="mirror specs into FineTune CRs with their status")
     ctl.set_defaults(func=cmd_controller)
 
     status = sub.add_parser("status", help="every spec's status, like `kubectl get`")
@@ -79,8 +89,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def build_reconciler(args: argparse.Namespace):
-    from controller.reconciler import ControllerConfig, Reconciler
+@dataclass
+class Cluster:
+    """What cluster mode adds around the reconciler: the elector (fence) and the CR mirror."""
+
+    backend: object
+    elector: object | None = None
+    mirror: object | None = None
+
+
+def _cluster(args: argparse.Namespace, operator, stop: threading.Event) -> Cluster:
+    import os
+
+    from controller.backends.kubernetes import KubernetesBackend, load_api_client
+    from controller.backends.kubernetes_identity import export_image_digest
+
+    api = load_api_client(args.kubeconfig)
+    export_image_digest(KubernetesBackend(api))  # sets FTOPS_IMAGE_DIGEST, recorded in the ledger
+    elector = None
+    if getattr(args, "leader_elect", False):
+        from controller.backends.kubernetes_lease import LeaderElector
+
+        elector = LeaderElector(api, namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE", "default"),
+                                name=args.lease_name, lease_duration=args.lease_duration,
+                                renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        threading.Thread(target=elector.run, args=(stop, lambda: None, lambda: None), daemon=True).start()
+    namespaces = getattr(args, "watch_namespace", None) or None
+    backend = KubernetesBackend(api, namespaces=namespaces, fence=elector.ensure_leader if elector else None)
+    mirror = None
+    if getattr(args, "mirror_finetunes", False):
+        from controller.backends.kubernetes_crd import FineTuneMirror
+
+        mirror = FineTuneMirror(backend, lambda ft: operator.tenancy.namespace_for(ft.metadata.owner), namespaces=namespaces)
+    return Cluster(backend, elector, mirror)
+
+
+def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = None, metrics=None):
+    from controller.catalog import load_operator_config
+    from controller.ledger import Ledger
+    from controller.reconciler import ControllerConfig, Home, Reconciler
 
     config = ControllerConfig(
         repo=args.repo, home=Path(args.home), rev=args.rev, operator_config=args.operator_config,
@@ -88,15 +135,33 @@ def build_reconciler(args: argparse.Namespace):
         allow_delete_all=args.allow_delete_all,
         allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None, device=args.device,
     )
+    cluster = None
     if args.backend == "kubernetes":
-        from controller.backends.kubernetes import KubernetesBackend
-
-        backend = KubernetesBackend(kubeconfig=args.kubeconfig)
+        cluster = _cluster(args, load_operator_config(args.operator_config), stop or threading.Event())
+        backend = cluster.backend
     else:
         from controller.backends.local import LocalBackend
 
         backend = LocalBackend(Path(args.home) / "runs")
-    return Reconciler(config, backend)
+    fence = cluster.elector.ensure_leader if cluster is not None and cluster.elector is not None else None
+    ledger = Ledger(Home(Path(args.home)).ledger, before_write=fence)
+    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend), metrics=metrics)
+    return reconciler, cluster
+
+
+def _deployer(args: argparse.Namespace, backend):
+    """Who runs the serving side: server processes here, or Deployments in the cluster."""
+    from controller.catalog import load_operator_config
+    from controller.reconciler import Home
+
+    store = Home(Path(args.home)).store
+    if args.backend == "kubernetes":
+        from controller.serve.kube import KubernetesServing
+
+        return KubernetesServing(backend, load_operator_config(args.operator_config), store)
+    from controller.serve.deploy import LocalServing
+
+    return LocalServing(store)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -104,7 +169,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     configure_logging("WARNING")
     try:
-        reconciler = build_reconciler(args)
+        reconciler, _ = build_reconciler(args)
         deadline = time.monotonic() + (args.until_settled or 0)
         while True:
             result = reconciler.reconcile_once()
@@ -122,29 +187,63 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    from controller.errors import TemporaryError
     from controller.observability import Metrics, configure_logging
 
     configure_logging()
-    reconciler = build_reconciler(args)
+    stop = threading.Event()
     metrics = Metrics()
+    reconciler, cluster = build_reconciler(args, stop, metrics)
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        metrics.serve(args.metrics_port, args.metrics_host)
     wake = threading.Event()
     observer = _watch(Path(args.repo), wake) if args.watch else None
     try:
         while True:
-            started = time.monotonic()
-            result = reconciler.reconcile_once()
-            waiting = sum(1 for s in result.statuses.values() if s.phase not in ("Ready", "Stalled"))
-            metrics.observe_pass(time.monotonic() - started, result.statuses, result.error, waiting)
-            delay = args.interval if result.requeue_after is None else min(args.interval, result.requeue_after)
+            delay = args.interval
+            if cluster is None or cluster.elector is None or cluster.elector.is_leader():
+                started = time.monotonic()
+                try:
+                    result = reconciler.reconcile_once()
+                    if cluster is not None and cluster.mirror is not None:
+                        _mirror(cluster.mirror, reconciler, result)
+                except TemporaryError as exc:  # NotLeader: lost the lease mid-pass; wait to lead again
+                    reconciler_log(f"pass stopped: {exc}")
+                    result = None
+                if result is not None:
+                    waiting = sum(1 for s in result.statuses.values() if s.phase not in ("Ready", "Stalled"))
+                    metrics.observe_pass(time.monotonic() - started, result.statuses, result.error, waiting)
+                    if result.requeue_after is not None:
+                        delay = min(args.interval, result.requeue_after)
             wake.wait(timeout=max(0.2, delay))
             wake.clear()
     except KeyboardInterrupt:
         return 0
     finally:
+        stop.set()
         if observer is not None:
             observer.stop()
+
+
+def reconciler_log(message: str) -> None:
+    import logging
+
+    logging.getLogger("ftops.controller").warning(json.dumps({"event": "controller", "message": message}))
+
+
+def _mirror(mirror, reconciler, result) -> None:
+    """Mirror valid specs into FineTune CRs and write each status through /status."""
+    from controller.source import load_specs_at
+
+    if result.commit is None:
+        return
+    specs = load_specs_at(reconciler.source, result.commit, reconciler.cache, sorted(reconciler.operator.gpus))
+    valid = [s.loaded.spec for s in specs.values() if s.loaded.spec is not None]
+    mirror.sync(valid)
+    for ft in valid:
+        status = result.statuses.get(ft.metadata.name)
+        if status is not None:
+            mirror.write_status(reconciler.operator.tenancy.namespace_for(ft.metadata.owner), ft.metadata.name, status)
 
 
 def _watch(repo: Path, wake: threading.Event):
