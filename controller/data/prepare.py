@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.data import dedupe
-from controller.data.check import ERROR_KINDS, ScanResult, scan_file
+from controller.data.check import ERROR_KINDS, ScanResult, scan_bytes
 from controller.data.normalize import NORMALIZATION_VERSION
 from controller.data.params import DataParams
 from controller.data.split import check_leaks, deterministic_split, require_no_leaks
@@ -110,11 +110,62 @@ def prepare(
 ) -> Prepared:
     """Check, normalise, dedupe, split, leak-check and write. `tokenizer` (optional) counts tokens
     with the base model's chat template; otherwise counts are estimates and say so."""
-    scan = scan or scan_file(source, progress=progress)
+    if scan is None:
+        # The controller calls this on every pass: when the same bytes were already prepared with
+        # the same settings (and the files still match their hashes), reuse them without a rescan.
+        data = _read_source(source)
+        cached = _reusable(prepared_dir(workdir, params.spec_name, hashlib.md5(data).hexdigest()), params, _token_method(tokenizer, tokenizer_name))
+        if cached is not None:
+            return cached
+        scan = scan_bytes(data, str(source), progress=progress)
     manifest, files = analyse(scan, params, tokenizer, tokenizer_name, progress)
     out = prepared_dir(workdir, params.spec_name, scan.md5)
     _write(out, files)
     return Prepared(out, manifest)
+
+
+def _read_source(source: str | Path) -> bytes:
+    p = Path(source)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise PermanentError(f"{p}: no such file; check the dataset path (spec.dataset.path) or pull it with `ftops data pull`") from None
+    except IsADirectoryError:
+        raise PermanentError(f"{p}: is a directory; spec.dataset.path must name one chat JSONL file") from None
+
+
+def _token_method(tokenizer, tokenizer_name: str | None) -> str:
+    from controller.data import tokens as tk
+
+    return f"tokenizer ({tokenizer_name or 'base model'}) with chat template" if tokenizer is not None else tk.ESTIMATE
+
+
+def _params_block(params: DataParams) -> dict[str, Any]:
+    return {
+        "testFraction": params.test_fraction,
+        "nearDuplicateThreshold": params.near_duplicate_threshold,
+        "minExamples": params.min_examples,
+        "complexity": params.complexity,
+        "maxSeqLength": params.max_seq_length,
+        "epochs": params.epochs,
+    }
+
+
+def _reusable(out: Path, params: DataParams, token_method: str) -> Prepared | None:
+    try:
+        manifest = load_manifest(out)
+    except (PermanentError, OSError, KeyError, TypeError, ValueError):
+        return None
+    same = (
+        manifest.get("kind") == MANIFEST_KIND
+        and manifest.get("spec") == params.spec_name
+        and manifest.get("source", {}).get("path") == params.data_path
+        and manifest.get("params") == _params_block(params)
+        and manifest.get("method", {}).get("prepareVersion") == PREPARE_VERSION
+        and manifest.get("method", {}).get("normalization") == NORMALIZATION_VERSION
+        and manifest.get("tokens", {}).get("method") == token_method
+    )
+    return Prepared(out, manifest) if same else None
 
 
 def analyse(
@@ -171,7 +222,7 @@ def analyse(
     if tokenizer is not None:
         lengths, token_issues = tk.measure([records[i] for i in kept], tokenizer, params.max_seq_length, progress=progress)
         warnings.extend(token_issues)
-        method = f"tokenizer ({tokenizer_name or 'base model'}) with chat template"
+        method = _token_method(tokenizer, tokenizer_name)
     else:
         lengths = [records[i].est_tokens for i in kept]
         method = tk.ESTIMATE
@@ -213,14 +264,7 @@ def analyse(
         "kind": MANIFEST_KIND,
         "spec": params.spec_name,
         "source": {"path": params.data_path, "md5": scan.md5, "bytes": scan.size, "lines": scan.lines},
-        "params": {
-            "testFraction": params.test_fraction,
-            "nearDuplicateThreshold": params.near_duplicate_threshold,
-            "minExamples": params.min_examples,
-            "complexity": params.complexity,
-            "maxSeqLength": params.max_seq_length,
-            "epochs": params.epochs,
-        },
+        "params": _params_block(params),
         "method": {
             "prepareVersion": PREPARE_VERSION,
             "normalization": NORMALIZATION_VERSION,

@@ -200,3 +200,16 @@ def test_load_manifest_verifies_the_split_files(tmp_path):
         fh.write(diverse_examples(1, seed=99)[0] + "\n")  # someone "adds one more" by hand
     with pytest.raises(PermanentError, match=r"train\.jsonl: sha256 .* does not match the manifest"):
         load_manifest(result.dir)
+
+
+def test_prepare_again_reuses_only_what_still_matches(tmp_path):
+    src = write_lines(tmp_path / "d.jsonl", diverse_examples(260))
+    first = prepare(src, tmp_path / "w", DataParams(spec_name="d"))
+    good_test = first.test_path.read_bytes()
+    # Different settings: a different split, not the cached one.
+    wider = prepare(src, tmp_path / "w", DataParams(spec_name="d", test_fraction=0.2))
+    assert wider.manifest["counts"]["test"] == 52 and first.manifest["counts"]["test"] == 39
+    # A hand-edited prepared file is never reused: the next prepare puts the right bytes back.
+    first.test_path.write_text("tampered\n")
+    again = prepare(src, tmp_path / "w", DataParams(spec_name="d"))
+    assert again.test_path.read_bytes() == good_test and again.manifest == first.manifest
