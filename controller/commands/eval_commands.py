@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="Prompts per generation batch (default 16).")
     p.add_argument("--max-new-tokens", type=int, default=None, help="Cap on generated tokens (default: from the reference answers).")
     p.add_argument("--seed", type=int, default=0, help="Generation seed (greedy decoding; default 0).")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a shared CPU).")
     p.add_argument("--gate-only", action="store_true", help="Do not evaluate: apply the gate to the existing report.")
     p.add_argument("--json", action="store_true", help="Print the gate decision as JSON.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
@@ -94,6 +96,10 @@ def _evaluate(args, run_dir: Path, spec, out_dir: Path, run_id: str, manifest: d
     from controller.evaluate.run import crashed_report, run_evaluation
 
     test, train = args.test, args.train
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.run_config:
         from controller.runconfig import RunConfigError, load_run_config
 
