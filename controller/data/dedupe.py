@@ -20,14 +20,16 @@ bits, and each of the 64 permutations is three 32-bit vector operations and a se
 """
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 NUM_PERM = 64
 SHINGLE_WORDS = 3
-_WORD = re.compile(r"\w+")
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
+# Bytes that end a word become spaces: ASCII punctuation and whitespace. Non-ASCII bytes (UTF-8
+# letters of other scripts) stay inside words. bytes.translate + split is ~3x faster than \w+.
+_SPLIT_TABLE = bytes(c if (c in _WORD_BYTES or c >= 128) else 32 for c in range(256))
 _SEED = 0x5EED_F70B  # fixed: signatures must be comparable across runs (leak checks, evaluation)
 
 
@@ -72,22 +74,27 @@ def exact_duplicates(hashes: Sequence[str]) -> list[ExactDuplicate]:
 # ---------------------------------------------------------------- MinHash
 
 
+def words(text: str) -> list[bytes]:
+    """Lower-cased words: runs of ASCII letters, digits and underscores, and of non-ASCII characters."""
+    return text.lower().encode("utf-8").translate(_SPLIT_TABLE).split()
+
+
 class _WordIds(dict):
     """word -> crc32, filled on first sight; lookups of known words stay in C (`map`)."""
 
-    def __missing__(self, word: str) -> int:
-        value = self[word] = zlib.crc32(word.encode("utf-8"))
+    def __missing__(self, word: bytes) -> int:
+        value = self[word] = zlib.crc32(word)
         return value
 
 
-def shingle_set(text: str) -> set[tuple[str, ...]]:
+def shingle_set(text: str) -> set[tuple[bytes, ...]]:
     """The exact word 3-gram set of a text (what `jaccard` compares); a text shorter than three
     words is one shingle of what it has."""
-    words = _WORD.findall(text.lower())
+    ws = words(text)
     k = SHINGLE_WORDS
-    if len(words) < k:
-        return {tuple(words)}
-    return {tuple(words[i : i + k]) for i in range(len(words) - k + 1)}
+    if len(ws) < k:
+        return {tuple(ws)}
+    return {tuple(ws[i : i + k]) for i in range(len(ws) - k + 1)}
 
 
 def jaccard(a: str, b: str) -> float:
@@ -112,12 +119,12 @@ def _block_signatures(texts: Sequence[str], ids: _WordIds, a, b):
 
     flat: list[int] = []
     lengths: list[int] = []
-    findall = _WORD.findall
+    table = _SPLIT_TABLE
     get = ids.__getitem__
     for text in texts:
-        words = findall(text.lower()) or [""]
-        flat.extend(map(get, words))
-        lengths.append(len(words))
+        ws = text.lower().encode("utf-8").translate(table).split() or [b""]
+        flat.extend(map(get, ws))
+        lengths.append(len(ws))
     w = np.asarray(flat, dtype=np.uint64)
     wlen = np.asarray(lengths, dtype=np.int64)
     n, total = len(lengths), len(flat)
