@@ -160,8 +160,9 @@ def _load_causal_lm(model_dir: Path, device: str, quantization: dict | None = No
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(trust_remote_code=False, use_safetensors=True)
-    if quantization and device.startswith("cuda"):
-        # The adapter was trained against the 4-bit base: evaluate it against the same weights.
+    if quantization:
+        # The adapter was trained against the 4-bit base: evaluate it against the same weights
+        # (the trainer quantizes on every device, CPU included, after its probe).
         from transformers import BitsAndBytesConfig
 
         dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

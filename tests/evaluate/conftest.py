@@ -63,12 +63,13 @@ def splits(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _train(root: Path, base: Path, name: str, run_id: str, train: Path, test: Path, training: dict) -> TrainedRun:
+def _train(root: Path, base: Path, name: str, run_id: str, train: Path, test: Path, training: dict,
+           method: str = "lora") -> TrainedRun:
     from controller.runconfig import RunConfig, write_run_config
     from controller.train.trainer import run
 
     config = RunConfig.model_validate({
-        "runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)}, "method": {"type": "lora"},
+        "runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)}, "method": {"type": method},
         "training": {"maxSeqLength": 256, "seed": 1, "checkpointEverySteps": 1000, "warmupRatio": 0.0, **training},
         "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
         "outputDir": str(root / SPEC_NAME / run_id), "checkpointDir": str(root / "ckpt" / run_id), "device": "cpu",
@@ -113,3 +114,10 @@ def oracle_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def full_run(store: Path, tiny_base: Path, splits: dict[str, Path]) -> TrainedRun:
+    """A short full fine-tune (every weight trained; model/ holds a whole model, no adapter)."""
+    return _train(store, tiny_base, "full", "44444444dddd", splits["train"], splits["test"],
+                  {"epochs": 0.5, "batchSize": 24, "learningRate": 1e-3}, method="full")

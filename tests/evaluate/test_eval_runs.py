@@ -232,3 +232,27 @@ def test_cli_refuses_an_unfinished_run_and_records_a_crashed_eval(well_run, tmp_
     gate = json.loads((out / "gate.json").read_text())
     assert gate["passed"] is False and "evaluation did not complete" in gate["lines"][0]["message"]
     assert "Evaluation crashed" in (out / "report.md").read_text()
+
+
+def test_full_fine_tune_against_a_local_reference_model(full_run, tiny_base: Path, tmp_path: Path) -> None:
+    """A full run loads from model/ and its base separately; a reference given as a repo path is
+    loaded with its own tokenizer and template and compared on the same inputs."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_base, repo / "models" / "previous")
+    spec = load_spec(write_spec(repo / "specs", """    task: {metric: exact_match, min: 0.0}
+    compare:
+      samples: 6
+      mustBeat: [base]
+      models: [{name: previous, path: models/previous}]"""))
+    report = run_evaluation(full_run.run_dir, spec, full_run.test, repo_root=repo, output_dir=tmp_path / "eval",
+                            batch_size=32, progress=False)
+    assert report.data["method"] == "full" and report.data["status"] == "completed"
+    models = report.data["compare"]["models"]
+    assert set(models) == {"fine-tuned", "base", "previous"}
+    # "previous" is a copy of the base model: same weights, same template, same greedy answers.
+    side = report.data["compare"]["sideBySide"]
+    assert all(row["outputs"]["previous"] == row["outputs"]["base"] for row in side)
+    assert models["previous"]["score"] == models["base"]["score"]
+    assert report.data["compare"]["winRates"]["previous"] == report.data["compare"]["winRates"]["base"]

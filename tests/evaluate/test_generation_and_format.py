@@ -84,3 +84,25 @@ def test_read_examples_names_file_and_line(tmp_path) -> None:
     with pytest.raises(PermanentError, match=r"bad.jsonl:2: the last message must be the assistant's reference answer"):
         read_examples(path, "test split")
     assert math.isnan(M.mean([]))
+
+
+def test_the_model_loads_exactly_as_trained(well_run, well_outputs) -> None:
+    """Teacher-forced loss of the loaded model on the test split equals the trainer's own testLoss
+    (summary.json): same base, same adapter, same template, same tokens."""
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    from controller.train.batching import IGNORE_INDEX, collate
+    from controller.train.data import tokenize_split
+
+    model, _, _ = well_outputs
+    data = tokenize_split(Path(well_run.test), "test", model.tokenizer, data_md5="0" * 32, max_length=256, cache_dir=None)
+    ids, labels, mask, _ = collate([[i] for i in range(len(data.input_ids))], data.input_ids, data.labels,
+                                   model.tokenizer.pad_token_id, packing=False)
+    with torch.inference_mode():
+        logits = model.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    summary = json.loads((well_run.run_dir / "summary.json").read_text())
+    assert float(loss) == pytest.approx(summary["testLoss"], rel=1e-4)
