@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ class TokenizedSplit:
     cache_key: str
     cache_hit: bool
     dropped: int
+    target_counts: list[int] | None = None  # per example: labelled tokens after the shift (filled by the trainer)
 
 
 def cache_key(data_md5: str, file_sha256: str, tok_hash: str, template_sha256: str, max_length: int) -> str:
@@ -218,10 +220,17 @@ def tokenize_split(
         from datasets import Dataset
 
         datasets.disable_progress_bars()  # the trainer reports its own progress
-        tmp = target.with_name(target.name + ".partial")
+        # Several ranks may tokenize at once: each writes its own temporary copy, the first
+        # rename wins, and a complete entry is never replaced while another rank may read it.
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict({"input_ids": input_ids, "labels": labels}).save_to_disk(str(tmp))
         (tmp / "ftops.json").write_text(json.dumps({"dropped": dropped, "source": str(path)}))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        if not (target / "dataset_info.json").exists():
+            shutil.rmtree(target, ignore_errors=True)  # a stale incomplete entry
+            try:
+                tmp.rename(target)
+            except OSError:  # another rank got there first
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return TokenizedSplit(input_ids, labels, key, False, dropped)

@@ -10,26 +10,31 @@ from typing import Any, TextIO
 
 class Progress:
     def __init__(self, total: int, initial: int, *, stream: TextIO | None = None, interactive: bool | None = None,
-                 every: int | None = None) -> None:
+                 every: int | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled  # only rank 0 reports in a multi-process run
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.total, self.initial = total, initial
         self.every = every or max(1, total // 50)
         self.started = time.monotonic()
         self.bar = None
-        if self.interactive:
+        if self.interactive and enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream)
 
     def event(self, kind: str, **fields: Any) -> None:
         """A structured line (start, resume, checkpoint, preempted, done, ...)."""
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(f"[ftops.train] {kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
         else:
             print(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}), file=sys.stdout, flush=True)
 
     def step(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learningRate']:.2e}")

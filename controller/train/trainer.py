@@ -103,7 +103,7 @@ class Trainer:
 
     def _run(self, preemption: _Preemption) -> int:
         cfg, t = self.cfg, self.cfg.training
-        progress_stub = Progress(total=1, initial=0, interactive=False)
+        progress_stub = Progress(total=1, initial=0, interactive=False, enabled=self.is_main)
         if self._already_done():
             progress_stub.event("done", runId=cfg.run_id, alreadyFinished=True, outputDir=str(self.output_dir))
             return EXIT_OK
@@ -170,18 +170,20 @@ class Trainer:
 
             ddp_model = DistributedDataParallel(model, device_ids=[self.local_rank] if device.startswith("cuda") else None)
 
-        progress = Progress(total=plan.total_steps, initial=step)
+        progress = Progress(total=plan.total_steps, initial=step, enabled=self.is_main)
         progress.event("start", runId=cfg.run_id, method=cfg.method.type, device=device, world=self.world,
                        totalSteps=plan.total_steps, resumeStep=step, trainExamples=len(train.input_ids),
                        tokenizedCache="hit" if train.cache_hit else "miss", trainableParameters=n_trainable)
         pad_id = tokenizer.pad_token_id
         started = time.monotonic()
         tokens_trained = 0
+        step_seconds = 0.0
         last_loss = float("nan")
+        loop_started = time.monotonic()
         try:
             while step < plan.total_steps:
                 if self._stop_requested(preemption, device):
-                    if step > state["step"] or not ckpt.latest_complete(self.checkpoint_dir):
+                    if step > state["step"]:  # else the newest checkpoint already is this step (or none was trained)
                         self._save(step, trainable, optimizer, state, metrics_path)
                     progress.event("preempted", step=step, totalSteps=plan.total_steps, exitCode=EXIT_PREEMPTED)
                     return EXIT_PREEMPTED
@@ -195,6 +197,7 @@ class Trainer:
                 last_loss = loss
                 tokens_trained += n_tokens
                 elapsed = time.monotonic() - t0
+                step_seconds += elapsed
                 metrics = {"step": step, "epoch": round(plan.epoch_of(step), 4), "loss": loss, "learningRate": lr,
                            "tokensPerSecond": round(n_tokens / elapsed, 1) if elapsed > 0 else None,
                            "gradNorm": grad_norm}
@@ -207,6 +210,7 @@ class Trainer:
                     self._save(step, trainable, optimizer, state, metrics_path)
                     state["step"] = step
                     progress.event("checkpoint", step=step)
+            loop_seconds = time.monotonic() - loop_started
             # The finished weights are checkpointed before outputs are written: a crash while
             # writing outputs resumes here and only rewrites them.
             if step > state["step"] or ckpt.latest_complete(self.checkpoint_dir) is None:
@@ -226,6 +230,7 @@ class Trainer:
                 "droppedExamples": {"train": train.dropped, "test": test.dropped},
                 "trainableParameters": n_trainable, "totalParameters": n_total, "packing": t.packing,
                 "tokensTrainedThisProcess": tokens_trained, "wallSecondsThisProcess": round(time.monotonic() - started, 3),
+                "stepSecondsThisProcess": round(step_seconds, 4), "loopSecondsThisProcess": round(loop_seconds, 4),
                 "resumedFromSteps": state["resumes"], "device": device, "world": self.world,
                 "maxGradNorm": MAX_GRAD_NORM,
             }
@@ -245,8 +250,9 @@ class Trainer:
         import torch.nn.functional as F
 
         my_batches = [rows[self.rank :: self.world] if self.world > 1 else rows for rows in micro_batches]
-        counts = [sum(1 for row in rows for i in row for lab in data.labels[i][1:] if lab != IGNORE_INDEX)
-                  for rows in my_batches]
+        if data.target_counts is None:  # once per split, not per step
+            data.target_counts = [sum(1 for lab in labs[1:] if lab != IGNORE_INDEX) for labs in data.labels]
+        counts = [sum(data.target_counts[i] for row in rows for i in row) for rows in my_batches]
         total = torch.tensor([float(sum(counts))], device=device)
         if self.world > 1:
             import torch.distributed as dist
