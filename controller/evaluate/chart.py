@@ -51,10 +51,10 @@ def write_chart(data: dict, path: str | Path) -> Path:
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in ys], fontsize=7)
     ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=15, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)  # headroom for the legend above the 1.0 bars
     ax.set_ylabel("score")
     ax.set_title(f"{data.get('specName')} run {data.get('runId')}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(series)), frameon=False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, format="png", metadata={"Software": None})

@@ -133,6 +133,8 @@ def _pct(value: Any) -> str:
 
 
 def _cell(text: Any, n: int = 60) -> str:
+    if isinstance(text, str) and not text.strip():
+        return "_(blank)_"
     text = str(text).replace("\n", " ").replace("|", "\\|")
     return text if len(text) <= n else text[: n - 1] + "…"
 
