@@ -458,13 +458,20 @@ def scan_bytes(data: bytes, path: str = "<data>", progress: bool = False, worker
 
     Large inputs are split at line boundaries over `workers` forked processes (two by default:
     the machines this runs on are small and shared); results are identical either way."""
-    global _SHARED
     result = ScanResult(path=path, md5=hashlib.md5(data).hexdigest(), size=len(data), lines=0)
     body = data[:-1] if data.endswith(b"\n") else data  # the final newline ends a line, it is not one
     result.lines = body.count(b"\n") + 1 if body else 0
     if not body:
         return result
     workers = default_workers() if workers is None else workers
+    from controller.data.progress import gc_paused
+
+    with gc_paused():
+        return _scan_into(result, body, path, progress, workers)
+
+
+def _scan_into(result: ScanResult, body: bytes, path: str, progress: bool, workers: int) -> ScanResult:
+    global _SHARED
     if workers <= 1 or result.lines < PARALLEL_MIN_LINES:
         lines: Any = body.split(b"\n")
         if progress:

@@ -118,7 +118,10 @@ def prepare(
         if cached is not None:
             return cached
         scan = scan_bytes(data, str(source), progress=progress)
-    manifest, files = analyse(scan, params, tokenizer, tokenizer_name, progress)
+    from controller.data.progress import gc_paused
+
+    with gc_paused():
+        manifest, files = analyse(scan, params, tokenizer, tokenizer_name, progress)
     out = prepared_dir(workdir, params.spec_name, scan.md5)
     _write(out, files)
     return Prepared(out, manifest)
