@@ -93,7 +93,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _evaluate(args, run_dir: Path, spec, out_dir: Path, run_id: str, manifest: dict):
     from controller.errors import FtopsError
-    from controller.evaluate.run import crashed_report, run_evaluation
+    from controller.evaluate.run import run_evaluation
 
     test, train = args.test, args.train
     if args.threads:

@@ -78,7 +78,7 @@ def _train(root: Path, base: Path, name: str, run_id: str, train: Path, test: Pa
     write_run_config(config, config_path)
     with contextlib.redirect_stdout(io.StringIO()):
         assert run(config_path) == 0
-    return TrainedRun(name, Path(config.output_dir), run_id, train, test)
+    return TrainedRun(name, Path(config.output_dir), run_id, train, test, config_path)
 
 
 @pytest.fixture(scope="session")

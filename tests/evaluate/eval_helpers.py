@@ -32,6 +32,7 @@ class TrainedRun:
     run_id: str
     train: Path
     test: Path
+    run_config: Path
 
 
 def write_spec(path: Path, evaluation: str) -> Path:

@@ -64,7 +64,7 @@ def test_well_trained_run_passes_every_gate_through_the_cli(well_run, tmp_path: 
     env = {**os.environ, KEY_ENV: oracle_server.api_key, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "controller.cli", "eval", str(well_run.run_dir), "--spec", str(spec_file),
-         "--test", str(well_run.test), "--train", str(well_run.train), "--repo-root", str(repo), "--batch-size", "32"],
+         "--run-config", str(well_run.run_config), "--repo-root", str(repo), "--batch-size", "32"],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -256,3 +256,22 @@ def test_full_fine_tune_against_a_local_reference_model(full_run, tiny_base: Pat
     assert all(row["outputs"]["previous"] == row["outputs"]["base"] for row in side)
     assert models["previous"]["score"] == models["base"]["score"]
     assert report.data["compare"]["winRates"]["previous"] == report.data["compare"]["winRates"]["base"]
+
+
+def test_gate_only_refuses_a_report_of_another_run(well_run, tmp_path: Path) -> None:
+    """A finished run (its real manifest) holding a report written for a different run id."""
+    run_dir = tmp_path / "store" / "tiny-triage" / well_run.run_id
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "manifest.json").write_bytes((well_run.run_dir / "manifest.json").read_bytes())
+    (run_dir / "eval" / "report.json").write_text(json.dumps({
+        "runId": "99999999ffff", "status": "completed",
+        "metrics": {"task.exact_match": 1.0, "regression.drop": 0.0, "compare.fine-tuned.score": 1.0, "compare.base.score": 0.0}}))
+    spec_file = write_spec(tmp_path / "specs", "    task: {metric: exact_match, min: 0.5}")
+    proc = subprocess.run([sys.executable, "-m", "controller.cli", "eval", str(run_dir), "--spec", str(spec_file), "--gate-only", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    decision = json.loads(proc.stdout)
+    assert decision["passed"] is False and decision["runId"] == well_run.run_id
+    assert "report is for run '99999999ffff'" in decision["lines"][0]["message"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["evaluation"]["gate"] == {"passed": False, "reason": "GateFailed"}
