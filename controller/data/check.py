@@ -388,7 +388,7 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
                     bit = bits_of(role)
                     if bit is None:
                         break
-                    text = norm_text(content)
+                    text = content.strip() if content.isascii() and content.isprintable() else norm_text(content)
                     if not text:
                         break
                     normalized.append(text)

@@ -37,6 +37,8 @@ _BLANK_RUNS = re.compile(r"\n{3,}")
 def normalize_text(text: str) -> str:
     """NFC, `\\n` line endings, no trailing spaces on a line, at most one blank line in a row,
     no leading or trailing whitespace. Fast path for plain ASCII, which most data is."""
+    if text.isascii() and text.isprintable():
+        return text.strip()  # no control characters: no line endings, tabs or blank lines to fix
     if not text.isascii():
         text = unicodedata.normalize("NFC", text).translate(_TRANSLATE)
     if "\r" in text:
