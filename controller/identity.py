@@ -1,4 +1,5 @@
-"""Run identity: a content hash of everything that determines a training result.
+"""Run identity: a content hash of everything that determines a training result (plus the spec's
+name, so two specs never share a run's artifacts or history).
 
 Same inputs -> same run id -> same Job name -> nothing new is created. That is what makes
 the reconciler idempotent and what lets `ftops plan` tell "retrain" from "re-evaluate" from
@@ -31,6 +32,8 @@ def run_inputs(spec: FineTune, data_md5: str, template_version: str) -> dict[str
     """The exact inputs hashed into the run id (shown by `ftops plan` when they change)."""
     s = spec.spec
     return {
+        # Two specs with the same inputs are still two runs: each owns its artifacts and history.
+        "spec": spec.metadata.name,
         "baseModel": {"uri": s.base_model.uri, "revision": s.base_model.revision},
         "method": s.method.model_dump(mode="json", by_alias=True),
         "training": s.training.model_dump(mode="json", by_alias=True),

@@ -30,7 +30,7 @@ from controller.identity import eval_id, run_id, serving_id
 from controller.ledger import Ledger
 from controller.render import template_version
 from controller.runconfig import Distributed, RunBaseModel, RunConfig, RunData
-from controller.source import CommitInfo, GitSource, SourceUnavailable, SpecAtRev, SpecCache, corpus_version, load_specs_at
+from controller.source import CommitInfo, GitSource, SpecAtRev, SpecCache, corpus_version, load_specs_incremental
 from controller.spec.finetune import FineTune
 from controller.status import (
     DATA_READY,
@@ -121,7 +121,10 @@ class ControllerConfig:
     allowed_signers: Path | None = None
     """Signed-commit mode: only commits signed by a key in this git allowed-signers file act."""
     device: Literal["auto", "cpu", "cuda"] = "cpu"
-    eval_timeout_s: float = 3600
+    backoff_base_s: float = BACKOFF_BASE_S
+    backoff_cap_s: float = BACKOFF_CAP_S
+    resync_seconds: float = 300
+    """A settled spec (Ready, nothing changed) is re-checked against the world this often."""
 
 
 # ----------------------------------------------------------------------------- step results
@@ -202,6 +205,9 @@ class Reconciler:
         self.template_version = template_version()
         for folder in (self.home.status, self.home.state, self.home.store):
             folder.mkdir(parents=True, exist_ok=True)
+        self._statuses: dict[str, SpecStatus] | None = None  # write-through caches of the files in home
+        self._states: dict[str, dict] = {}
+        self._specs: tuple[str, dict[str, SpecAtRev]] | None = None
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -216,7 +222,8 @@ class Reconciler:
         if commit is None:
             return PassResult(None, self.load_statuses(), None, "no verified commit yet: nothing is reconciled")
         info = self.source.commit_info(commit)
-        specs = load_specs_at(self.source, commit, self.cache, sorted(self.operator.gpus))
+        specs = load_specs_incremental(self.source, self._specs, commit, self.cache, sorted(self.operator.gpus))
+        self._specs = (commit, specs)
         known = self.load_statuses()
         by_name: dict[str, SpecAtRev] = {}
         for state in specs.values():
@@ -244,7 +251,7 @@ class Reconciler:
                 previous = known.get(name) or SpecStatus(name)
                 status = _with(previous, Condition(STALLED, "True", "InternalError", f"{type(exc).__name__}: {exc}", commit))
                 again = BACKOFF_BASE_S
-            statuses[name] = self._save(status)
+            statuses[name] = self._save(status) if status != known.get(name) else status
             if again is not None:
                 requeue.append(again)
         log.info(json.dumps({"event": "reconciled", "commit": commit, "specs": len(statuses),
@@ -297,6 +304,11 @@ class Reconciler:
         spec = state.loaded.spec
         content_key = self._content_key(state, info.sha)
         retry = self._read_state(name)
+        if previous is not None and retry.get("settledKey") == content_key and \
+                time.time() - retry.get("settledAt", 0) < self.config.resync_seconds:
+            return previous, None  # nothing it depends on changed and it was Ready moments ago: a no-op
+        if previous is not None and retry.get("stalledKey") == content_key and previous.is_true(STALLED):
+            return previous, None
         if retry.get("stalledKey") == content_key:
             message = retry.get("lastError", "stalled")
             return _with(base, Condition(STALLED, "True", retry.get("reason", "PermanentError"), message, info.sha)), None
@@ -309,7 +321,12 @@ class Reconciler:
         corpus = None
         if spec.spec.serving is not None and spec.spec.serving.corpus:
             corpus = corpus_version(self.source, info.sha, spec.spec.serving.corpus)
-        ctx = SpecContext(state, spec, info, SpecStatus(name, base.conditions, info.sha, run, base.serving_run_id),
+        conditions = base.conditions
+        if base.run_id != run:
+            # A new run: what was true of the previous run says nothing about this one.
+            for type_ in (TRAINED, EVALUATED, GATE_PASSED):
+                conditions = set_condition(conditions, Condition(type_, "Unknown", Reason.PENDING, f"waiting for run {run}", info.sha))
+        ctx = SpecContext(state, spec, info, SpecStatus(name, conditions, info.sha, run, base.serving_run_id),
                           run, eval_id(run, spec), serving_id(run, spec, corpus), corpus)
         requeue: float | None = None
         try:
@@ -322,7 +339,7 @@ class Reconciler:
                     break
         except TemporaryError as exc:
             failures = retry.get("failures", 0) + 1 if retry.get("retryKey") == content_key else 1
-            wait = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+            wait = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (failures - 1))
             self._write_state(name, {"retryKey": content_key, "failures": failures, "retryAt": time.time() + wait,
                                      "lastError": str(exc)})
             ctx.set(STALLED, "False", Reason.RETRYING, f"temporary error, retry {failures} in {wait:.0f}s: {exc}")
@@ -334,10 +351,16 @@ class Reconciler:
                                     key=f"{name}:{content_key}")
             ctx.set(STALLED, "True", reason, f"{exc} (fix the spec or data; the controller retries when they change)")
             return ctx.status, None
-        if retry:
-            self._write_state(name, {})
         conditions = summarize(ctx.status.conditions, spec.spec.serving is not None, info.sha)
-        return SpecStatus(name, conditions, info.sha, ctx.run_id, ctx.status.serving_run_id), requeue
+        status = SpecStatus(name, conditions, info.sha, ctx.run_id, ctx.status.serving_run_id)
+        if requeue is None and status.is_true("Ready"):
+            self._write_state(name, {"settledKey": content_key, "settledAt": time.time(), "runId": ctx.run_id})
+        elif retry:
+            self._write_state(name, {})
+        if previous is not None and previous.observed_revision and _same_conditions(previous, status):
+            # Unchanged in substance: keep the revision at which this state was first observed.
+            status = SpecStatus(name, previous.conditions, previous.observed_revision, status.run_id, status.serving_run_id)
+        return status, requeue
 
     def _content_key(self, state: SpecAtRev, commit: str) -> str:
         """Everything a spec's steps read from git: a stalled spec is retried when any changes
@@ -488,14 +511,14 @@ class Reconciler:
         if recorded is None and self.metrics is not None:
             self.metrics.gate_outcomes.labels("passed" if decision.passed else "failed").inc()
         if decision.passed:
-            ctx.set(GATE_PASSED, "True", Reason.SUCCEEDED, f"every gate passed for run {ctx.run_id}")
+            ctx.set(GATE_PASSED, "True", Reason.SUCCEEDED, f"run {ctx.run_id}: {decision.message()}")
             return DONE
-        ctx.set(GATE_PASSED, "False", Reason.GATE_FAILED, decision.message)
+        ctx.set(GATE_PASSED, "False", Reason.GATE_FAILED, decision.message())
         serving = self._serving_run(ctx.name)
         if serving is not None:
             ctx.status = SpecStatus(ctx.name, ctx.status.conditions, ctx.status.observed_revision, ctx.run_id, serving)
             ctx.set(DEPLOYED, "True", "PreviousRunServing", f"run {serving} keeps serving: run {ctx.run_id} failed its gate")
-        raise _Stall(Reason.GATE_FAILED, f"run {ctx.run_id} failed its gate: {decision.message}")
+        raise _Stall(Reason.GATE_FAILED, f"run {ctx.run_id} failed its gate: {decision.message()}")
 
     def step_deploy(self, ctx: SpecContext) -> StepResult:
         """Promote the run (only with its own passed gate.json); the previous one serves until
@@ -645,25 +668,37 @@ class Reconciler:
         if self.deployer is not None:
             self.deployer.stop(name)
         self.ledger.append_once("spec.pruned", name, None, {"commit": commit}, key=f"{name}:{commit}")
-        (self.home.status / f"{name}.json").unlink(missing_ok=True)
+        self._forget(name)
 
     # -- persisted status and retry state -------------------------------------------------------
 
     def load_statuses(self) -> dict[str, SpecStatus]:
-        return load_statuses(self.home.status)
+        if self._statuses is None:
+            self._statuses = load_statuses(self.home.status)
+        return dict(self._statuses)
 
     def _save(self, status: SpecStatus) -> SpecStatus:
         _write_json(self.home.status / f"{status.name}.json", status.to_dict())
+        if self._statuses is not None:
+            self._statuses[status.name] = status
         return status
 
+    def _forget(self, name: str) -> None:
+        (self.home.status / f"{name}.json").unlink(missing_ok=True)
+        if self._statuses is not None:
+            self._statuses.pop(name, None)
+
     def _read_state(self, name: str) -> dict:
-        try:
-            return json.loads((self.home.state / f"{name}.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+        if name not in self._states:
+            try:
+                self._states[name] = json.loads((self.home.state / f"{name}.json").read_text())
+            except (FileNotFoundError, ValueError):
+                self._states[name] = {}
+        return self._states[name]
 
     def _write_state(self, name: str, state: dict) -> None:
         _write_json(self.home.state / f"{name}.json", state)
+        self._states[name] = state
 
 
 class _Stall(PermanentError):
@@ -709,6 +744,13 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _same_conditions(a: SpecStatus, b: SpecStatus) -> bool:
+    def key(status: SpecStatus):
+        return sorted((c.type, c.status, c.reason, c.message) for c in status.conditions)
+
+    return key(a) == key(b) and a.run_id == b.run_id and a.serving_run_id == b.serving_run_id
 
 
 def _job_name(ctx: SpecContext) -> str:

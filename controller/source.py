@@ -367,3 +367,41 @@ def corpus_version(source: GitSource, sha: str, path: str) -> str | None:
         return version.md5
     folder = entries.get(path)
     return f"git:{folder.sha}" if folder is not None else None
+
+
+def changed_paths(source: GitSource, old: str, new: str) -> list[str]:
+    """Paths that differ between two commits (`git diff-tree`), without rename detection."""
+    out = _git(source.repo, "diff-tree", "-r", "-z", "--no-renames", "--name-only", old, new)
+    return [p.decode() for p in out.split(b"\x00") if p]
+
+
+def load_specs_incremental(
+    source: GitSource, previous: tuple[str, dict[str, SpecAtRev]] | None, sha: str,
+    cache: SpecCache | None = None, gpu_types: Iterable[str] | None = None,
+) -> dict[str, SpecAtRev]:
+    """The specs at `sha`, reusing the result for the previous commit when only spec files
+    changed: a commit that edits one spec costs one spec's work, however many there are.
+    Any change outside specs/ (data pointers, reviews, models, corpora) reloads everything,
+    which is itself cached by blob hash."""
+    if previous is None or previous[0] == sha:
+        return previous[1] if previous is not None else load_specs_at(source, sha, cache, gpu_types)
+    old, specs = previous
+    changed = changed_paths(source, old, sha)
+    if any(not (p.startswith(SPECS_DIR + "/") and p.count("/") == 1) for p in changed):
+        return load_specs_at(source, sha, cache, gpu_types)
+    cache = cache or SpecCache()
+    catalog = tuple(sorted(gpu_types)) if gpu_types is not None else None
+    entries = source.tree(sha)
+    files = {p: e for p, e in spec_paths(entries).items() if p in changed}
+    result = {p: s for p, s in specs.items() if p not in changed}
+    if files:
+        parsed = cache.specs(source, files, catalog)
+        view = GitTreeView(source, sha)
+        for path, loaded in parsed.items():
+            if loaded.spec is not None:
+                loaded = check_against_repo(loaded, view)
+            data = None
+            if loaded.spec is not None:
+                data = cache.data_versions(source, entries, [loaded.spec.spec.dataset.path])[loaded.spec.spec.dataset.path]
+            result[path] = SpecAtRev(path, files[path].sha, loaded, data)
+    return dict(sorted(result.items()))

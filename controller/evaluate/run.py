@@ -132,6 +132,13 @@ def run_evaluation(
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
     score = M.scorer(ev.task.metric, ev.task.fields)
+    if ev.task.metric == "json_field_match":
+        bad = next((e for e in [*test, *bias_examples] if M.parse_json_object(e.reference) is None), None)
+        if bad is not None:
+            raise PermanentError(
+                f"evaluation.task.metric json_field_match: the reference answer at line {bad.line} "
+                f"({'bias set' if bad in bias_examples else test_path}) is not a JSON object; use exact_match, token_f1 or rouge_l for text answers"
+            )
     compare_n = min(ev.compare.samples, len(test)) if ev.compare is not None else 0
     refs = list(ev.compare.models) if ev.compare is not None else []
     endpoints = {}
@@ -164,21 +171,16 @@ def run_evaluation(
     if need_base:
         if hasattr(ft.model, "disable_adapter"):
             base, ctx = ft, ft.model.disable_adapter()
-            base_name = "base"
-        else:
+        else:  # a full fine-tune: free it, then load the base weights
             ft.model = None
-            gc.collect()
+            _free()
             base, ctx = load_base_model(run_dir, device), nullcontext()
-            base_name = "base"
         with ctx:
-            prev = base.name
-            base.name = base_name
             suite_base = generate(base, [e.messages for e in suite], max_new_tokens=suite_budget, desc="base: regression", **gen)
             base_out = generate(base, compare_inputs, max_new_tokens=budget, desc="base: compare", **gen)
-            base.name = prev
         del base
     ft = None
-    gc.collect()
+    _free()
 
     # ---- reference models
     ref_out: dict[str, list[str]] = {}
@@ -188,7 +190,7 @@ def run_evaluation(
         loaded = load_local_model(path, name, device)
         ref_out[name] = generate(loaded, compare_inputs, max_new_tokens=budget, desc=f"{name}: compare", **gen)
         del loaded
-        gc.collect()
+        _free()
 
     # ---- scores
     metric_values: dict[str, float] = {}
@@ -280,6 +282,15 @@ def run_evaluation(
     if write:
         report.write(run_dir, output_dir)
     return report
+
+
+def _free() -> None:
+    """Release a model's memory before the next one loads (one GPU may not hold two)."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evaluate_format(outputs: Sequence[str], check, examples: Sequence[EvalExample] | None = None) -> dict:

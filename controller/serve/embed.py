@@ -37,6 +37,9 @@ class Encoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -232,6 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
     app: RagServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
+    # Headers and body leave in one write (buffered wfile, flushed per response by http.server and
+    # per event when streaming) with Nagle off: no delayed-ACK stalls between small writes.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
     server_version = "ftops-serve"
     sys_version = ""
 

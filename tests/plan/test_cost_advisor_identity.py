@@ -115,6 +115,7 @@ def test_run_identity_changes_only_with_what_determines_the_result():
         run_id(spec(spec__method={"type": "lora", "r": 32}), "a" * 32, "t1"),
         run_id(spec(spec__hardware={"gpuType": "a100-80gb", "gpusPerNode": 2}), "a" * 32, "t1"),
         run_id(spec(spec__baseModel={"uri": "models/other"}), "a" * 32, "t1"),
+        run_id(spec(metadata={"name": "y", "owner": "team"}), "a" * 32, "t1"),  # another spec, another run
     ):
         assert changed != base
     for same in (
