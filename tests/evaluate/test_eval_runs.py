@@ -275,3 +275,12 @@ def test_gate_only_refuses_a_report_of_another_run(well_run, tmp_path: Path) -> 
     assert "report is for run '99999999ffff'" in decision["lines"][0]["message"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["evaluation"]["gate"] == {"passed": False, "reason": "GateFailed"}
+
+
+def test_json_field_match_needs_json_references_and_says_so_before_loading(well_run, tmp_path: Path) -> None:
+    bias = tmp_path / "repo" / "bias.jsonl"
+    _write_jsonl(bias, [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "plain words"}], "group": "a"}])
+    spec = load_spec(write_spec(tmp_path / "specs", """    task: {metric: json_field_match, min: 0.5}
+    bias: {path: bias.jsonl}"""))
+    with pytest.raises(PermanentError, match=r"reference answer at line 1 \(bias set\) is not a JSON object"):
+        run_evaluation(well_run.run_dir, spec, well_run.test, repo_root=tmp_path / "repo", output_dir=tmp_path / "eval", progress=False)
