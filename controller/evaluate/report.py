@@ -75,6 +75,8 @@ class Report:
             from controller.evaluate.chart import write_chart
 
             write_chart(self.data, out / "chart.png")
+        else:  # a chart of an earlier evaluation must not sit beside a crashed report
+            (out / "chart.png").unlink(missing_ok=True)
         record_in_manifest(run_dir, self.path)
         return self.path
 
@@ -112,6 +114,9 @@ def record_in_manifest(run_dir: str | Path, report_path: str | Path, gate: dict 
     files = manifest.setdefault("files", {})
     eval_dir = report_path.parent
     if eval_dir.resolve().is_relative_to(run_dir.resolve()):
+        prefix = eval_dir.resolve().relative_to(run_dir.resolve()).as_posix() + "/"
+        for stale in [rel for rel in files if rel.startswith(prefix) and not (run_dir / rel).is_file()]:
+            del files[stale]  # e.g. the chart of an earlier evaluation, removed with it
         for path in sorted(p for p in eval_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
             files[path.resolve().relative_to(run_dir.resolve()).as_posix()] = {"sha256": _sha256_file(path), "size": path.stat().st_size}
     entry = {"reportSha256": _sha256_file(report_path), "reportPath": rel,

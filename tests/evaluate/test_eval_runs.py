@@ -284,3 +284,26 @@ def test_json_field_match_needs_json_references_and_says_so_before_loading(well_
     bias: {path: bias.jsonl}"""))
     with pytest.raises(PermanentError, match=r"reference answer at line 1 \(bias set\) is not a JSON object"):
         run_evaluation(well_run.run_dir, spec, well_run.test, repo_root=tmp_path / "repo", output_dir=tmp_path / "eval", progress=False)
+
+
+def test_reference_endpoint_failures_are_classified(well_run, tmp_path: Path, oracle_server) -> None:
+    """A wrong key is permanent (retrying cannot help); an endpoint that does not answer is
+    temporary (the reconciler retries it with backoff)."""
+    import socket
+
+    from controller.errors import TemporaryError
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    specs = {}
+    for name, url in (("wrongkey", oracle_server.base_url), ("down", f"http://127.0.0.1:{dead}/v1")):
+        specs[name] = load_spec(write_spec(tmp_path / name, f"""    task: {{metric: exact_match, min: 0.5}}
+    compare:
+      samples: 2
+      models: [{{name: ref, endpoint: "{url}", model: m, apiKey: {{name: ref-key, key: k}}}}]"""))
+    env = {secret_env_name("ref-key", "k"): "sk-wrong"}
+    with pytest.raises(PermanentError, match=r"compare.models\[ref\]: .* refused the API key"):
+        run_evaluation(well_run.run_dir, specs["wrongkey"], well_run.test, output_dir=tmp_path / "e1", env=env, progress=False, batch_size=32)
+    with pytest.raises(TemporaryError, match=r"compare.models\[ref\]: .* failed \(APIConnectionError"):
+        run_evaluation(well_run.run_dir, specs["down"], well_run.test, output_dir=tmp_path / "e2", env=env, progress=False, batch_size=32)
