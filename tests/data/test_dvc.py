@@ -243,6 +243,19 @@ def test_cli_version_and_pull(git_repo, tmp_path):
     proc = run_ftops("data", "pull", DATA, "--rev", "nope", "--out", str(tmp_path / "q.jsonl"), cwd=root)
     assert proc.returncode == 1 and "revision 'nope' does not exist" in proc.stderr
 
+    # Versioning through a spec records what `prepare` will do with the spec's settings.
+    lines = diverse_examples(300, seed=11)
+    write_lines(root / DATA, lines + lines[:5])
+    git_repo.write("specs/s.yaml", "\n".join([
+        "apiVersion: ftops.dev/v1alpha1", "kind: FineTune", "metadata: {name: s, owner: team}",
+        "spec:", "  baseModel: {uri: models/none}", f"  dataset: {{path: {DATA}, testFraction: 0.2}}", "  method: {type: lora}", "",
+    ]))
+    proc = run_ftops("data", "version", "specs/s.yaml", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    meta = yaml.safe_load((root / (DATA + ".dvc")).read_text())["meta"]["ftops"]
+    assert (meta["examples"], meta["exactDuplicates"], meta["kept"], meta["train"], meta["test"], meta["trainable"]) == (305, 5, 300, 240, 60, True)
+    assert meta["md5"] == md5(root / DATA) == md5(remote_object(store, meta["md5"]))
+
 
 def test_a_file_committed_to_git_is_not_taken_over_silently(git_repo, tmp_path):
     root = git_repo.root
@@ -253,17 +266,3 @@ def test_a_file_committed_to_git_is_not_taken_over_silently(git_repo, tmp_path):
         dvc.version(root, DATA, remote_url=str(tmp_path / "store"))
     assert (root / DATA).read_bytes() == before and not (root / ".dvc").exists() and git(root, "status", "--porcelain") == ""
     assert not (tmp_path / "store").exists()
-
-
-def test_cli_version_of_a_spec_records_what_prepare_will_do(git_repo, tmp_path):
-    root = git_repo.root
-    lines = diverse_examples(300, seed=11)
-    write_lines(root / "data" / "s.jsonl", lines + lines[:5])
-    git_repo.write("specs/s.yaml", "\n".join([
-        "apiVersion: ftops.dev/v1alpha1", "kind: FineTune", "metadata: {name: s, owner: team}",
-        "spec:", "  baseModel: {uri: models/none}", "  dataset: {path: data/s.jsonl, testFraction: 0.2}", "  method: {type: lora}", "",
-    ]))
-    proc = run_ftops("data", "version", "specs/s.yaml", "--remote", str(tmp_path / "store"), cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    meta = yaml.safe_load((root / "data" / "s.jsonl.dvc").read_text())["meta"]["ftops"]
-    assert (meta["examples"], meta["exactDuplicates"], meta["kept"], meta["train"], meta["test"], meta["trainable"]) == (305, 5, 300, 240, 60, True)
