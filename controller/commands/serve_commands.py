@@ -102,7 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
                 return 2
             from controller.serve.config import load_config
 
-            config = load_config(args.config, base=Path.cwd())
+            # A relative corpus path is relative to the repository: $FTOPS_REPO_DIR, the image's copy
+            # of the repo (/opt/ftops/repo in the serving image), or the working directory.
+            image_repo = Path("/opt/ftops/repo")
+            repo = os.environ.get("FTOPS_REPO_DIR") or (str(image_repo) if image_repo.is_dir() else os.getcwd())
+            config = load_config(args.config, base=Path(repo))
         elif args.run and args.spec:
             config = config_from_spec(args.spec, args.run, args.corpus)
         else:

@@ -100,8 +100,7 @@ class RagServer:
             return False
         from controller.serve.index import load_or_build
 
-        cache = cfg.index_cache or str(Path(cfg.corpus_dir).resolve().parent / ".ftops-index" / Path(cfg.corpus_dir).name)
-        new = load_or_build(cfg.corpus_dir, cfg.retriever, cache)
+        new = load_or_build(cfg.corpus_dir, cfg.retriever, index_cache_dir(cfg))
         with self._index_lock:
             old = self.index
             self.index = new
@@ -226,6 +225,20 @@ class RagServer:
         run_id = self.model.run_id if self.model else self.config.run_id
         return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": self.created,
                                             "owned_by": "ftops", "runId": run_id}]}
+
+
+def index_cache_dir(cfg: ServeConfig) -> str:
+    """Where corpus indexes are kept: the configured folder, else `.ftops-index/` beside the corpus
+    when that is writable, else the temp dir (a serving pod's root filesystem is read-only; /tmp
+    is its emptyDir)."""
+    if cfg.index_cache:
+        return cfg.index_cache
+    corpus = Path(cfg.corpus_dir).resolve()
+    if os.access(corpus.parent, os.W_OK):
+        return str(corpus.parent / ".ftops-index" / corpus.name)
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / "ftops-index" / corpus.name)
 
 
 class _Handler(BaseHTTPRequestHandler):
