@@ -2,6 +2,8 @@
 
 - `well`: 240 tickets, 40 LoRA steps (measured: 100% held-out accuracy);
 - `under`: one step at a tiny learning rate (the answers are not even JSON yet);
+- `full`: a short full fine-tune; `forgetting`: a full fine-tune of the merged `well` model on
+  label-shuffled tickets (it forgets what its base knew: the regression gate's case);
 - `shuffled`: the same tickets with their labels shuffled, 20 steps: it learns the answer format
   but not which label goes with which ticket (measured: ~35%, chance is 33%).
 
@@ -64,12 +66,12 @@ def splits(tmp_path_factory) -> dict[str, Path]:
 
 
 def _train(root: Path, base: Path, name: str, run_id: str, train: Path, test: Path, training: dict,
-           method: str = "lora") -> TrainedRun:
+           method: dict | None = None) -> TrainedRun:
     from controller.runconfig import RunConfig, write_run_config
     from controller.train.trainer import run
 
     config = RunConfig.model_validate({
-        "runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)}, "method": {"type": method},
+        "runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)}, "method": method or {"type": "lora"},
         "training": {"maxSeqLength": 256, "seed": 1, "checkpointEverySteps": 1000, "warmupRatio": 0.0, **training},
         "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
         "outputDir": str(root / SPEC_NAME / run_id), "checkpointDir": str(root / "ckpt" / run_id), "device": "cpu",
@@ -89,7 +91,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def well_run(store: Path, tiny_base: Path, splits: dict[str, Path]) -> TrainedRun:
     return _train(store, tiny_base, "well", "11111111aaaa", splits["train"], splits["test"],
-                  {"epochs": 4.0, "batchSize": 24, "learningRate": 1e-2})
+                  {"epochs": 4.0, "batchSize": 24, "learningRate": 1e-2}, method={"type": "lora", "merge": True})
 
 
 @pytest.fixture(scope="session")
@@ -120,4 +122,12 @@ def oracle_server():
 def full_run(store: Path, tiny_base: Path, splits: dict[str, Path]) -> TrainedRun:
     """A short full fine-tune (every weight trained; model/ holds a whole model, no adapter)."""
     return _train(store, tiny_base, "full", "44444444dddd", splits["train"], splits["test"],
-                  {"epochs": 0.5, "batchSize": 24, "learningRate": 1e-3}, method="full")
+                  {"epochs": 0.5, "batchSize": 24, "learningRate": 1e-3}, method={"type": "full"})
+
+
+@pytest.fixture(scope="session")
+def forgetting_run(store: Path, well_run: TrainedRun, splits: dict[str, Path]) -> TrainedRun:
+    """Catastrophic forgetting on purpose: the well-trained model (merged into full weights) is the
+    base of a full fine-tune on label-shuffled tickets, so it unlearns what its base could do."""
+    return _train(store, well_run.run_dir / "merged", "forgetting", "55555555eeee", splits["shuffled"], splits["test"],
+                  {"epochs": 1.0, "batchSize": 24, "learningRate": 2e-3}, method={"type": "full"})

@@ -307,3 +307,26 @@ def test_reference_endpoint_failures_are_classified(well_run, tmp_path: Path, or
         run_evaluation(well_run.run_dir, specs["wrongkey"], well_run.test, output_dir=tmp_path / "e1", env=env, progress=False, batch_size=32)
     with pytest.raises(TemporaryError, match=r"compare.models\[ref\]: .* failed \(APIConnectionError"):
         run_evaluation(well_run.run_dir, specs["down"], well_run.test, output_dir=tmp_path / "e2", env=env, progress=False, batch_size=32)
+
+
+def test_a_run_that_forgets_what_its_base_could_do_fails_the_regression_gate(forgetting_run, tmp_path: Path) -> None:
+    """The suite here is ticket triage, which the base (the merged well-trained model) does
+    perfectly; after fine-tuning on shuffled labels the run has forgotten much of it."""
+    repo = tmp_path / "repo"
+    _write_jsonl(repo / "suites" / "triage.jsonl", [
+        {"id": f"t{i}", "skill": "triage", "messages": [e["messages"][1]], "answer": e["messages"][2]["content"], "match": "exact"}
+        for i, e in enumerate(task.generate_examples(24, seed=321))
+    ])
+    spec = load_spec(write_spec(repo / "specs", """    task: {metric: exact_match, min: 0.0}
+    regression: {suite: suites/triage.jsonl, maxDrop: 0.1}
+    compare: {samples: 3}"""))
+    report = run_evaluation(forgetting_run.run_dir, spec, forgetting_run.test, repo_root=repo, output_dir=tmp_path / "eval",
+                            batch_size=32, progress=False)
+    decision = decide(report, spec, forgetting_run.run_id, report.sha256)
+    reg = report.data["regression"]
+    assert reg["base"] == 1.0 and reg["drop"] > 0.1
+    failed = {line.metric for line in decision.failures}
+    # Its base (the previous, better model) may also beat it head to head on the A/B inputs.
+    assert "regression.drop" in failed and failed <= {"regression.drop", "compare.fine-tuned.score"}
+    assert "regression drop from base" in decision.message() and "> maxDrop 0.1000" in decision.message()
+    assert reg["forgottenCount"] == round(reg["drop"] * 24) and reg["forgotten"][0]["id"].startswith("t")
