@@ -481,8 +481,15 @@ class FineTuneMirror:
                                f"deleting FineTune {key}") is not None:
                     result.deleted.append(key)
 
-    def _event(self, cr: dict, reason: str, message: str) -> None:
-        """A Warning Event on the CR, so `kubectl describe finetune` says why the edit vanished."""
+    def record_event(self, namespace: str, name: str, reason: str, message: str, type_: str = "Normal") -> None:
+        """An Event on the FineTune CR (a condition changed, a run failed its gate...), so
+        `kubectl describe finetune` and `kubectl get events` tell the story."""
+        cr = self.get(namespace, name)
+        if cr is not None:
+            self._event(cr, reason, message, type_)
+
+    def _event(self, cr: dict, reason: str, message: str, type_: str = "Warning") -> None:
+        """An Event on the CR (Warning by default: an edit was reverted)."""
         from controller.backends.kubernetes import resource_path
         from controller.status import now
 
@@ -493,7 +500,7 @@ class FineTuneMirror:
             "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid"),
                                "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": "Warning",
+            "reason": reason, "message": message[:1024], "type": type_,
             "source": {"component": "ftops-controller"},
             "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
         }

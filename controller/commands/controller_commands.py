@@ -196,6 +196,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     reconciler, cluster = build_reconciler(args, stop, metrics)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_host)
+    sync = ClusterSync(cluster.mirror) if cluster is not None and cluster.mirror is not None else None
     wake = threading.Event()
     observer = _watch(Path(args.repo), wake) if args.watch else None
     try:
@@ -205,8 +206,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
                 started = time.monotonic()
                 try:
                     result = reconciler.reconcile_once()
-                    if cluster is not None and cluster.mirror is not None:
-                        _mirror(cluster.mirror, reconciler, result)
+                    if sync is not None:
+                        sync(reconciler, result)
                 except TemporaryError as exc:  # NotLeader: lost the lease mid-pass; wait to lead again
                     reconciler_log(f"pass stopped: {exc}")
                     result = None
@@ -231,19 +232,37 @@ def reconciler_log(message: str) -> None:
     logging.getLogger("ftops.controller").warning(json.dumps({"event": "controller", "message": message}))
 
 
-def _mirror(mirror, reconciler, result) -> None:
-    """Mirror valid specs into FineTune CRs and write each status through /status."""
-    from controller.source import load_specs_at
+class ClusterSync:
+    """After each pass in cluster mode: mirror the valid specs into FineTune CRs, write each
+    changed status through /status, and record an Event for every condition that changed."""
 
-    if result.commit is None:
-        return
-    specs = load_specs_at(reconciler.source, result.commit, reconciler.cache, sorted(reconciler.operator.gpus))
-    valid = [s.loaded.spec for s in specs.values() if s.loaded.spec is not None]
-    mirror.sync(valid)
-    for ft in valid:
-        status = result.statuses.get(ft.metadata.name)
-        if status is not None:
-            mirror.write_status(reconciler.operator.tenancy.namespace_for(ft.metadata.owner), ft.metadata.name, status)
+    WARNING_REASONS = {"GateFailed", "RolledBack", "TrainingFailed", "EvaluationFailed", "SpecInvalid", "Retrying"}
+
+    def __init__(self, mirror) -> None:
+        self.mirror = mirror
+        self.written: dict[str, object] = {}
+
+    def __call__(self, reconciler, result) -> None:
+        from controller.source import load_specs_at
+
+        if result.commit is None:
+            return
+        specs = load_specs_at(reconciler.source, result.commit, reconciler.cache, sorted(reconciler.operator.gpus))
+        valid = [s.loaded.spec for s in specs.values() if s.loaded.spec is not None]
+        self.mirror.sync(valid)
+        for ft in valid:
+            status = result.statuses.get(ft.metadata.name)
+            if status is None or self.written.get(ft.metadata.name) == status:
+                continue
+            namespace = reconciler.operator.tenancy.namespace_for(ft.metadata.owner)
+            previous = self.written.get(ft.metadata.name)
+            self.mirror.write_status(namespace, ft.metadata.name, status)
+            for c in status.conditions:
+                before = previous.condition(c.type) if previous is not None else None
+                if before is None or (before.status, before.reason) != (c.status, c.reason):
+                    kind = "Warning" if c.reason in self.WARNING_REASONS or (c.type == "Stalled" and c.status == "True") else "Normal"
+                    self.mirror.record_event(namespace, ft.metadata.name, c.reason, f"{c.type}={c.status}: {c.message}", kind)
+            self.written[ft.metadata.name] = status
 
 
 def _watch(repo: Path, wake: threading.Event):

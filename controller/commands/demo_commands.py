@@ -73,6 +73,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from controller.reconciler import ControllerConfig, Reconciler
     from controller.serve.deploy import LocalServing
 
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not ours
     started = time.monotonic()
     root = Path(args.dir).resolve()
     if root.exists():
