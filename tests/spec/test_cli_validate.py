@@ -96,3 +96,24 @@ def test_json_schema_accepts_the_examples():
     schema = json.loads((REPO_ROOT / "docs" / "finetune.schema.json").read_text())
     for path in EXAMPLES:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+def test_validate_reads_a_git_url_at_a_revision(git_repo, tmp_path):
+    spec = (REPO_ROOT / "specs" / "legal-clauses.yaml").read_text()
+    git_repo.write("data/examples/legal-clauses.jsonl", "{}\n")
+    git_repo.write("specs/legal-clauses.yaml", spec)
+    good = git_repo.commit("good")
+    git_repo.write("specs/legal-clauses.yaml", spec.replace("epochs: 2", "epochs: -1"))
+    git_repo.commit("bad")
+    env = {**__import__("os").environ, "HOME": str(tmp_path / "home")}  # the mirror goes to ~/.cache/ftops
+    url = f"file://{git_repo.root}"
+    ok = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--rev", good, "--repo", url],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--rev", "main", "--repo", url],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "spec.training.epochs" in bad.stdout
+    assert any((tmp_path / "home" / ".cache" / "ftops" / "git").iterdir())
+    gone = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--rev", "main", "--repo",
+                           f"file://{tmp_path / 'nowhere'}"], capture_output=True, text=True, env=env)
+    assert gone.returncode == 2 and "failed" in gone.stderr
