@@ -90,7 +90,7 @@ def main() -> None:
     data = synthetic(N)
     gen_s = time.perf_counter() - started
     lines = data.splitlines()
-    workers = default_workers()
+    workers = max(2, default_workers())  # always measure two processes, even when the default would be one
 
     base = measure(lambda: [json.loads(x) for x in lines], repeat=3)
     serial = measure(lambda: structural_pass(data, workers=1), repeat=2)

@@ -445,12 +445,19 @@ def _chunks(data: bytes, n: int) -> list[tuple[int, int, int]]:
 
 
 def default_workers() -> int:
-    """Two processes on a machine with two or more CPUs (the size this runs on), else one;
-    FTOPS_DATA_WORKERS overrides (1 turns parallelism off, e.g. on an oversubscribed machine)."""
+    """Two processes on a machine with two or more CPUs (the size this runs on), else one. On a
+    machine that is already oversubscribed (1-minute load average at or above the CPU count) a
+    second process only adds fork and transfer costs, measured in bench_data, so one is used.
+    FTOPS_DATA_WORKERS overrides both. Results are identical for any count."""
     env = os.environ.get("FTOPS_DATA_WORKERS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, min(2, os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cpus
+    except (AttributeError, OSError):
+        busy = False
+    return 1 if busy else max(1, min(2, cpus))
 
 
 def scan_bytes(data: bytes, path: str = "<data>", progress: bool = False, workers: int | None = None) -> ScanResult:
