@@ -133,12 +133,13 @@ def run_evaluation(
             raise PermanentError(str(exc)) from None
     score = M.scorer(ev.task.metric, ev.task.fields)
     if ev.task.metric == "json_field_match":
-        bad = next((e for e in [*test, *bias_examples] if M.parse_json_object(e.reference) is None), None)
-        if bad is not None:
-            raise PermanentError(
-                f"evaluation.task.metric json_field_match: the reference answer at line {bad.line} "
-                f"({'bias set' if bad in bias_examples else test_path}) is not a JSON object; use exact_match, token_f1 or rouge_l for text answers"
-            )
+        for where, examples in ((str(test_path), test), ("bias set", bias_examples)):
+            bad = next((e for e in examples if M.parse_json_object(e.reference) is None), None)
+            if bad is not None:
+                raise PermanentError(
+                    f"evaluation.task.metric json_field_match: the reference answer at line {bad.line} ({where}) is not "
+                    "a JSON object; use exact_match, token_f1 or rouge_l for text answers"
+                )
     compare_n = min(ev.compare.samples, len(test)) if ev.compare is not None else 0
     refs = list(ev.compare.models) if ev.compare is not None else []
     endpoints = {}

@@ -330,3 +330,15 @@ def test_a_run_that_forgets_what_its_base_could_do_fails_the_regression_gate(for
     assert "regression.drop" in failed and failed <= {"regression.drop", "compare.fine-tuned.score"}
     assert "regression drop from base" in decision.message() and "> maxDrop 0.1000" in decision.message()
     assert reg["forgottenCount"] == round(reg["drop"] * 24) and reg["forgotten"][0]["id"].startswith("t")
+
+
+def test_format_schema_path_is_read_from_the_repo_and_checked(well_run, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "schemas").mkdir(parents=True)
+    (repo / "schemas" / "label.json").write_text('{"type": "object", "required": ["label"],')
+    spec = load_spec(write_spec(repo / "specs", "    format: {schemaPath: schemas/label.json}"))
+    with pytest.raises(PermanentError, match=r"label.json:1: the JSON Schema is not valid JSON"):
+        run_evaluation(well_run.run_dir, spec, well_run.test, repo_root=repo, output_dir=tmp_path / "eval", progress=False)
+    (repo / "schemas" / "label.json").write_text('{"type": "object", "required": 7}')
+    with pytest.raises(PermanentError, match="the JSON Schema is invalid"):
+        run_evaluation(well_run.run_dir, spec, well_run.test, repo_root=repo, output_dir=tmp_path / "eval", progress=False)
