@@ -36,6 +36,7 @@ from controller.serve.prompt import citations, with_context
 from controller.serve.validation import MAX_BODY_BYTES, RequestError, parse_chat_request
 
 MAX_IN_FLIGHT = 16
+DRAIN_LIMIT = 16 << 20
 SOCKET_TIMEOUT = 60
 
 
@@ -282,7 +283,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError(400, "invalid Content-Length")
         if n > MAX_BODY_BYTES:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
+            # Read and drop a moderately large body, so the client finishes sending and reads the
+            # 413 (closing mid-upload makes it see a broken pipe instead); beyond DRAIN_LIMIT, close.
+            if n <= DRAIN_LIMIT:
+                left = n
+                while left > 0:
+                    got = self.rfile.read(min(left, 1 << 16))
+                    if not got:
+                        break
+                    left -= len(got)
+            else:
+                self.close_connection = True
             raise RequestError(413, f"request body is {n} bytes; the limit is {MAX_BODY_BYTES}", code="request_too_large")
         return self.rfile.read(n)
 

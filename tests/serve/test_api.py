@@ -91,7 +91,7 @@ def test_malformed_http_requests_get_json_errors_and_the_server_stays_up(server,
     cases = [
         ("POST", "/v1/chat/completions", b"{not json", 400),
         ("POST", "/v1/chat/completions", b"[1, 2]", 400),
-        ("POST", "/v1/chat/completions", b"x" * (1 << 20 + 1), 413),
+        ("POST", "/v1/chat/completions", b"x" * ((1 << 20) + 1), 413),
         ("GET", "/v1/chat/completions", None, 405),
         ("GET", "/v1/nothing", None, 404),
         ("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), 400),
