@@ -350,7 +350,8 @@ class Reconciler:
             self.ledger.append_once("spec.stalled", name, ctx.run_id, {"commit": info.sha, "error": str(exc)},
                                     key=f"{name}:{content_key}")
             ctx.set(STALLED, "True", reason, f"{exc} (fix the spec or data; the controller retries when they change)")
-            return ctx.status, None
+            conditions = summarize(ctx.status.conditions, spec.spec.serving is not None, info.sha)
+            return SpecStatus(name, conditions, info.sha, ctx.run_id, ctx.status.serving_run_id), None
         conditions = summarize(ctx.status.conditions, spec.spec.serving is not None, info.sha)
         status = SpecStatus(name, conditions, info.sha, ctx.run_id, ctx.status.serving_run_id)
         if requeue is None and status.is_true("Ready"):

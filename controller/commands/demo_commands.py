@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _say(f"Asking the served model (OpenAI API at {url}): {QUESTION!r}")
     reply = _ask(url)
-    print(f"    answer (the fine-tuned classifier's JSON): {reply['answer']}")
+    print(f"    answer (what the fine-tuned classifier generated): {reply['answer']}")
     for c in reply["citations"] or []:
         print(f"    citation [{c['index']}]: {c['path']} ({c['chunkId']}, score {c['score']:.2f})")
     print(f"    served by run {reply['run']}")
