@@ -153,3 +153,13 @@ def test_signed_commit_mode_acts_only_on_allowed_signers(unreviewed, tmp_path):
     other = _signed_commit(unreviewed.root, stranger, "signed by an unknown key")
     assert rec.reconcile_once().commit == good
     assert not any(e.payload.get("commit") in (unsigned, other) for e in rec.ledger.events())
+
+
+def test_a_git_url_is_mirrored_and_read_at_the_revision(unreviewed, tmp_path):
+    home = tmp_path / "home"
+    rec = reconciler(f"file://{unreviewed.root}", home)
+    result = rec.reconcile_once()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=unreviewed.root, capture_output=True, text=True).stdout.strip()
+    assert result.commit == head
+    assert conditions(result.statuses[demo.SPEC_NAME])["DataReady"] == ("False", "ReviewPending")  # pulled via DVC
+    assert (home / "git").is_dir()  # the mirror lives in the controller's home, not in the user's repo
