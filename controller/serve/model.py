@@ -124,7 +124,6 @@ class LoadedModel:
 
         tokens: "queue.Queue[Any]" = queue.Queue()
         done = object()
-        prompt_len = len(ids)
 
         class _Streamer:
             first = True
@@ -166,7 +165,6 @@ class LoadedModel:
             thread.join()
         if failure:
             raise failure[0]
-        del prompt_len
         yield self._finish(new)
 
     def decode(self, ids: list[int]) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
