@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from controller.errors import PermanentError
+from controller.fsutil import sha256_file
 
 GENESIS = "0" * 64
 
@@ -214,17 +215,9 @@ class Ledger:
                     path = Path(root) / rel
                     if not path.exists():
                         return VerifyResult(False, checked, event.seq, f"artifact {path} recorded in record {event.seq} is missing")
-                    if _sha256(path) != expected:
+                    if sha256_file(path) != expected:
                         return VerifyResult(False, checked, event.seq, f"artifact {path} no longer matches the sha256 recorded in record {event.seq}")
         return VerifyResult(True, checked)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_ledger(path: str | Path) -> Ledger:

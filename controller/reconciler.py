@@ -26,6 +26,9 @@ from typing import Any, Callable, Literal
 from controller.backends.base import Backend, Phase, Run, RunNotFound
 from controller.catalog import OperatorConfig, load_operator_config
 from controller.errors import FtopsError, PermanentError, TemporaryError
+from controller.fsutil import read_json as _read_json
+from controller.fsutil import sha256_file as _sha256
+from controller.fsutil import write_json_atomic as _write_json
 from controller.identity import eval_id, run_id, serving_id
 from controller.ledger import Ledger
 from controller.render import template_version
@@ -720,10 +723,6 @@ def _extract(repo: Path, treeish: str, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _finite(metrics: dict) -> dict:
     """Metrics as the ledger stores them: NaN and infinities become null (JSON has neither)."""
     import math
@@ -738,13 +737,6 @@ def _finite(metrics: dict) -> dict:
         return value
 
     return clean(metrics)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _same_conditions(a: SpecStatus, b: SpecStatus) -> bool:
@@ -766,13 +758,6 @@ def _artifact_hashes(manifest: dict) -> dict[str, str]:
     if isinstance(files, list):
         return {f["path"]: f["sha256"] for f in files if "path" in f and "sha256" in f}
     return {path: (value["sha256"] if isinstance(value, dict) else value) for path, value in files.items()}
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def load_statuses(folder: Path) -> dict[str, SpecStatus]:

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlencode
 
 from controller.backends.base import (
@@ -71,6 +71,21 @@ class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str) -> None:
         super().__init__(f"{code} {reason}: {message}")
         self.code, self.reason, self.message = code, reason, message
+
+
+def watch_events(resp: Any) -> Iterator[dict]:
+    """The events of a streaming watch response, one JSON object per line, releasing the
+    connection when the stream ends or the caller stops reading."""
+    try:
+        buffer = b""
+        for chunk in resp.stream(amt=None, decode_content=False):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+    finally:
+        resp.release_conn()
 
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None):
@@ -489,31 +504,21 @@ class KubernetesBackend:
         resp = self._request("GET", path, {"watch": "1", "resourceVersion": w.rv, "labelSelector": MANAGED_SELECTOR,
                                            "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"},
                              timeout=timeout_seconds + 10, stream=True)
-        try:
-            buffer = b""
-            for chunk in resp.stream(amt=None, decode_content=False):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        if obj.get("code") == 410:
-                            w.rv = None
-                            return True
-                        raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if rv:
-                        w.rv = rv
-                    if event.get("type") == "BOOKMARK":
-                        continue
-                    obj.setdefault("apiVersion", w.api_version)
-                    obj.setdefault("kind", w.kind)
-                    changes += self._observe(obj, deleted=event.get("type") == "DELETED")
-        finally:
-            resp.release_conn()
+        for event in watch_events(resp):
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                if obj.get("code") == 410:
+                    w.rv = None
+                    return True
+                raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if rv:
+                w.rv = rv
+            if event.get("type") == "BOOKMARK":
+                continue
+            obj.setdefault("apiVersion", w.api_version)
+            obj.setdefault("kind", w.kind)
+            changes += self._observe(obj, deleted=event.get("type") == "DELETED")
         return False
 
     def watch(self, on_change: Callable[[RunState], None], stop: threading.Event, timeout_seconds: int = 30) -> None:

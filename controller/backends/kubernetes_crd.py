@@ -551,24 +551,16 @@ class FineTuneMirror:
                                                          "labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}",
                                                          "timeoutSeconds": str(timeout_seconds)},
                                  timeout=timeout_seconds + 10, stream=True)
-        try:
-            buffer = b""
-            for chunk in resp.stream(amt=None, decode_content=False):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        return None  # 410 Gone or another error: relist (sync) and watch again
-                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                    ann = (obj.get("metadata") or {}).get("annotations") or {}
-                    if event.get("type") == "MODIFIED" and spec_hash(obj.get("spec") or {}) != ann.get(HASH_ANNOTATION):
-                        self.sync(finetunes(), prune=False)
-        finally:
-            resp.release_conn()
+        from controller.backends.kubernetes import watch_events
+
+        for event in watch_events(resp):
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                return None  # 410 Gone or another error: relist (sync) and watch again
+            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+            ann = (obj.get("metadata") or {}).get("annotations") or {}
+            if event.get("type") == "MODIFIED" and spec_hash(obj.get("spec") or {}) != ann.get(HASH_ANNOTATION):
+                self.sync(finetunes(), prune=False)
         return rv
 
 

@@ -40,6 +40,8 @@ from controller.backends.base import (
     tail_lines,
 )
 from controller.errors import PermanentError
+from controller.fsutil import read_json as _read_json
+from controller.fsutil import write_json_atomic as _write_json
 from controller.runconfig import write_run_config
 
 EXIT_OK, EXIT_TEMPORARY, EXIT_PREEMPTED = 0, 75, 143
@@ -48,19 +50,6 @@ PERMANENT_EXITS = (1, 2)
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 class LocalBackend:
