@@ -234,8 +234,11 @@ class LocalServing:
             return DeployResult("refused", prev_id, [history.append(self.store, spec, ev)], message=str(exc))
         run_id = gate["runId"]
         config = config.replace(run_id=run_id)
-        if previous and previous["healthy"] and prev_id == run_id:
+        key = serving_key(config)
+        if previous and previous["healthy"] and prev_id == run_id and previous.get("configKey") == key:
             return DeployResult("unchanged", run_id, [], previous["url"], "already serving")
+        if previous and previous["healthy"] and prev_id == run_id:
+            reason = "ServingConfigChanged"  # same weights, new corpus/retriever/limits: restart beside it
         events = [history.append(self.store, spec, event(
             "deploy.started", spec, run_id, self.backend, prev_id, prev_id, Reason.ROLLING_OUT,
             f"starting run {run_id} beside {prev_id or 'nothing'}", runDir=str(run_dir)))]
@@ -250,7 +253,7 @@ class LocalServing:
                 automatic=True, runDir=str(run_dir))))
             return DeployResult("rolled_back", serving, events, previous["url"] if serving else None, msg)
         _write_json(self._dir(spec) / "current.json", {"runId": run_id, "pid": pid, "url": url, "runDir": str(run_dir),
-                                                       "since": history.now()})
+                                                       "since": history.now(), "configKey": key})
         if previous and previous["pid"] != pid:
             self._stop(previous["pid"])
         msg = f"run {run_id} is serving at {url}" + (f" (was {prev_id})" if prev_id else "")
@@ -272,6 +275,17 @@ class LocalServing:
 
         config = from_json(data)
         return self.promote(config, kind="deploy.rolled_back", reason="Requested", timeout=timeout)
+
+
+def serving_key(config: ServeConfig) -> str:
+    """What a running server must match to count as `unchanged`: the run and everything it serves
+    with. A new corpus folder (the reconciler extracts one per corpus version), retriever or limit
+    restarts the same run beside the old process: the index is rebuilt, nothing is retrained."""
+    import hashlib
+
+    fields = {"runDir": str(Path(config.run_dir).resolve()), "corpus": config.corpus_dir, "retriever": config.retriever,
+              "topK": config.top_k, "maxTokens": config.max_tokens, "base": config.base_uri, "device": config.device}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _readyz_field(url: str, key: str):

@@ -137,3 +137,27 @@ def _alive(pid: int) -> bool:
     from controller.serve.deploy import _alive as alive
 
     return alive(pid)
+
+
+def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, tmp_path):
+    """Same run, new corpus version (the reconciler extracts one folder per version): a new server
+    for the same weights starts beside the old one, and answers cite the new document."""
+    import shutil
+
+    run_a = serving.run_dir(SPEC_NAME, RUN_A)
+    first = serving.promote(_config(env, run_a))
+    assert first.outcome == "promoted", first.message
+    assert serving.promote(_config(env, run_a)).outcome == "unchanged"
+    corpus = tmp_path / "corpora" / "v2"
+    shutil.copytree(env.repo / "corpora" / "kb", corpus)
+    (corpus / ANSWER_DOC).unlink()
+    (corpus / "zx.md").write_text("ZX-4417 was retired; the Zorblax cluster now reports error code ZX-5000.\n")
+    manifest_before = (run_a / "manifest.json").read_bytes()
+    changed = serving.promote(_config(env, run_a).replace(corpus_dir=str(corpus)))
+    assert changed.outcome == "promoted" and changed.serving_run_id == RUN_A, changed.message
+    assert changed.events[-1]["reason"] == "ServingConfigChanged"
+    assert changed.events[-1]["corpusVersion"] != first.events[-1]["corpusVersion"]
+    assert changed.url != first.url
+    run_id, cites = _ask(changed.url)
+    assert run_id == RUN_A and cites[0]["path"] == "zx.md"
+    assert (run_a / "manifest.json").read_bytes() == manifest_before  # nothing retrained or rewritten
