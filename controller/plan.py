@@ -16,7 +16,7 @@ from controller.advisor import Advice, advise
 from controller.catalog import OperatorConfig
 from controller.cost import CostEstimate, estimate
 from controller.identity import eval_id, run_id, serving_id
-from controller.source import DataVersion, SpecAtRev
+from controller.source import SpecAtRev
 from controller.spec.finetune import FineTune
 from controller.spec.load import SpecIssue
 

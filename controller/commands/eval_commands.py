@@ -134,9 +134,9 @@ def _crash(run_dir: Path, out_dir: Path, run_id: str, manifest: dict, message: s
 
 
 def _sha256(path: Path) -> str | None:
-    import hashlib
+    from controller.fsutil import sha256_file
 
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from controller.errors import PermanentError
+from controller.fsutil import sha256_file, write_bytes_atomic
 
 PR_COMMENT_LIMIT = 60000  # GitHub allows 65536 characters in a comment; leave room for a header
 
@@ -28,15 +28,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 class Report:
@@ -67,10 +58,10 @@ class Report:
         out = Path(output_dir) if output_dir is not None else run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         text = self.to_json().encode("utf-8")
-        _atomic_write(out / "report.json", text)
+        write_bytes_atomic(out / "report.json", text)
         self.path = out / "report.json"
         self.sha256 = hashlib.sha256(text).hexdigest()
-        _atomic_write(out / "report.md", render_markdown(self.data).encode("utf-8"))
+        write_bytes_atomic(out / "report.md", render_markdown(self.data).encode("utf-8"))
         if self.data.get("status") == "completed":
             from controller.evaluate.chart import write_chart
 
@@ -89,14 +80,6 @@ def load_report(path: str | Path) -> dict:
         raise PermanentError(f"{path}: no evaluation report; run `ftops eval` first") from None
     except json.JSONDecodeError as exc:
         raise PermanentError(f"{path}:{exc.lineno}: the report is not valid JSON ({exc.msg})") from None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def record_in_manifest(run_dir: str | Path, report_path: str | Path, gate: dict | None = None) -> Path:
@@ -118,13 +101,13 @@ def record_in_manifest(run_dir: str | Path, report_path: str | Path, gate: dict 
         for stale in [rel for rel in files if rel.startswith(prefix) and not (run_dir / rel).is_file()]:
             del files[stale]  # e.g. the chart of an earlier evaluation, removed with it
         for path in sorted(p for p in eval_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
-            files[path.resolve().relative_to(run_dir.resolve()).as_posix()] = {"sha256": _sha256_file(path), "size": path.stat().st_size}
-    entry = {"reportSha256": _sha256_file(report_path), "reportPath": rel,
+            files[path.resolve().relative_to(run_dir.resolve()).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    entry = {"reportSha256": sha256_file(report_path), "reportPath": rel,
              "evaluatedAt": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if gate is not None:
         entry["gate"] = {"passed": gate.get("passed"), "reason": gate.get("reason")}
     manifest["evaluation"] = entry
-    _atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write_bytes_atomic(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return manifest_path
 
 

@@ -10,7 +10,6 @@ the first `samples` test inputs, so every model sees exactly the same ones).
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -18,19 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from controller.errors import PermanentError
+from controller.fsutil import sha256_file
 from controller.evaluate import metrics as M
 from controller.evaluate.datasets import DEFAULT_SUITE, EvalExample, read_examples, resolve_repo_path, suite_path
 from controller.evaluate.report import Report
 
 MAX_LISTED = 10  # failing examples listed per section: enough to see the pattern, small enough for a PR
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _clip(text: str, n: int = 200) -> str:
@@ -83,7 +75,7 @@ def run_evaluation(
     # ---- inputs, checked before any model loads
     test_path = Path(test_path)
     test = read_examples(test_path, "test split")
-    test_sha = _sha256(test_path)
+    test_sha = sha256_file(test_path)
     recorded = prov.get("testSha256")
     if recorded and recorded != test_sha:
         raise PermanentError(
@@ -94,7 +86,7 @@ def run_evaluation(
     train_texts: list[str] | None = None
     if train_path is not None:
         train_path = Path(train_path)
-        train_sha = _sha256(train_path)
+        train_sha = sha256_file(train_path)
         if prov.get("trainSha256") and prov["trainSha256"] != train_sha:
             raise PermanentError(f"{train_path}: sha256 {train_sha} is not the train split run {run_id} was trained on")
         train_texts = [e.text() for e in read_examples(train_path, "train split")]
@@ -109,13 +101,13 @@ def run_evaluation(
                 f"{bias_file}:{missing[0]}: example has no string field \"{ev.bias.group_field}\" "
                 f"(evaluation.bias.groupField); {len(missing)} example(s) lack it"
             )
-        inputs["bias"] = {"path": ev.bias.path, "sha256": _sha256(bias_file), "examples": len(bias_examples)}
+        inputs["bias"] = {"path": ev.bias.path, "sha256": sha256_file(bias_file), "examples": len(bias_examples)}
     suite: list[EvalExample] = []
     if ev.regression is not None:
         suite_file = suite_path(ev.regression.suite, root)
         suite = read_examples(suite_file, "evaluation.regression.suite", answer_key="answer")
         inputs["regression"] = {"suite": ev.regression.suite, "path": str(suite_file) if ev.regression.suite != DEFAULT_SUITE else "controller/defaults/regression.jsonl",
-                                "sha256": _sha256(suite_file), "examples": len(suite)}
+                                "sha256": sha256_file(suite_file), "examples": len(suite)}
     check_format = None
     if ev.format is not None:
         schema = ev.format.json_schema
