@@ -199,9 +199,9 @@ def tokenize_split(
     if target is not None and (target / "dataset_info.json").exists():
         from datasets import load_from_disk
 
-        ds = load_from_disk(str(target))
+        columns = load_from_disk(str(target)).to_dict()  # plain lists: the loop indexes them per step
         meta = json.loads((target / "ftops.json").read_text()) if (target / "ftops.json").exists() else {}
-        return TokenizedSplit(ds["input_ids"], ds["labels"], key, True, int(meta.get("dropped", 0)))
+        return TokenizedSplit(columns["input_ids"], columns["labels"], key, True, int(meta.get("dropped", 0)))
     conversations = read_chat_jsonl(path, field)
     input_ids, labels, dropped = [], [], 0
     for messages in conversations:

@@ -179,7 +179,7 @@ class Trainer:
         tokens_trained = 0
         step_seconds = 0.0
         last_loss = float("nan")
-        loop_started = time.monotonic()
+        loop_started, loop_cpu_started = time.monotonic(), time.process_time()
         try:
             while step < plan.total_steps:
                 if self._stop_requested(preemption, device):
@@ -211,6 +211,7 @@ class Trainer:
                     state["step"] = step
                     progress.event("checkpoint", step=step)
             loop_seconds = time.monotonic() - loop_started
+            loop_cpu_seconds = time.process_time() - loop_cpu_started  # stable under CPU contention (benchmarks)
             # The finished weights are checkpointed before outputs are written: a crash while
             # writing outputs resumes here and only rewrites them.
             if step > state["step"] or ckpt.latest_complete(self.checkpoint_dir) is None:
@@ -231,6 +232,7 @@ class Trainer:
                 "trainableParameters": n_trainable, "totalParameters": n_total, "packing": t.packing,
                 "tokensTrainedThisProcess": tokens_trained, "wallSecondsThisProcess": round(time.monotonic() - started, 3),
                 "stepSecondsThisProcess": round(step_seconds, 4), "loopSecondsThisProcess": round(loop_seconds, 4),
+                "loopCpuSecondsThisProcess": round(loop_cpu_seconds, 4),
                 "resumedFromSteps": state["resumes"], "device": device, "world": self.world,
                 "maxGradNorm": MAX_GRAD_NORM,
             }
@@ -273,8 +275,10 @@ class Trainer:
             ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
             with ctx:
                 out = ddp_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-                logits = out.logits[:, :-1].float()
-                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                # shift the labels, not the logits: slicing the logits would copy the largest tensor
+                target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+                logits = out.logits.float()
+                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum")
                 (ce * scale * self.world / denom).backward()
             loss_sum += float(ce.detach()) * scale
