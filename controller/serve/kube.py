@@ -12,9 +12,12 @@ complete in time, the previous run's manifests are applied again (automatic roll
 previous run the failed version is scaled to 0 so it does not hold GPUs while crash-looping.
 
 Canary: a second Deployment (`<spec>-canary`, track=canary) with canaryPercent of the replicas on
-the new run, behind the same Service as the stable one. Once it is ready and stays ready for
-stableSeconds, the stable Deployment is rolled to the new run and the canary scaled to 0. A canary
-that fails (or stops being ready) is scaled to 0 and the stable one was never touched.
+the new run, behind the same Service as the stable one. Once it is ready, the stable Deployment
+(still the previous run) is scaled down by the canary's replicas, so the canary holds its share of
+the replicas; once it stays ready for stableSeconds, the stable Deployment is rolled to the new run
+at full size and the canary scaled to 0. A canary that never gets ready is scaled to 0 and the
+stable one was never touched; one that stops being ready while observed is scaled to 0 and the
+stable one scaled back to full size.
 
 Readiness is observed by re-reading the Deployment (a level-triggered poll through the backend's
 `get`), which sees the same final state a watch would and survives API-server restarts and
@@ -163,17 +166,24 @@ class KubernetesServing:
             canary = self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=n)
             self._apply(canary)
             state = self.wait(self._deployment(canary), n, run_id, timeout)
+            previous_stable = self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""),
+                                             "stable", replicas=serving.replicas - n)
             if state.ready:
+                # The stable side gives up the canary's share, so the canary takes canaryPercent of
+                # the replicas (and of the traffic) while it is observed.
+                self._apply(previous_stable)
                 state = self._stays_ready(self._deployment(canary), n, run_id, serving.rollout.stable_seconds)
             if not state.ready:
                 self._scale_canary_down(finetune, run_id, data_md5, git_commit)
+                self._apply(self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""), "stable"))
                 msg = f"canary of run {run_id} failed ({state.message}); run {prev_id} keeps serving"
                 events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.backend, prev_id, prev_id,
                                                        Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
                 return DeployResult("rolled_back", prev_id, events, message=msg)
             events.append(self._record(spec, event("deploy.canary_ready", spec, run_id, self.backend, prev_id, prev_id,
                                                    Reason.ROLLING_OUT, f"{n} canary replica(s) stayed ready for "
-                                                   f"{serving.rollout.stable_seconds}s", canaryReplicas=n, **lineage)))
+                                                   f"{serving.rollout.stable_seconds}s", canaryReplicas=n,
+                                                   stableReplicas=serving.replicas - n, **lineage)))
         self._apply(stable)
         state = self.wait(stable_dep, serving.replicas, run_id, timeout)
         if strategy == "canary":

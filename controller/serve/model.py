@@ -139,10 +139,20 @@ class LoadedModel:
 
         failure: list[BaseException] = []
 
+        cancelled = threading.Event()
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            """Stops generation when the consumer went away (client disconnected)."""
+
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancelled.is_set()
+
         def work():
             try:
                 with torch.inference_mode():
-                    self.model.generate(**self._kwargs(ids, max_new_tokens), streamer=_Streamer())
+                    self.model.generate(**self._kwargs(ids, max_new_tokens), streamer=_Streamer(),
+                                        stopping_criteria=StoppingCriteriaList([_Cancelled()]))
             except BaseException as exc:  # surfaced in the caller's thread
                 failure.append(exc)
                 tokens.put(done)
@@ -152,17 +162,22 @@ class LoadedModel:
             thread.start()
             new: list[int] = []
             sent = ""
-            while True:
-                item = tokens.get()
-                if item is done:
-                    break
-                new.extend(item)
-                body = [t for t in new if t not in self.eos_ids]
-                text = self.tokenizer.decode(body, skip_special_tokens=True)
-                if len(text) > len(sent) and not text.endswith("\ufffd"):
-                    yield text[len(sent):]
-                    sent = text
-            thread.join()
+            try:
+                while True:
+                    item = tokens.get()
+                    if item is done:
+                        break
+                    new.extend(item)
+                    body = [t for t in new if t not in self.eos_ids]
+                    text = self.tokenizer.decode(body, skip_special_tokens=True)
+                    if len(text) > len(sent) and not text.endswith("\ufffd"):
+                        yield text[len(sent):]
+                        sent = text
+            finally:
+                # Also on GeneratorExit (client gone): stop the worker and wait for it, so the next
+                # request never runs the model concurrently with a leftover generation.
+                cancelled.set()
+                thread.join()
         if failure:
             raise failure[0]
         yield self._finish(new)

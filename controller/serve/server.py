@@ -210,7 +210,14 @@ class RagServer:
                 "model": self.config.model_name, "system_fingerprint": self.model.run_id}
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
                "citations": citations(hits)}
-        for item in self.model.stream(ids, request.max_tokens):
+        stream = self.model.stream(ids, request.max_tokens)
+        try:
+            yield from self._stream_chunks(stream, base, ids, request)
+        finally:
+            stream.close()  # a client that left stops the generation (controller.serve.model)
+
+    def _stream_chunks(self, stream, base: dict, ids: list[int], request):
+        for item in stream:
             if isinstance(item, tuple):
                 new, finish = item
                 self.metrics.prompt_tokens.inc(len(ids))

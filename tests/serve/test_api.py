@@ -121,3 +121,16 @@ def test_metrics_in_prometheus_text_format(server, client):
     info = families["ftops_serve_info"].samples[0].labels
     assert info["run_id"] == RUN_A and info["retriever"] == "bm25" and len(info["corpus_version"]) == 64
     assert sum(s.value for s in families["ftops_serve_completion_tokens"].samples if s.name.endswith("_total")) > 0
+
+
+def test_client_leaving_mid_stream_does_not_hurt_the_server(server, client):
+    conn = http.client.HTTPConnection(server.config.host, server.port, timeout=30)
+    body = json.dumps({"model": SPEC_NAME, "stream": True, "max_tokens": 24,
+                       "messages": [{"role": "user", "content": QUESTION}]})
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+    assert resp.fp.readline()  # the first chunk arrived
+    conn.sock.close()
+    conn.close()
+    assert _chat(client, max_tokens=4).model_extra["citations"][0]["path"] == ANSWER_DOC

@@ -96,7 +96,7 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     result = serving.promote(ft, RUN_B, MD5, COMMIT)
     assert result.outcome == "promoted", result.message
     assert [e["kind"] for e in result.events] == ["deploy.started", "deploy.canary_ready", "deploy.promoted"]
-    assert result.events[1]["canaryReplicas"] == 1
+    assert result.events[1]["canaryReplicas"] == 1 and result.events[1]["stableReplicas"] == 3
     canary = _dep(fake_kube, ns, f"{SPEC_NAME}-canary")
     assert canary["spec"]["replicas"] == 0 and _template_run(canary) == RUN_B
     assert canary["spec"]["selector"]["matchLabels"]["ftops.dev/track"] == "canary"
@@ -104,8 +104,8 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     assert _template_run(stable) == RUN_B and stable["spec"]["replicas"] == 4
     # the canary served (1 replica of B) while the stable kept 4 of A, then B took over
     assert (f"{SPEC_NAME}-canary", RUN_B, 1) in controller.timeline
-    stable_runs = [run for name, run, _ in controller.timeline if name == f"{SPEC_NAME}-serve"]
-    assert stable_runs == [RUN_A, RUN_B]
+    stable = [(run, n) for name, run, n in controller.timeline if name == f"{SPEC_NAME}-serve"]
+    assert stable == [(RUN_A, 4), (RUN_A, 3), (RUN_B, 4)]  # the canary held 1 of 4 replicas while observed
 
     back = serving.rollback(ft, to=RUN_A[:6])
     assert back.serving_run_id == RUN_A and back.events[-1]["kind"] == "deploy.rolled_back"
@@ -121,4 +121,34 @@ def test_failing_canary_never_touches_the_stable_deployment(cluster, fake_kube):
     result = serving.promote(ft, RUN_B, MD5, COMMIT)
     assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A
     assert _dep(fake_kube, ns, f"{SPEC_NAME}-serve")["metadata"]["generation"] == generation
+    assert _dep(fake_kube, ns, f"{SPEC_NAME}-canary")["spec"]["replicas"] == 0
+
+
+def test_canary_that_stops_being_ready_is_withdrawn_and_stable_restored(cluster, fake_kube):
+    """Ready at first, then failing during stableSeconds: canary to 0, stable back to full size."""
+    serving, finetune, controller, ns = cluster
+    ft = finetune(replicas=2, rollout="{strategy: canary, canaryPercent: 50, stableSeconds: 30}")
+    assert serving.promote(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+
+    def break_canary_once_observed():
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stable = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
+            if stable["spec"]["replicas"] == 1 and (stable.get("status") or {}).get("readyReplicas") == 1:
+                fake_kube.patch_status("apps/v1", "Deployment", ns, f"{SPEC_NAME}-canary",
+                                       {"readyReplicas": 0, "availableReplicas": 0, "unavailableReplicas": 1})
+                return
+            time.sleep(0.02)
+
+    import threading
+
+    breaker = threading.Thread(target=break_canary_once_observed, daemon=True)
+    breaker.start()
+    result = serving.promote(ft, RUN_B, MD5, COMMIT)
+    breaker.join()
+    assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A, result.message
+    stable = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
+    assert _template_run(stable) == RUN_A and stable["spec"]["replicas"] == 2
     assert _dep(fake_kube, ns, f"{SPEC_NAME}-canary")["spec"]["replicas"] == 0
