@@ -42,6 +42,12 @@ def cluster(env, fake_kube, tmp_path):
         yield serving, finetune, controller, namespace
 
 
+def fake_kube_repo():
+    from pathlib import Path
+
+    return Path("/opt/ftops/repo")
+
+
 def _dep(fake_kube, namespace: str, name: str) -> dict:
     return fake_kube.get("apps/v1", "Deployment", namespace, name)
 
@@ -63,6 +69,12 @@ def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves
     config = json.loads(fake_kube.get("v1", "ConfigMap", ns, next(
         v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "serve-config"))["data"]["serve.json"])
     assert config["adapter"] == mount["mountPath"] and config["runId"] == RUN_A and config["corpus"] == "corpora/kb"
+    # the pod's `ftops serve --config` reads exactly this file
+    from controller.serve.config import from_json
+
+    parsed = from_json(config, base=fake_kube_repo())
+    assert parsed.run_dir == "/workspace/adapter" and parsed.run_id == RUN_A and parsed.top_k == 2
+    assert parsed.corpus_dir == str(fake_kube_repo() / "corpora/kb") and parsed.base_uri is None  # hf:// -> manifest's
     svc = fake_kube.get("v1", "Service", ns, f"{SPEC_NAME}-serve")
     assert "ftops.dev/track" not in svc["spec"]["selector"]
 
