@@ -12,6 +12,11 @@ Exit codes (the backends map them to step results):
 - `EXIT_PREEMPTED` (143 = 128 + SIGTERM): SIGTERM arrived; a checkpoint of the last finished
   step was written, so a restart resumes from it. Same code Kubernetes shows for a SIGTERMed pod.
 
+Environment: `FTOPS_TOKENIZED_CACHE` (where tokenized data is cached; default
+`<checkpointDir>/tokenized`, which survives preemption on a PVC), `FTOPS_GIT_COMMIT` (code
+version recorded in the manifest when the image has no git), and `FTOPS_TEST_KILL_IN_CHECKPOINT`
+(tests only, see controller.train.checkpoint).
+
 This module stays import-light (no torch) so backends can import the constants cheaply.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from controller.runconfig import RunConfig, write_run_config
-from controller.tiny.task import expected_label, parse_label, write_task
+from controller.tiny.task import expected_label, parse_label
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 N_TRAIN, N_TEST = 480, 60
