@@ -277,6 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(err.status, err.body())
 
     def _read_body(self) -> bytes:
+        self._body_read = True
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.close_connection = True
@@ -307,6 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         self._code = 500
+        self._body_read = False
         started = time.perf_counter()
         label = path if path in ("/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics") else "other"
         try:
@@ -319,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
             _log("request-error", path=path, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=5))
             self._safe(lambda: self._error(RequestError(500, "internal error; see the server log", type_="server_error")))
         finally:
+            if not self._body_read and self.headers.get("Content-Length", "0") not in ("", "0"):
+                self.close_connection = True  # an unread body would be parsed as the next request
             self.app.metrics.requests.labels(label, str(self._code)).inc()
             self.app.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
@@ -351,8 +355,6 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in routes:
             raise RequestError(404, f"no route {path}; try POST /v1/chat/completions", code="not_found")
         if method != routes[path]:
-            if method in ("POST", "PUT", "PATCH"):
-                self.close_connection = True
             raise RequestError(405, f"{path} takes {routes[path]}, not {method}", code="method_not_allowed")
         if path == "/healthz":
             self._send(200, {"status": "ok"})

@@ -134,3 +134,22 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(server, client):
     conn.sock.close()
     conn.close()
     assert _chat(client, max_tokens=4).model_extra["citations"][0]["path"] == ANSWER_DOC
+
+
+def test_keep_alive_connection_survives_errors_with_unread_bodies(server):
+    """An error answered before the body is read must not leave the body to be parsed as the next
+    request on the same keep-alive connection."""
+    conn = http.client.HTTPConnection(server.config.host, server.port, timeout=30)
+    try:
+        for method, path in (("POST", "/v1/models"), ("POST", "/nowhere"), ("GET", "/healthz")):
+            try:
+                conn.request(method, path, body=b'{"x": 1}' if method == "POST" else None)
+                resp = conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected):
+                conn.close()  # the server closed it on purpose; a fresh connection must work
+                conn.request(method, path, body=b'{"x": 1}' if method == "POST" else None)
+                resp = conn.getresponse()
+            resp.read()
+            assert resp.status == {"/v1/models": 405, "/nowhere": 404, "/healthz": 200}[path]
+    finally:
+        conn.close()
