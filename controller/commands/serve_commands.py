@@ -4,7 +4,8 @@
     ftops serve --run RUN_DIR --spec SPEC_FILE [--corpus DIR] [--host H] [--port P]
     ftops serve --config serve.json            (what a serving pod and the local deploy step run)
     ftops deploy SPEC_FILE --run RUN_DIR [--store DIR]    promote a gated run (local backend)
-    ftops rollback SPEC [--to RUN] [--store DIR]          back to an earlier run that passed its gate
+    ftops rollback SPEC [--to RUN] [--store DIR] [--backend local|kubernetes]
+                                                          back to an earlier run that passed its gate
 """
 from __future__ import annotations
 
@@ -48,10 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rollback = subparsers.add_parser(
         "rollback", help="Serve an earlier run of a spec again (one that passed its gate).",
         description="Back to the run that served before the current one, or to --to RUN (a prefix is enough).")
-    rollback.add_argument("spec", help="Spec name or spec file.")
+    rollback.add_argument("spec", help="Spec name or spec file (a spec file for --backend kubernetes).")
     rollback.add_argument("--to", help="Run id to return to (must have served before and passed its gate).")
     rollback.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
     rollback.add_argument("--timeout", type=float, default=300, help="Seconds the version has to become ready.")
+    rollback.add_argument("--backend", choices=("local", "kubernetes"), default="local",
+                          help="Where the spec is served (default local).")
+    rollback.add_argument("--kubeconfig", help="kubeconfig for --backend kubernetes (default: in-cluster, then ~/.kube/config).")
+    rollback.add_argument("--operator-config", help="Operator config for --backend kubernetes (default $FTOPS_OPERATOR_CONFIG).")
     rollback.set_defaults(func=_rollback)
 
 
@@ -145,11 +150,31 @@ def _rollback(args: argparse.Namespace) -> int:
 
     name = args.spec
     try:
-        if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-            name = _load_spec(name)[0].name
-        result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
+        if args.backend == "kubernetes":
+            result = _rollback_kubernetes(args)
+        else:
+            if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+                name = _load_spec(name)[0].name
+            result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
     except FtopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.serving_run_id and result.outcome in ("rolled_back", "unchanged") else 1
+
+
+def _rollback_kubernetes(args: argparse.Namespace):
+    """Re-render and roll the spec's Deployment back to an earlier run (history in the store)."""
+    from controller.backends.kubernetes import KubernetesBackend
+    from controller.catalog import load_operator_config
+    from controller.errors import PermanentError
+    from controller.render import owner_namespace
+    from controller.serve.kube import KubernetesServing
+
+    if not (args.spec.endswith((".yaml", ".yml")) and Path(args.spec).is_file()):
+        raise PermanentError(f"--backend kubernetes needs the spec file (to render the manifests), not '{args.spec}'")
+    finetune, _repo = _load_spec(args.spec)
+    operator = load_operator_config(args.operator_config)
+    namespace = owner_namespace(finetune, operator)
+    kube = KubernetesBackend(kubeconfig=args.kubeconfig, namespaces=[namespace])
+    return KubernetesServing(kube, operator, args.store, ready_timeout=args.timeout).rollback(finetune, args.to)

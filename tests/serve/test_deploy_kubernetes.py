@@ -119,8 +119,22 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     stable = [(run, n) for name, run, n in controller.timeline if name == f"{SPEC_NAME}-serve"]
     assert stable == [(RUN_A, 4), (RUN_A, 3), (RUN_B, 4)]  # the canary held 1 of 4 replicas while observed
 
-    back = serving.rollback(ft, to=RUN_A[:6])
-    assert back.serving_run_id == RUN_A and back.events[-1]["kind"] == "deploy.rolled_back"
+    # `ftops rollback SPEC_FILE --to A --backend kubernetes` against the same cluster and store
+    import subprocess
+    import sys
+
+    from serve_helpers import ROOT
+
+    spec_file = serving.store.parent / "specs" / f"{SPEC_NAME}.yaml"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(spec_text(replicas=4, rollout="{strategy: canary, canaryPercent: 25, stableSeconds: 1}"))
+    kubeconfig = serving.store.parent / "kubeconfig"
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", str(spec_file), "--to", RUN_A[:6],
+                          "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--store", str(serving.store),
+                          "--timeout", "30"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    back = json.loads(out.stdout)
+    assert back["servingRunId"] == RUN_A and back["events"][-1]["kind"] == "deploy.rolled_back"
     assert _template_run(_dep(fake_kube, ns, f"{SPEC_NAME}-serve")) == RUN_A
 
 
