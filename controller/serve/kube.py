@@ -221,6 +221,25 @@ class KubernetesServing:
                 return {**ev, "servingRunId": current}
         return None
 
+    def current(self, spec: str) -> dict | None:
+        """The serving run per the history, and whether its stable Deployment is fully ready with
+        it (the same shape as LocalServing.current, so the reconciler can ask either)."""
+        from controller.render import object_name
+
+        run_id = history.serving_run(self.store, spec)
+        if run_id is None:
+            return None
+        lineage = next((e for e in reversed(history.read(self.store, spec))
+                        if e.get("runId") == run_id and e.get("namespace")), None)
+        if lineage is None:
+            return {"runId": run_id, "healthy": False, "message": "no namespace recorded for the serving run"}
+        dep = {"metadata": {"namespace": lineage["namespace"], "name": object_name(spec, None, "serve")}}
+        found = self._get(dep)
+        replicas = int(((found or {}).get("spec") or {}).get("replicas") or 0)
+        state = deployment_state(found, replicas, run_id)
+        return {"runId": run_id, "healthy": state.ready and replicas > 0, "namespace": lineage["namespace"],
+                "deployment": dep["metadata"]["name"], "message": state.message}
+
     def rollback(self, finetune, to: str | None = None, timeout: float | None = None) -> DeployResult:
         """Roll back to `to` or the previously served run (which must still pass its gate)."""
         target = rollback_target(self.store, finetune.name, to)

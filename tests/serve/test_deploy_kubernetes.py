@@ -87,6 +87,8 @@ def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves
     # run A's pods answered all along: the served run never went to B or to nothing
     served = [run for name, run, _ in controller.timeline if name == f"{SPEC_NAME}-serve"]
     assert served == [RUN_A]
+    current = serving.current(SPEC_NAME)
+    assert current["runId"] == RUN_A and current["healthy"], current
     json.dumps([e for e in failed.events])
 
 
