@@ -211,6 +211,7 @@ class Reconciler:
         self._statuses: dict[str, SpecStatus] | None = None  # write-through caches of the files in home
         self._states: dict[str, dict] = {}
         self._specs: tuple[str, dict[str, SpecAtRev]] | None = None
+        self._keys: dict[str, tuple[SpecAtRev, str]] = {}
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -305,7 +306,12 @@ class Reconciler:
             return _with(base, Condition(STALLED, "True", Reason.SPEC_INVALID, message, info.sha)), None
 
         spec = state.loaded.spec
-        content_key = self._content_key(state, info.sha)
+        memo = self._keys.get(name)
+        if memo is not None and memo[0] is state:
+            content_key = memo[1]  # the very same spec state as last pass (an incremental load kept it)
+        else:
+            content_key = self._content_key(state, info.sha)
+            self._keys[name] = (state, content_key)
         retry = self._read_state(name)
         if previous is not None and retry.get("settledKey") == content_key and \
                 time.time() - retry.get("settledAt", 0) < self.config.resync_seconds:
