@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from controller import demo
 from controller.backends.local import LocalBackend
