@@ -294,11 +294,18 @@ class Reconciler:
 
     def _reconcile_spec(self, name: str, state: SpecAtRev, info: CommitInfo,
                         previous: SpecStatus | None) -> tuple[SpecStatus, float | None]:
-        base = SpecStatus(name, previous.conditions if previous else (), info.sha,
-                          previous.run_id if previous else None, previous.serving_run_id if previous else None)
-        base = SpecStatus(name, tuple(c for c in base.conditions if c.type not in (STALLED, "SourceAvailable")),
-                          info.sha, base.run_id, base.serving_run_id)
-        if state.loaded.spec is None or state.data is None or not state.data.known:
+        valid = state.loaded.spec is not None and state.data is not None and state.data.known
+        content_key = self._memo_content_key(name, state, info.sha) if valid else ""
+        retry = self._read_state(name) if valid else {}
+        if valid and previous is not None:
+            # The steady state of a big repo: nothing this spec depends on changed. Do nothing.
+            if retry.get("settledKey") == content_key and time.time() - retry.get("settledAt", 0) < self.config.resync_seconds:
+                return previous, None
+            if retry.get("stalledKey") == content_key and previous.is_true(STALLED):
+                return previous, None
+        base = SpecStatus(name, tuple(c for c in (previous.conditions if previous else ()) if c.type not in (STALLED, "SourceAvailable")),
+                          info.sha, previous.run_id if previous else None, previous.serving_run_id if previous else None)
+        if not valid:
             issues = [i.format() for i in state.loaded.errors]
             if state.data is not None and not state.data.known:
                 issues.append(state.data.error or f"{state.data.path}: no version at {info.sha[:12]}")
@@ -306,18 +313,7 @@ class Reconciler:
             return _with(base, Condition(STALLED, "True", Reason.SPEC_INVALID, message, info.sha)), None
 
         spec = state.loaded.spec
-        memo = self._keys.get(name)
-        if memo is not None and memo[0] is state:
-            content_key = memo[1]  # the very same spec state as last pass (an incremental load kept it)
-        else:
-            content_key = self._content_key(state, info.sha)
-            self._keys[name] = (state, content_key)
-        retry = self._read_state(name)
-        if previous is not None and retry.get("settledKey") == content_key and \
-                time.time() - retry.get("settledAt", 0) < self.config.resync_seconds:
-            return previous, None  # nothing it depends on changed and it was Ready moments ago: a no-op
-        if previous is not None and retry.get("stalledKey") == content_key and previous.is_true(STALLED):
-            return previous, None
+        assert spec is not None and state.data is not None
         if retry.get("stalledKey") == content_key:
             message = retry.get("lastError", "stalled")
             return _with(base, Condition(STALLED, "True", retry.get("reason", "PermanentError"), message, info.sha)), None
@@ -371,6 +367,14 @@ class Reconciler:
             # Unchanged in substance: keep the revision at which this state was first observed.
             status = SpecStatus(name, previous.conditions, previous.observed_revision, status.run_id, status.serving_run_id)
         return status, requeue
+
+    def _memo_content_key(self, name: str, state: SpecAtRev, commit: str) -> str:
+        memo = self._keys.get(name)
+        if memo is not None and memo[0] is state:
+            return memo[1]  # the very same spec state as last pass (an incremental load kept it)
+        key = self._content_key(state, commit)
+        self._keys[name] = (state, key)
+        return key
 
     def _content_key(self, state: SpecAtRev, commit: str) -> str:
         """Everything a spec's steps read from git: a stalled spec is retried when any changes
