@@ -75,7 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     trace.set_defaults(func=cmd_trace)
 
     audit = sub.add_parser("audit", help="check or export the audit ledger")
-    _common(audit)
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="re-check the hash chain and every recorded artifact hash")
     _common(verify)
