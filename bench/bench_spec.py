@@ -59,10 +59,14 @@ def make_repo(root: Path, n: int) -> tuple[str, str]:
     return base, git(root, "rev-parse", "HEAD")
 
 
-def one_pass(root: Path, base: str, head: str, cache: SpecCache) -> int:
+def one_pass(root: Path, base: str, head: str, cache: SpecCache, source: GitSource | None = None) -> int:
+    """One validate + plan pass. Without `source` a fresh GitSource lists the trees again (only
+    parsed specs are cached); with one, its per-commit tree cache is reused too, as in the
+    long-running controller polling an unchanged commit."""
     operator = load_operator_config()
     gpus = sorted(operator.gpus)
-    source = GitSource(root)  # fresh: trees are listed again, only parsed specs are cached
+    own = source is None
+    source = source or GitSource(root)
     try:
         b = load_specs_at(source, base, cache, gpus)
         h = load_specs_at(source, head, cache, gpus)
@@ -71,7 +75,14 @@ def one_pass(root: Path, base: str, head: str, cache: SpecCache) -> int:
         assert invalid == 0, f"{invalid} invalid specs in the benchmark repo"
         return len(plan.specs) + plan.unchanged
     finally:
-        source.close()
+        if own:
+            source.close()
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -90,11 +101,16 @@ def main() -> None:
             one_pass(root, base, head, cache)
             warm_times.append(time.perf_counter() - started)
         warm = min(warm_times)
+        source = GitSource(root)
+        one_pass(root, base, head, cache, source)
+        steady = min(_timed(lambda: one_pass(root, base, head, cache, source)) for _ in range(3))
+        source.close()
         report(
             f"validate + plan over {planned:,} specs",
             [
                 ("cold (empty blob cache)", f"{cold:.2f}s  ({planned / cold:,.0f} specs/s)"),
-                ("warm (unchanged specs)", f"{warm:.3f}s  ({planned / warm:,.0f} specs/s)"),
-                ("warm / cold", f"{warm / cold:.1%}  (target < 5%)"),
+                ("warm, fresh git process", f"{warm:.3f}s  ({planned / warm:,.0f} specs/s) = {warm / cold:.1%} of cold"),
+                ("warm, controller steady state", f"{steady:.3f}s  ({planned / steady:,.0f} specs/s) = {steady / cold:.1%} of cold"),
+                ("target", "warm < 5% of cold"),
             ],
         )

@@ -15,12 +15,12 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import yaml
 
 from controller.errors import PermanentError, TemporaryError
-from controller.spec.load import LoadedSpec, PathKind, check_against_repo, parse_spec
+from controller.spec.load import LoadedSpec, PathKind, check_against_repo, parse_spec, repo_paths
 
 SPECS_DIR = "specs"
 SYMLINK_MODE = "120000"
@@ -31,8 +31,9 @@ class SourceUnavailable(TemporaryError):
     """Git could not be reached or the revision does not exist. Nothing is changed because of it."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One tree entry. A NamedTuple: hashed and compared in C, since caches key on many of them."""
+
     mode: str
     kind: str  # blob | tree | commit
     sha: str
@@ -257,6 +258,24 @@ class SpecCache:
     def __init__(self) -> None:
         self._parsed: dict[tuple[str, str, tuple[str, ...] | None], LoadedSpec] = {}
         self._data: dict[tuple[str, str, str], DataVersion] = {}
+        self._checked: dict[tuple, LoadedSpec] = {}
+        self._paths: dict[int, tuple[str, ...]] = {}
+
+    def checked(self, loaded: LoadedSpec, view: "GitTreeView") -> LoadedSpec:
+        """`check_against_repo`, cached on the tree entries it depends on: the entries of every
+        path the spec names, their .dvc pointers and every folder on the way (a symlink there
+        changes the answer). Unchanged entries, unchanged answer, whatever the commit."""
+        if loaded.spec is None:
+            return loaded
+        paths = self._paths.get(id(loaded))
+        if paths is None:
+            paths = self._paths[id(loaded)] = _with_parents(repo_paths(loaded))
+        entries = view.entries
+        key = (id(loaded), tuple(entries.get(p) for p in paths))
+        hit = self._checked.get(key)
+        if hit is None:
+            hit = self._checked[key] = check_against_repo(loaded, view)
+        return hit
 
     def specs(self, source: "GitSource", files: dict[str, Entry], gpu_types: tuple[str, ...] | None) -> dict[str, LoadedSpec]:
         missing = {e.sha for p, e in files.items() if (p, e.sha, gpu_types) not in self._parsed}
@@ -304,6 +323,15 @@ class SpecAtRev:
     data: DataVersion | None
 
 
+def _with_parents(paths: Iterable[str]) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for path in paths:
+        parts = path.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            out["/".join(parts[:depth])] = None
+    return tuple(out)
+
+
 def spec_paths(entries: dict[str, Entry]) -> dict[str, Entry]:
     """specs/<name>.yaml (or .yml) files directly in specs/."""
     return {
@@ -327,7 +355,7 @@ def load_specs_at(
     files = spec_paths(entries)
     parsed = cache.specs(source, files, catalog)
     view = GitTreeView(source, sha)
-    checked = {path: check_against_repo(loaded, view) if loaded.spec is not None else loaded for path, loaded in parsed.items()}
+    checked = {path: cache.checked(loaded, view) for path, loaded in parsed.items()}
     data = cache.data_versions(source, entries, [l.spec.spec.dataset.path for l in checked.values() if l.spec is not None])
     return {
         path: SpecAtRev(path, files[path].sha, loaded, data[loaded.spec.spec.dataset.path] if loaded.spec is not None else None)
@@ -398,8 +426,7 @@ def load_specs_incremental(
         parsed = cache.specs(source, files, catalog)
         view = GitTreeView(source, sha)
         for path, loaded in parsed.items():
-            if loaded.spec is not None:
-                loaded = check_against_repo(loaded, view)
+            loaded = cache.checked(loaded, view)
             data = None
             if loaded.spec is not None:
                 data = cache.data_versions(source, entries, [loaded.spec.spec.dataset.path])[loaded.spec.spec.dataset.path]

@@ -431,6 +431,14 @@ def parse_spec(text: str, file: str, gpu_types: typing.Collection[str] | None = 
     return _result(file, spec, issues + warnings, located)
 
 
+def repo_paths(loaded: LoadedSpec) -> tuple[str, ...]:
+    """Every repository path the repo checks of `loaded` look at (each named path and its .dvc
+    pointer): their tree entries decide the outcome, so callers can cache on them."""
+    if loaded.spec is None:
+        return ()
+    return tuple(p for _, rel, _ in _repo_path_fields(loaded.spec) for p in (rel, rel + ".dvc"))
+
+
 def check_against_repo(loaded: LoadedSpec, repo: RepoView) -> LoadedSpec:
     """Add the checks that depend on the repository: referenced files exist (directly or through a
     committed .dvc pointer) and no symlink on the way leads outside the repo."""
