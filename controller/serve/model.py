@@ -17,7 +17,6 @@ request runs a plain model (same outputs, no adapter overhead per token).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from controller.errors import PermanentError
+from controller.fsutil import sha256_file
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -41,14 +41,6 @@ def read_manifest(run_dir: Path) -> dict:
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_model_files(run_dir: Path, manifest: dict) -> None:
     """Every model/ file listed in the manifest exists with the recorded sha256."""
     files = {k: v for k, v in (manifest.get("files") or {}).items() if k.startswith("model/")}
@@ -58,7 +50,7 @@ def verify_model_files(run_dir: Path, manifest: dict) -> None:
         path = run_dir / rel
         if not path.is_file():
             raise PermanentError(f"{run_dir}: {rel} is listed in the manifest but missing")
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != meta.get("sha256"):
             raise PermanentError(f"{run_dir}: {rel} has sha256 {got[:12]}…, the manifest records "
                                  f"{str(meta.get('sha256'))[:12]}…; the artifact changed after training, refusing to serve it")

@@ -13,7 +13,6 @@ the only way to make a kill land mid-write deterministically. Only the tests set
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,18 +21,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from controller.fsutil import sha256_file
+
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
 KEEP = 2
 KILL_HOOK_ENV = "FTOPS_TEST_KILL_IN_CHECKPOINT"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,7 +106,7 @@ def save_checkpoint(
     partial.rename(final)
     _fsync_dir(checkpoint_dir)
     _test_kill_hook(f"{step}:marker")
-    files = {p.name: _sha256(p) for p in sorted(final.iterdir())}
+    files = {p.name: sha256_file(p) for p in sorted(final.iterdir())}
     _write_atomic(final / MARKER, json.dumps({"step": step, "files": files}, sort_keys=True).encode())
     _prune(checkpoint_dir, keep=KEEP)
     return final
@@ -129,7 +122,7 @@ def is_complete(path: Path) -> bool:
     expected = {"trainable.safetensors", "optimizer.safetensors", "state.json"}
     if set(files) != expected:
         return False
-    return all((path / name).is_file() and _sha256(path / name) == digest for name, digest in files.items())
+    return all((path / name).is_file() and sha256_file(path / name) == digest for name, digest in files.items())
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path, bool]]:

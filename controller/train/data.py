@@ -21,18 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import PermanentError
+from controller.fsutil import sha256_file
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
 CACHE_FORMAT = 1  # bump when the tokenization logic changes
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_text(text: str) -> str:

@@ -27,10 +27,11 @@ from typing import Any
 from controller.errors import PermanentError
 from controller.runconfig import RunConfig, load_run_config
 from controller.train import EXIT_OK, EXIT_PREEMPTED
+from controller.fsutil import sha256_file
 from controller.train import checkpoint as ckpt
 from controller.train.batching import IGNORE_INDEX, build_plan, collate, real_tokens
 from controller.train.data import (
-    check_template, end_of_turn_ids, read_chat_jsonl, sha256_file, sha256_text, special_tokens,
+    check_template, end_of_turn_ids, read_chat_jsonl, sha256_text, special_tokens,
     tokenize_split, tokenizer_hash,
 )
 from controller.train.loading import load_model, load_tokenizer, resolve_device, resolve_model_dir
