@@ -42,3 +42,22 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def json_lines(path: str | Path, what: str = "example"):
+    """(line number, "file:line", object) for each non-blank line of a JSONL file. A line that
+    is not JSON raises PermanentError naming the file and line. Callers check the file exists
+    (their messages say what the file is for)."""
+    from controller.errors import PermanentError
+
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PermanentError(f"{where}: not valid JSON ({exc.msg}); each line must be one {what}") from None
+            yield lineno, where, obj

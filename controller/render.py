@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from controller.spec.base import RFC1123_LABEL
 from controller.catalog import OperatorConfig
 from controller.errors import PermanentError
 from controller.paths import templates_dir
@@ -42,7 +43,6 @@ KUBERNETES_VERSION = "1.30.0"
 """Schemas of the oldest Kubernetes we support: a manifest valid here is valid on every later one."""
 
 MAX_NAME = 63
-RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RFC1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

@@ -5,11 +5,11 @@ Errors name file:line and what to write instead, as everywhere in ftops.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.errors import PermanentError
+from controller.fsutil import json_lines
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_SUITE = "default"
@@ -53,32 +53,24 @@ def read_examples(path: str | Path, what: str, *, answer_key: str | None = None)
     if not path.is_file():
         raise PermanentError(f"{what}: file '{path}' not found")
     examples: list[EvalExample] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PermanentError(f"{where}: not valid JSON ({exc.msg}); each line must be one example") from None
-            if not isinstance(obj, dict):
-                raise PermanentError(f'{where}: each line must be a JSON object with "messages"')
-            messages = _check_messages(obj.get("messages"), where)
-            meta = {k: v for k, v in obj.items() if k != "messages"}
-            if answer_key and answer_key in obj:
-                if not isinstance(obj[answer_key], str):
-                    raise PermanentError(f'{where}: "{answer_key}" must be a string (the expected answer)')
-                reference = obj[answer_key]
-                prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
-            elif messages[-1]["role"] == "assistant":
-                reference, prompt = messages[-1]["content"], messages[:-1]
-            else:
-                hint = f' or an "{answer_key}" key' if answer_key else ""
-                raise PermanentError(f"{where}: the last message must be the assistant's reference answer{hint}")
-            if not prompt:
-                raise PermanentError(f"{where}: no prompt before the reference answer")
-            examples.append(EvalExample(tuple(prompt), reference, lineno, meta))
+    for lineno, where, obj in json_lines(path, "example"):
+        if not isinstance(obj, dict):
+            raise PermanentError(f'{where}: each line must be a JSON object with "messages"')
+        messages = _check_messages(obj.get("messages"), where)
+        meta = {k: v for k, v in obj.items() if k != "messages"}
+        if answer_key and answer_key in obj:
+            if not isinstance(obj[answer_key], str):
+                raise PermanentError(f'{where}: "{answer_key}" must be a string (the expected answer)')
+            reference = obj[answer_key]
+            prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+        elif messages[-1]["role"] == "assistant":
+            reference, prompt = messages[-1]["content"], messages[:-1]
+        else:
+            hint = f' or an "{answer_key}" key' if answer_key else ""
+            raise PermanentError(f"{where}: the last message must be the assistant's reference answer{hint}")
+        if not prompt:
+            raise PermanentError(f"{where}: no prompt before the reference answer")
+        examples.append(EvalExample(tuple(prompt), reference, lineno, meta))
     if not examples:
         raise PermanentError(f"{what}: file '{path}' has no examples")
     return examples

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import PermanentError
-from controller.fsutil import sha256_file
+from controller.fsutil import json_lines, sha256_file
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -37,26 +37,18 @@ def read_chat_jsonl(path: Path, field: str) -> list[list[dict]]:
     if not path.is_file():
         raise PermanentError(f"{field}: data file '{path}' not found; run `ftops data prepare` or fix the path in run.json")
     conversations = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PermanentError(f"{where}: not valid JSON ({exc.msg}); each line must be one chat example") from None
-            messages = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise PermanentError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or m.get("role") not in ROLES:
-                    raise PermanentError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}")
-                if not isinstance(m.get("content"), str):
-                    raise PermanentError(f"{where}: messages[{i}].content must be a string")
-            if not any(m["role"] == "assistant" for m in messages):
-                raise PermanentError(f"{where}: no assistant message, so nothing to train on")
-            conversations.append(messages)
+    for _, where, obj in json_lines(path, "chat example"):
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise PermanentError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise PermanentError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}")
+            if not isinstance(m.get("content"), str):
+                raise PermanentError(f"{where}: messages[{i}].content must be a string")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise PermanentError(f"{where}: no assistant message, so nothing to train on")
+        conversations.append(messages)
     if not conversations:
         raise PermanentError(f"{field}: data file '{path}' has no examples")
     return conversations
