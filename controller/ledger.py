@@ -6,6 +6,13 @@ the hash of the one before it: changing, deleting or reordering any record break
 and `ftops audit verify` names the first record that no longer matches. SQLite triggers
 refuse UPDATE and DELETE, so even a bug in ftops cannot rewrite history through this module.
 
+A chain alone cannot show that its *last* records were removed: cut the tail off and every
+remaining link still verifies. So the head (seq and hash of the last record) is an `Anchor`
+kept outside the ledger: an `anchor_sink` is called after every append (`AnchorFile` writes a
+file; the reconciler puts the head into each spec's status as `ledgerHead`), an auditor keeps
+`ftops audit checkpoint`, and `verify(anchors=...)` refuses a ledger that ends before an
+anchor or whose record at the anchor's seq has another hash.
+
 Record: {seq, time, kind, spec, run_id, payload, prev_hash, hash} where
 hash = sha256(canonical JSON of every other field). Kinds used by the reconciler:
 spec.observed, data.versioned, data.prepared, run.submitted, run.finished, eval.reported,
@@ -20,12 +27,13 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from controller.errors import PermanentError
-from controller.fsutil import sha256_file
+from controller.fsutil import read_json, sha256_file, write_json_atomic
 
 GENESIS = "0" * 64
+HEAD_KEY = "ledgerHead"  # the key under which a status (file or FineTune CR) carries an Anchor
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -84,24 +92,109 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """The ledger's head at one moment: the seq and hash of its last record. Kept outside the
+    ledger, it pins everything up to that record: a ledger that ends before `seq`, or whose
+    record `seq` has another hash, is not the one the anchor was taken from. The empty ledger's
+    anchor is (0, GENESIS), which every ledger satisfies."""
+
+    seq: int
+    hash: str
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "hash": self.hash}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "anchor") -> "Anchor":
+        """Parse `{seq, hash}`; bad input raises PermanentError naming `where` and the field."""
+        if not isinstance(data, dict):
+            raise PermanentError(f"{where}: an anchor must be an object {{\"seq\": <int>, \"hash\": <sha256 hex>}}, "
+                                 f"not {type(data).__name__}")
+        seq, digest = data.get("seq"), data.get("hash")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise PermanentError(f"{where}: field 'seq' must be a record number of at least 0, not {seq!r}")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise PermanentError(f"{where}: field 'hash' must be 64 lowercase hex digits (a sha256), not {digest!r}")
+        if seq == 0 and digest != GENESIS:
+            raise PermanentError(f"{where}: an anchor at seq 0 (the empty ledger) must have hash {GENESIS}")
+        return cls(seq, digest)
+
+
+AnchorSink = Callable[[Anchor], None]
+"""Called with the new head after every successful append, under the ledger's lock (so one
+process hands its sink heads in order). It keeps the anchor outside the ledger file."""
+
+
+class AnchorFile:
+    """An `AnchorSink` that keeps the head in a JSON file `{seq, hash}`, written atomically (a
+    reader or a restart after kill -9 sees the old anchor or the new one, never half). It never
+    moves backwards: a head older than the file's (another process appended meanwhile) is
+    skipped, because the ledger only grows."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self, anchor: Anchor) -> None:
+        kept = read_json(self.path)
+        if isinstance(kept, dict) and isinstance(kept.get("seq"), int) and kept["seq"] >= anchor.seq:
+            return
+        write_json_atomic(self.path, anchor.to_dict())
+
+    def read(self) -> Anchor:
+        return read_anchor_file(self.path)
+
+
+def read_anchor_file(path: str | Path) -> Anchor:
+    """An anchor file (`{seq, hash}`, as `ftops audit checkpoint --out` writes) or any JSON
+    object carrying one under `ledgerHead` (a saved status). Clear errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PermanentError(f"{path}: no such anchor file; write one with `ftops audit checkpoint --out {path}`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PermanentError(f"{path}: not a JSON anchor file ({exc}); it should hold {{\"seq\": ..., \"hash\": ...}}") from None
+    if isinstance(data, dict) and HEAD_KEY in data:
+        return Anchor.from_dict(data[HEAD_KEY], f"{path}: {HEAD_KEY}")
+    return Anchor.from_dict(data, str(path))
+
+
+def status_anchors(status_dir: str | Path) -> dict[str, Anchor]:
+    """The anchors the controller recorded in its status files (`<home>/status/*.json`, key
+    `ledgerHead`), by file. Files without the key are not anchors and are left out; a key that
+    is present but malformed is an error naming the file and field."""
+    found: dict[str, Anchor] = {}
+    for path in sorted(Path(status_dir).glob("*.json")):
+        data = read_json(path)
+        if isinstance(data, dict) and HEAD_KEY in data:
+            found[str(path)] = Anchor.from_dict(data[HEAD_KEY], f"{path}: {HEAD_KEY}")
+    return found
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     checked: int
     first_bad_seq: int | None = None
     problem: str = ""
+    anchors: int = 0  # how many anchors the chain was compared against (0: a cut-off tail would not show)
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checked": self.checked, "firstBadSeq": self.first_bad_seq, "problem": self.problem}
+        return {"ok": self.ok, "checked": self.checked, "firstBadSeq": self.first_bad_seq, "problem": self.problem,
+                "anchors": self.anchors}
 
 
 class Ledger:
     """One SQLite file. Safe to open from several processes (WAL, immediate transactions)."""
 
-    def __init__(self, path: str | Path, before_write: "Callable[[], None] | None" = None) -> None:
+    def __init__(self, path: str | Path, before_write: Callable[[], None] | None = None,
+                 anchor_sink: AnchorSink | None = None) -> None:
         """`before_write` runs before every append: in a cluster it is the leader-election
-        fence, so a paused or deposed leader can never add a record."""
+        fence, so a paused or deposed leader can never add a record. `anchor_sink` gets the new
+        head after every append, to keep it outside this file (see `Anchor`)."""
         self.path = Path(path)
         self.before_write = before_write
+        self.anchor_sink = anchor_sink
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
@@ -117,7 +210,9 @@ class Ledger:
     def append(self, kind: str, spec: str | None = None, run_id: str | None = None, payload: dict | None = None,
                key: str | None = None) -> Event:
         """Append one record, chained to the last. Durable when this returns. With `key`, a
-        second record of the same kind and key is refused by the database (see append_once)."""
+        second record of the same kind and key is refused by the database (see append_once).
+        Then the anchor sink gets the new head; if it raises, the record is still durable and
+        the error reaches the caller (the anchor was not kept; the next append keeps it)."""
         payload = payload or {}
         if self.before_write is not None:
             self.before_write()
@@ -137,6 +232,8 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if self.anchor_sink is not None:
+                self.anchor_sink(Anchor(seq, digest))
         return Event(seq, time, kind, spec, run_id, payload, prev, digest)
 
     def append_once(self, kind: str, spec: str | None, run_id: str | None, payload: dict, key: str) -> Event:
@@ -185,11 +282,22 @@ class Ledger:
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
+    def head(self) -> Anchor:
+        """The anchor of the last record now: (0, GENESIS) for an empty ledger."""
+        row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return Anchor(row[0], row[1]) if row else Anchor(0, GENESIS)
+
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, check_artifacts: bool = True) -> VerifyResult:
-        """Recompute every hash and link; then re-hash every artifact the ledger recorded.
-        Names the first record that does not match."""
+    def verify(self, check_artifacts: bool = True, anchors: Mapping[str, Anchor] | None = None) -> VerifyResult:
+        """Recompute every hash and link; compare the chain with every anchor (keyed by where
+        it was kept, for the message); then re-hash every artifact the ledger recorded. Names
+        the first record that does not match. Without anchors a removed tail cannot show:
+        the records that remain still link to each other."""
+        anchors = dict(anchors or {})
+        pinned: dict[int, list[tuple[str, Anchor]]] = {}
+        for where, anchor in anchors.items():
+            pinned.setdefault(anchor.seq, []).append((where, anchor))
         prev = GENESIS
         checked = 0
         for row in self._db.execute("SELECT seq, time, kind, spec, run_id, payload, prev_hash, hash FROM events ORDER BY seq"):
@@ -205,7 +313,19 @@ class Ledger:
                 return VerifyResult(False, checked, seq, f"record {seq} payload is not JSON (edited)")
             if record_hash(seq, time, kind, spec, run_id, payload, prev_hash) != digest:
                 return VerifyResult(False, checked, seq, f"record {seq} ({kind}) content does not match its hash (edited)")
+            for where, anchor in pinned.get(seq, ()):
+                if anchor.hash != digest:
+                    return VerifyResult(False, checked, seq, (
+                        f"record {seq} has hash {digest} but the anchor from {where} says #{seq} with hash {anchor.hash}: "
+                        f"the ledger was rewritten up to record {seq}, or the anchor belongs to another ledger"), len(anchors))
             prev = digest
+        beyond = max(anchors.items(), key=lambda item: item[1].seq, default=None)
+        if beyond is not None and beyond[1].seq > checked:
+            where, anchor = beyond
+            return VerifyResult(False, checked, checked + 1, (
+                f"records after #{checked} were removed: the anchor from {where} says #{anchor.seq} with hash {anchor.hash}, "
+                f"but the ledger ends at #{checked} (if that anchor was not taken from this ledger, verify against one that was)"),
+                len(anchors))
         if check_artifacts:
             for event in self.events(kind="run.finished"):
                 for rel, expected in (event.payload.get("artifacts") or {}).items():
@@ -214,10 +334,12 @@ class Ledger:
                         continue
                     path = Path(root) / rel
                     if not path.exists():
-                        return VerifyResult(False, checked, event.seq, f"artifact {path} recorded in record {event.seq} is missing")
+                        return VerifyResult(False, checked, event.seq, f"artifact {path} recorded in record {event.seq} is missing",
+                                            len(anchors))
                     if sha256_file(path) != expected:
-                        return VerifyResult(False, checked, event.seq, f"artifact {path} no longer matches the sha256 recorded in record {event.seq}")
-        return VerifyResult(True, checked)
+                        return VerifyResult(False, checked, event.seq,
+                                            f"artifact {path} no longer matches the sha256 recorded in record {event.seq}", len(anchors))
+        return VerifyResult(True, checked, anchors=len(anchors))
 
 
 def open_ledger(path: str | Path) -> Ledger:
