@@ -1,5 +1,12 @@
 """`ftops` command line. Each concern registers its own subcommands; this file only
-wires them, so light commands (validate, plan) never import torch or kubernetes."""
+wires them, so light commands (validate, plan) never import torch or kubernetes.
+
+`main` is the one error boundary of the command line: a command raises `FtopsError` (its
+message is written for the person who has to act) and `main` prints `error: <message>` on
+stderr and exits `exitcodes.FAILURE`, or the code the subcommand declared with
+`set_defaults(error_exit=...)` (`validate` and `plan`: `USAGE`). Commands catch an FtopsError
+only where they do something else with it (the evaluator still writes a failing report; `plan`
+puts a dataset that cannot be prepared into the comment). Codes: controller.exitcodes."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +16,8 @@ import pkgutil
 import sys
 
 import controller.commands
+from controller import exitcodes
+from controller.errors import FtopsError
 
 # Offline by default: nothing is ever downloaded from a hub at run time, and DVC never phones home.
 _ENV_DEFAULTS = {"DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -39,11 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or exitcodes.OK)
+    except FtopsError as exc:
+        return report(exc, getattr(args, "error_exit", exitcodes.FAILURE))
     except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:  # `ftops status | head`: the reader left; nothing went wrong
+        return exitcodes.OK
+
+
+def report(exc: FtopsError, code: int) -> int:
+    """Print an FtopsError for the person at the terminal and return the exit code. A
+    TemporaryError exits like any failure (see controller.exitcodes for why)."""
+    print(f"error: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

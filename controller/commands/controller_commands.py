@@ -167,17 +167,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from controller.observability import configure_logging
 
     configure_logging("WARNING")
-    try:
-        reconciler, _ = build_reconciler(args)
-        deadline = time.monotonic() + (args.until_settled or 0)
-        while True:
-            result = reconciler.reconcile_once()
-            if not args.until_settled or result.requeue_after is None or time.monotonic() > deadline:
-                break
-            time.sleep(min(result.requeue_after, 2.0))
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    reconciler, _ = build_reconciler(args)
+    deadline = time.monotonic() + (args.until_settled or 0)
+    while True:
+        result = reconciler.reconcile_once()
+        if not args.until_settled or result.requeue_after is None or time.monotonic() > deadline:
+            break
+        time.sleep(min(result.requeue_after, 2.0))
     print(_table(result.statuses))
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
@@ -353,11 +349,7 @@ def _ledger(home: str):
 def cmd_trace(args: argparse.Namespace) -> int:
     from controller.ledger import trace
 
-    try:
-        result = trace(_ledger(args.home), args.query)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = trace(_ledger(args.home), args.query)
     if args.output == "json":
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -397,11 +389,7 @@ def _describe(key: str, record: dict | None) -> str:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    try:
-        result = _ledger(args.home).verify()
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = _ledger(args.home).verify()
     if result.ok:
         print(f"ledger OK: {result.checked} records, chain and artifact hashes match")
         return 0
@@ -412,11 +400,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from controller.ledger import provenance_statements
 
-    try:
-        statements = provenance_statements(_ledger(args.home))
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    statements = provenance_statements(_ledger(args.home))
     text = json.dumps(statements, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -188,24 +188,10 @@ def _tokenizer(base_model: str | None, params, root: Path, required: bool):
         return None, None, f"tokenizer not available ({str(exc).split(';')[0]}): token counts are estimates"
 
 
-def _fail(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
-
-
 # ---------------------------------------------------------------- check
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
-
-    try:
-        return _check(args)
-    except FtopsError as exc:
-        return _fail(exc)
-
-
-def _check(args: argparse.Namespace) -> int:
     from controller.data import tokens as tk
     from controller.data.check import ERROR_KINDS, Issue, scan_file
     from controller.data.progress import interactive
@@ -279,15 +265,6 @@ def _source(args: argparse.Namespace, params, root: Path, workdir: Path) -> Path
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
-
-    try:
-        return _prepare(args)
-    except FtopsError as exc:
-        return _fail(exc)
-
-
-def _prepare(args: argparse.Namespace) -> int:
     from controller.data.prepare import prepare
     from controller.data.progress import interactive
 
@@ -342,15 +319,11 @@ def _reviews_path(params, root: Path) -> Path:
 
 def cmd_review_sample(args: argparse.Namespace) -> int:
     from controller.data.review import export_sample, load_reviews
-    from controller.errors import FtopsError
 
-    try:
-        params, root, workdir, result, kept = _kept_examples(args)
-        reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
-        out = Path(args.out) if args.out else workdir / "review" / params.spec_name / result.manifest["source"]["md5"]
-        jpath, cpath, todo = export_sample(kept, params.review_sample_fraction, out, reviews)
-    except FtopsError as exc:
-        return _fail(exc)
+    params, root, workdir, result, kept = _kept_examples(args)
+    reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
+    out = Path(args.out) if args.out else workdir / "review" / params.spec_name / result.manifest["source"]["md5"]
+    jpath, cpath, todo = export_sample(kept, params.review_sample_fraction, out, reviews)
     if args.output == "json":
         print(json.dumps({"jsonl": str(jpath), "csv": str(cpath), "needVerdict": todo}))
     else:
@@ -362,13 +335,9 @@ def cmd_review_sample(args: argparse.Namespace) -> int:
 
 def cmd_review_status(args: argparse.Namespace) -> int:
     from controller.data.review import load_reviews, review_status
-    from controller.errors import FtopsError
 
-    try:
-        params, root, _, _, kept = _kept_examples(args)
-        reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
-    except FtopsError as exc:
-        return _fail(exc)
+    params, root, _, _, kept = _kept_examples(args)
+    reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
     status = review_status([h for _, h, _ in kept], reviews, params.review_sample_fraction, params.review_min_approval)
     if args.output == "json":
         print(json.dumps({"reviews": params.reviews_path, **status.to_dict()}, indent=2))
@@ -387,23 +356,20 @@ def cmd_review_status(args: argparse.Namespace) -> int:
 def cmd_review_import(args: argparse.Namespace) -> int:
     from controller.data.params import DataParams, from_finetune
     from controller.data.review import import_filled_sample, load_reviews
-    from controller.errors import FtopsError, PermanentError
+    from controller.errors import PermanentError
 
-    try:
-        if args.spec:
-            params = from_finetune(load_finetune(args.spec))
-            root = _repo_root(Path(args.spec).resolve())
-        else:
-            if not (args.reviews or args.name):
-                raise PermanentError("give a SPEC, or --reviews FILE (or --name NAME for reviews/<name>.jsonl)")
-            params = DataParams(spec_name=args.name or "dataset")
-            root = Path.cwd()
-        params = params.with_(review_file=args.reviews)
-        target = _reviews_path(params, root)
-        lines = import_filled_sample(args.csv, args.reviewer)
-        load_reviews(target, params.reviews_path)  # refuse to append to a file that is already broken
-    except FtopsError as exc:
-        return _fail(exc)
+    if args.spec:
+        params = from_finetune(load_finetune(args.spec))
+        root = _repo_root(Path(args.spec).resolve())
+    else:
+        if not (args.reviews or args.name):
+            raise PermanentError("give a SPEC, or --reviews FILE (or --name NAME for reviews/<name>.jsonl)")
+        params = DataParams(spec_name=args.name or "dataset")
+        root = Path.cwd()
+    params = params.with_(review_file=args.reviews)
+    target = _reviews_path(params, root)
+    lines = import_filled_sample(args.csv, args.reviewer)
+    load_reviews(target, params.reviews_path)  # refuse to append to a file that is already broken
     target.parent.mkdir(parents=True, exist_ok=True)
     existing = target.read_bytes() if target.exists() else b""
     with open(target, "ab") as fh:
@@ -416,15 +382,6 @@ def cmd_review_import(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- version / pull
-
-
-def cmd_version(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
-
-    try:
-        return _version(args)
-    except FtopsError as exc:
-        return _fail(exc)
 
 
 def version_meta(path: Path, params=None, root: Path | None = None) -> dict[str, Any]:
@@ -459,7 +416,7 @@ def version_meta(path: Path, params=None, root: Path | None = None) -> dict[str,
     return meta
 
 
-def _version(args: argparse.Namespace) -> int:
+def cmd_version(args: argparse.Namespace) -> int:
     from controller.data import dvc
 
     target = Path(args.target)
@@ -490,11 +447,7 @@ def _version(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from controller.data import dvc
-    from controller.errors import FtopsError
 
-    try:
-        result = dvc.pull(args.repo, args.rev, args.path, args.out)
-    except FtopsError as exc:
-        return _fail(exc)
+    result = dvc.pull(args.repo, args.rev, args.path, args.out)
     print(f"{result.path}: md5 {result.md5} ({result.size} bytes) at {result.rev[:12]}" + (" (already there)" if result.reused else ""))
     return 0

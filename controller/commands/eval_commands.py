@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
+    from controller.errors import FtopsError, PermanentError
     from controller.gate import decide
     from controller.spec import load_spec_text
 
@@ -49,8 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         text = spec_file.read_text(encoding="utf-8")
     except OSError as exc:
-        print(f"error: {spec_file}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise PermanentError(f"{spec_file}: {exc.strerror}") from None
     loaded = load_spec_text(text, str(spec_file))
     if loaded.spec is None:
         for issue in loaded.issues:
@@ -62,18 +61,14 @@ def _eval(args: argparse.Namespace) -> int:
     from controller.evaluate.report import Report, load_report, record_in_manifest, render_markdown
 
     run_dir = Path(args.run_dir)
-    try:
-        manifest = read_manifest(run_dir)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    manifest = read_manifest(run_dir)  # a run that is not finished is refused before anything is written
     run_id = manifest["runId"]
     out_dir = Path(args.output) if args.output else run_dir / "eval"
 
     if args.gate_only:
         try:
             report = Report(load_report(out_dir / "report.json"))
-        except FtopsError as exc:
+        except FtopsError as exc:  # no readable report is a failing gate, printed, not a crash
             print(f"error: {exc}", file=sys.stderr)
             report = None
         sha = _sha256(out_dir / "report.json") if report is not None else None

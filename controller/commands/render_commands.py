@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.errors import FtopsError
+from controller import exitcodes
+from controller.errors import PermanentError
 
 ZERO_MD5 = "0" * 32
 
@@ -35,9 +36,13 @@ def load_finetune(path: Path, gpu_types: list[str] | None = None):
     """The one place this command turns a file into a FineTune (the shared spec loader)."""
     from controller.spec.load import load_spec_text
 
-    loaded = load_spec_text(path.read_text(encoding="utf-8"), str(path), gpu_types=gpu_types)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PermanentError(f"{path}: no such file") from None
+    loaded = load_spec_text(text, str(path), gpu_types=gpu_types)
     if not loaded.ok:
-        raise FtopsError("\n".join(i.format() for i in loaded.errors))
+        raise PermanentError("\n".join(i.format() for i in loaded.errors))
     return loaded.spec
 
 
@@ -79,23 +84,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     from controller.render import ServingInput, input_for, render, render_serving, to_yaml
 
     path = Path(args.spec)
-    try:
-        operator = load_operator_config(args.operator_config)
-        finetune = load_finetune(path, sorted(operator.gpus))
-        md5 = args.data_md5 or _data_md5(path, finetune.spec.dataset.path)
-        commit = args.commit or _commit(path)
-        inp = input_for(finetune, md5, commit, operator, namespace=args.namespace, flavor=args.flavor)
-        manifests = render(inp)
-        if args.serving:
-            manifests += render_serving(ServingInput(
-                finetune=finetune, run_id=inp.run_id, adapter_uri=f"{finetune.name}/{inp.run_id}/model",
-                data_md5=md5, git_commit=commit, operator=operator, namespace=args.namespace,
-            ))
-    except FileNotFoundError as exc:
-        print(f"ftops render: {exc.filename}: no such file", file=sys.stderr)
-        return 1
-    except FtopsError as exc:
-        print(f"ftops render: {exc}", file=sys.stderr)
-        return 1
+    operator = load_operator_config(args.operator_config)
+    finetune = load_finetune(path, sorted(operator.gpus))
+    md5 = args.data_md5 or _data_md5(path, finetune.spec.dataset.path)
+    commit = args.commit or _commit(path)
+    inp = input_for(finetune, md5, commit, operator, namespace=args.namespace, flavor=args.flavor)
+    manifests = render(inp)
+    if args.serving:
+        manifests += render_serving(ServingInput(
+            finetune=finetune, run_id=inp.run_id, adapter_uri=f"{finetune.name}/{inp.run_id}/model",
+            data_md5=md5, git_commit=commit, operator=operator, namespace=args.namespace,
+        ))
     sys.stdout.write(to_yaml(manifests))
-    return 0
+    return exitcodes.OK

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from controller import exitcodes
+
 DEFAULT_STORE = os.environ.get("FTOPS_STORE", "artifacts")
 
 
@@ -98,69 +100,54 @@ def config_from_spec(spec_file: str, run_dir: str, corpus: str | None = None):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
+    if args.config:
+        if args.run or args.spec:
+            print("error: give either --config or --run/--spec", file=sys.stderr)
+            return exitcodes.USAGE
+        from controller.serve.config import load_config
 
-    try:
-        if args.config:
-            if args.run or args.spec:
-                print("error: give either --config or --run/--spec", file=sys.stderr)
-                return 2
-            from controller.serve.config import load_config
+        # A relative corpus path is relative to the repository: $FTOPS_REPO_DIR, the image's copy
+        # of the repo (/opt/ftops/repo in the serving image), or the working directory.
+        image_repo = Path("/opt/ftops/repo")
+        repo = os.environ.get("FTOPS_REPO_DIR") or (str(image_repo) if image_repo.is_dir() else os.getcwd())
+        config = load_config(args.config, base=Path(repo))
+    elif args.run and args.spec:
+        config = config_from_spec(args.spec, args.run, args.corpus)
+    else:
+        print("error: give --run RUN_DIR and --spec SPEC_FILE (or --config serve.json)", file=sys.stderr)
+        return exitcodes.USAGE
+    changes = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device,
+                                 "retriever": args.retriever, "index_cache": args.index_cache}.items() if v is not None}
+    if args.corpus and args.config:
+        changes["corpus_dir"] = str(Path(args.corpus).resolve())
+    config = config.replace(**changes)
+    from controller.serve.server import run_forever
 
-            # A relative corpus path is relative to the repository: $FTOPS_REPO_DIR, the image's copy
-            # of the repo (/opt/ftops/repo in the serving image), or the working directory.
-            image_repo = Path("/opt/ftops/repo")
-            repo = os.environ.get("FTOPS_REPO_DIR") or (str(image_repo) if image_repo.is_dir() else os.getcwd())
-            config = load_config(args.config, base=Path(repo))
-        elif args.run and args.spec:
-            config = config_from_spec(args.spec, args.run, args.corpus)
-        else:
-            print("error: give --run RUN_DIR and --spec SPEC_FILE (or --config serve.json)", file=sys.stderr)
-            return 2
-        changes = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device,
-                                     "retriever": args.retriever, "index_cache": args.index_cache}.items() if v is not None}
-        if args.corpus and args.config:
-            changes["corpus_dir"] = str(Path(args.corpus).resolve())
-        config = config.replace(**changes)
-        from controller.serve.server import run_forever
-
-        return run_forever(config)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_forever(config)
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
     from controller.serve.deploy import LocalServing
 
-    try:
-        config = config_from_spec(args.spec, args.run, args.corpus)
-        result = LocalServing(args.store, ready_timeout=args.timeout).promote(config)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    config = config_from_spec(args.spec, args.run, args.corpus)
+    result = LocalServing(args.store, ready_timeout=args.timeout).promote(config)
     print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.outcome in ("promoted", "unchanged") else 1
+    return exitcodes.OK if result.outcome in ("promoted", "unchanged") else exitcodes.FAILURE
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from controller.errors import FtopsError
     from controller.serve.deploy import LocalServing
 
     name = args.spec
-    try:
-        if args.backend == "kubernetes":
-            result = _rollback_kubernetes(args)
-        else:
-            if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-                name = _load_spec(name)[0].name
-            result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.backend == "kubernetes":
+        result = _rollback_kubernetes(args)
+    else:
+        if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            name = _load_spec(name)[0].name
+        result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
     print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.serving_run_id and result.outcome in ("rolled_back", "unchanged") else 1
+    ok = result.serving_run_id and result.outcome in ("rolled_back", "unchanged")
+    return exitcodes.OK if ok else exitcodes.FAILURE
 
 
 def _rollback_kubernetes(args: argparse.Namespace):

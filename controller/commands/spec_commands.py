@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from controller.errors import FtopsError
-
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+from controller.exitcodes import FAILURE, OK, USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("--repo", default=".", help="the GitOps repository (path or URL) for --rev (default: .)")
     validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
     validate.add_argument("--operator-config", help="operator config overriding the shipped GPU catalog and prices")
-    validate.set_defaults(func=cmd_validate)
+    # These two run in CI: a repository, revision or operator config that cannot be read (any
+    # FtopsError, which cli.main prints) exits USAGE, so "the specs are invalid" (1) is its own answer.
+    validate.set_defaults(func=cmd_validate, error_exit=USAGE)
 
     schema = sub.add_parser("schema", help="print the FineTune JSON Schema (or the markdown field reference)")
     schema.add_argument("--markdown", action="store_true", help="print the field reference (docs/spec.md) instead")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--no-data", action="store_true", help="skip pulling and checking changed datasets")
     plan.add_argument("--no-manifests", action="store_true", help="skip the rendered Kubernetes manifest diff")
     plan.add_argument("--workdir", help="scratch folder for pulled and prepared data (default: a temporary folder)")
-    plan.set_defaults(func=cmd_plan)
+    plan.set_defaults(func=cmd_plan, error_exit=USAGE)
 
 
 # ----------------------------------------------------------------------------- validate
@@ -98,28 +99,24 @@ def validate_paths(path: Path, gpu_types: list[str]) -> list:
 def cmd_validate(args: argparse.Namespace) -> int:
     from controller.catalog import load_operator_config
 
-    try:
-        operator = load_operator_config(args.operator_config)
-        gpu_types = sorted(operator.gpus)
-        if args.rev:
-            if args.path:
-                print("error: give either PATH or --rev, not both", file=sys.stderr)
-                return EXIT_USAGE
-            from controller.source import GitSource, load_specs_at
+    operator = load_operator_config(args.operator_config)
+    gpu_types = sorted(operator.gpus)
+    if args.rev:
+        if args.path:
+            print("error: give either PATH or --rev, not both", file=sys.stderr)
+            return USAGE
+        from controller.source import GitSource, load_specs_at
 
-            source = GitSource(args.repo)
-            source.refresh()
-            sha = source.resolve(args.rev)
-            results = [s.loaded for s in load_specs_at(source, sha, gpu_types=gpu_types).values()]
-        else:
-            path = Path(args.path or ".")
-            if not path.exists():
-                print(f"error: {path} does not exist", file=sys.stderr)
-                return EXIT_USAGE
-            results = validate_paths(path, gpu_types)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        source = GitSource(args.repo)
+        source.refresh()
+        sha = source.resolve(args.rev)
+        results = [s.loaded for s in load_specs_at(source, sha, gpu_types=gpu_types).values()]
+    else:
+        path = Path(args.path or ".")
+        if not path.exists():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return USAGE
+        results = validate_paths(path, gpu_types)
     issues = [issue for result in results for issue in result.issues]
     if args.output == "json":
         print(json.dumps([i.to_dict() for i in issues], indent=2))
@@ -130,7 +127,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warnings = len(issues) - errors
         bad = sum(1 for r in results if not r.ok)
         print(f"{len(results)} spec(s): {len(results) - bad} valid, {bad} invalid; {errors} error(s), {warnings} warning(s)")
-    return EXIT_OK if all(r.ok for r in results) else EXIT_INVALID
+    return OK if all(r.ok for r in results) else FAILURE
 
 
 # ----------------------------------------------------------------------------- schema
@@ -140,7 +137,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from controller.spec.reference import json_schema, markdown_reference
 
     sys.stdout.write(markdown_reference() if args.markdown else json_schema())
-    return EXIT_OK
+    return OK
 
 
 # ----------------------------------------------------------------------------- plan
@@ -152,39 +149,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from controller.render import template_version
     from controller.source import GitSource, SpecCache, corpus_version, load_specs_at
 
-    try:
-        operator = load_operator_config(args.operator_config)
-        source = GitSource(args.repo)
-        source.refresh()
-        head = source.resolve(args.head)
-        base = source.resolve(args.base) if args.base else None
-        cache = SpecCache()
-        gpu_types = sorted(operator.gpus)
-        head_specs = load_specs_at(source, head, cache, gpu_types)
-        base_specs = load_specs_at(source, base, cache, gpu_types) if base else {}
-        corpora = {}
-        for path in set(head_specs) | set(base_specs):
-            versions = []
-            for sha, specs in ((base, base_specs), (head, head_specs)):
-                state = specs.get(path)
-                serving = state.loaded.spec.spec.serving if state and state.loaded.spec else None
-                versions.append(corpus_version(source, sha, serving.corpus) if sha and serving and serving.corpus else None)
-            corpora[path] = (versions[0], versions[1])
-        plan = plan_change(base_specs, head_specs, operator, template_version(), base, head, corpora)
-        for spec_plan in plan.specs:
-            if spec_plan.change not in ("added", "changed"):
-                continue
-            b, h = base_specs.get(spec_plan.file), head_specs[spec_plan.file]
-            if not args.no_manifests:
-                spec_plan.sections["Kubernetes manifests"] = _manifest_diff(b, h, base, head, operator)
-            data_changed = b is None or b.data != h.data or b.loaded.spec is None
-            if not args.no_data and data_changed:
-                spec_plan.sections["Data"] = _data_section(source.repo, head, h, args.workdir)
-    except FtopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    operator = load_operator_config(args.operator_config)
+    source = GitSource(args.repo)
+    source.refresh()
+    head = source.resolve(args.head)
+    base = source.resolve(args.base) if args.base else None
+    cache = SpecCache()
+    gpu_types = sorted(operator.gpus)
+    head_specs = load_specs_at(source, head, cache, gpu_types)
+    base_specs = load_specs_at(source, base, cache, gpu_types) if base else {}
+    corpora = {}
+    for path in set(head_specs) | set(base_specs):
+        versions = []
+        for sha, specs in ((base, base_specs), (head, head_specs)):
+            state = specs.get(path)
+            serving = state.loaded.spec.spec.serving if state and state.loaded.spec else None
+            versions.append(corpus_version(source, sha, serving.corpus) if sha and serving and serving.corpus else None)
+        corpora[path] = (versions[0], versions[1])
+    plan = plan_change(base_specs, head_specs, operator, template_version(), base, head, corpora)
+    for spec_plan in plan.specs:
+        if spec_plan.change not in ("added", "changed"):
+            continue
+        b, h = base_specs.get(spec_plan.file), head_specs[spec_plan.file]
+        if not args.no_manifests:
+            spec_plan.sections["Kubernetes manifests"] = _manifest_diff(b, h, base, head, operator)
+        data_changed = b is None or b.data != h.data or b.loaded.spec is None
+        if not args.no_data and data_changed:
+            spec_plan.sections["Data"] = _data_section(source.repo, head, h, args.workdir)
     print(to_json(plan) if args.output == "json" else to_markdown(plan), end="" if args.output == "markdown" else "\n")
-    return EXIT_INVALID if plan.has_errors else EXIT_OK
+    return FAILURE if plan.has_errors else OK
 
 
 def _manifest_diff(base_state, head_state, base_sha, head_sha, operator) -> str:
