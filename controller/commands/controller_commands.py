@@ -76,9 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     audit = sub.add_parser("audit", help="check or export the audit ledger")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="re-check the hash chain and every recorded artifact hash")
+    verify = audit_sub.add_parser("verify", help="re-check the hash chain, the anchors and every recorded artifact hash")
     _common(verify)
+    verify.add_argument("--anchor", action="append", default=[], metavar="FILE",
+                        help="an anchor kept outside the ledger (`audit checkpoint --out`), repeatable; "
+                             "every ledgerHead in <home>/status/*.json is checked too")
     verify.set_defaults(func=cmd_audit_verify)
+    checkpoint = audit_sub.add_parser("checkpoint", help="the ledger's head (seq, hash) for an auditor to keep")
+    _common(checkpoint)
+    checkpoint.add_argument("--out", metavar="FILE", help="write the anchor to this file (atomically) instead of stdout")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
     export = audit_sub.add_parser("export", help="in-toto provenance statements, one per model")
     _common(export)
     export.add_argument("--out", help="write to this file instead of stdout")
@@ -388,13 +395,56 @@ def _describe(key: str, record: dict | None) -> str:
     return seq
 
 
+def _status_anchors(home: str) -> dict:
+    """The heads the controller recorded in its status files (`ledgerHead`), by file."""
+    from controller.ledger import status_anchors
+    from controller.reconciler import Home
+
+    return status_anchors(Home(Path(home)).status)
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = _ledger(args.home).verify()
-    if result.ok:
-        print(f"ledger OK: {result.checked} records, chain and artifact hashes match")
+    from controller.ledger import read_anchor_file
+
+    ledger = _ledger(args.home)
+    anchors = {**_status_anchors(args.home), **{path: read_anchor_file(path) for path in args.anchor}}
+    result = ledger.verify(anchors=anchors)
+    if not result.ok:
+        print(f"ledger BROKEN at record {result.first_bad_seq}: {result.problem}")
+        return 1
+    print(f"ledger OK: {result.checked} records, chain and artifact hashes match")
+    if anchors:
+        kept = ", ".join(f"{where} (#{anchor.seq})" for where, anchor in anchors.items())
+        print(f"the chain matches {len(anchors)} {'anchor' if len(anchors) == 1 else 'anchors'}: {kept}")
+    else:
+        print("note: no anchor was given, so records removed from the end of the ledger would not show; "
+              "keep one with `ftops audit checkpoint --out FILE` and pass it with --anchor FILE (docs/audit.md)")
+    return 0
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Take the head first, then verify: every record up to the head is checked, and a ledger
+    that is already broken (against the status anchors or the anchor already in --out) is
+    never anchored, so the auditor's file cannot bless a cut-off tail."""
+    from controller.fsutil import write_json_atomic
+    from controller.ledger import read_anchor_file
+
+    ledger = _ledger(args.home)
+    head = ledger.head()
+    anchors = _status_anchors(args.home)
+    if args.out and Path(args.out).exists():
+        anchors[args.out] = read_anchor_file(args.out)
+    result = ledger.verify(check_artifacts=False, anchors=anchors)
+    if not result.ok:
+        print(f"ledger BROKEN at record {result.first_bad_seq}: {result.problem}; no anchor written")
+        return 1
+    if not args.out:
+        print(json.dumps(head.to_dict()))
         return 0
-    print(f"ledger BROKEN at record {result.first_bad_seq}: {result.problem}")
-    return 1
+    write_json_atomic(args.out, head.to_dict())
+    print(f"wrote anchor #{head.seq} (hash {head.hash}) to {args.out}: keep it where the ledger's owners cannot write, "
+          f"and check with `ftops audit verify --anchor {args.out}`")
+    return 0
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
