@@ -72,6 +72,10 @@ class DemoRepo:
 
 
 def _git(root: Path, *args: str) -> str:
+    """Git as the person who owns the repo runs it: `init`, `add`, `commit`. The demo writes the
+    repository the controller then reads; controller.source, which does all the reading, has no
+    writer on purpose (the controller never commits to the repo it reconciles), so this one
+    stays with the demo and its tests."""
     env = {**os.environ, "GIT_AUTHOR_NAME": os.environ.get("GIT_AUTHOR_NAME", "Dana Platform"),
            "GIT_AUTHOR_EMAIL": os.environ.get("GIT_AUTHOR_EMAIL", "dana@example.com"),
            "GIT_COMMITTER_NAME": os.environ.get("GIT_COMMITTER_NAME", "Dana Platform"),

@@ -4,6 +4,13 @@ Everything the controller desires comes from git, read at an exact commit, never
 working copy that may hold uncommitted edits. Reading goes through one long-lived
 `git cat-file --batch` process, and parsed specs are cached by (path, blob hash), so an
 unchanged spec is never parsed twice however often the controller polls.
+
+This is the one module that reads git: `GitSource` (revisions, trees, files, checkouts by
+`git archive`, signed-commit checks) and, for commands run inside a working copy, `toplevel`
+and `tracked`. Everyone else asks here, so a revision or path that does not exist gets one
+clear error, whoever asked. Writing a repository (`git init`, `git commit`) is not here: the
+controller never writes the repository it reconciles; the demo, which plays the person who
+commits, keeps its own writer (controller.demo).
 """
 from __future__ import annotations
 
@@ -11,7 +18,10 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import subprocess
+import tarfile
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +75,30 @@ class DataVersion:
         return self.md5 is not None
 
 
+def _env() -> dict[str, str]:
+    """Never prompt (a controller has no terminal), and English messages to parse and show."""
+    return dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+
+
+# A revision as a person or the controller names it (branch, tag, sha, HEAD~1): never an option.
+_REV = re.compile(r"^[A-Za-z0-9._/@^~{}-]+$")
+
+
+def _check_rev(rev: str) -> None:
+    if not _REV.match(rev) or rev.startswith("-"):
+        raise PermanentError(f"'{rev}' is not a git revision")
+
+
 def _git(repo: Path, *args: str, input: bytes | None = None, timeout: float = 120) -> bytes:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
     try:
         done = subprocess.run(
-            ["git", *args], cwd=repo, input=input, capture_output=True, timeout=timeout, env=env, check=False
+            ["git", *args], cwd=repo, input=input, capture_output=True, timeout=timeout, env=_env(), check=False
         )
     except subprocess.TimeoutExpired:
         raise SourceUnavailable(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s in {repo}") from None
     except FileNotFoundError:
+        if not Path(repo).is_dir():
+            raise SourceUnavailable(f"{repo} is not a git repository (or is gone)") from None
         raise PermanentError("git is not installed: install git and retry") from None
     if done.returncode != 0:
         message = done.stderr.decode(errors="replace").strip().splitlines()
@@ -115,13 +140,23 @@ class GitSource:
             _git(self.repo, "fetch", "--prune", "--quiet", "origin", timeout=600)
 
     def resolve(self, rev: str) -> str:
-        """The commit sha for `rev` (branch, tag or sha)."""
-        if not re.match(r"^[A-Za-z0-9._/@^~{}-]+$", rev) or rev.startswith("-"):
-            raise PermanentError(f"'{rev}' is not a git revision")
+        """The commit sha for `rev` (branch, tag or sha). Raises SourceUnavailable naming `rev`
+        when it does not exist (a branch may appear on the next fetch), PermanentError when it
+        cannot be a revision at all."""
+        _check_rev(rev)
         try:
             return _git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
         except SourceUnavailable:
+            if not self._is_repository():
+                raise SourceUnavailable(f"{self.location} is not a git repository (or is gone)") from None
             raise SourceUnavailable(f"revision '{rev}' does not exist in {self.location}") from None
+
+    def _is_repository(self) -> bool:
+        try:
+            _git(self.repo, "rev-parse", "--git-dir")
+        except SourceUnavailable:
+            return False
+        return True
 
     def commit_info(self, sha: str) -> CommitInfo:
         out = _git(self.repo, "show", "-s", "--format=%H%x00%an%x00%ae%x00%ct%x00%B", sha).decode()
@@ -182,6 +217,86 @@ class GitSource:
             return None
         return self.read_blobs([entry.sha])[entry.sha]
 
+    def show(self, rev: str, path: str) -> bytes | None:
+        """The file at `path` (relative to the repository's top) in revision `rev`; None when
+        that revision has no file there. `rev` that does not exist: SourceUnavailable naming it;
+        a path that cannot be inside the repository: PermanentError naming it."""
+        clean = posixpath.normpath(path) if path else ""
+        if not path or path.startswith("/") or clean == ".." or clean.startswith("../"):
+            raise PermanentError(f"'{path}' is not a path inside the repository: name it relative to the repository's top")
+        return self.read_file(self.resolve(rev), clean)
+
+    # -- checkouts and signatures ------------------------------------------------------------
+
+    def extract(self, treeish: str, target: str | Path) -> None:
+        """Write the files of a commit or a tree (by sha, as `git archive` gives them) to
+        `target`, atomically: they are unpacked into a sibling folder and renamed into place, so
+        a crash leaves no half-written folder that a later pass would trust. The name of a
+        target is its content (a commit or tree sha), so when another process renamed the same
+        content into place first, its copy is kept. A symlink that leads out of `target` is
+        left out (the spec loader already refuses specs whose paths go through one)."""
+        _check_rev(treeish)
+        try:
+            kind = _git(self.repo, "cat-file", "-t", treeish).decode().strip()
+        except SourceUnavailable:
+            raise SourceUnavailable(f"'{treeish}' is not a commit or tree in {self.location}") from None
+        if kind not in ("commit", "tree"):
+            raise PermanentError(f"'{treeish}' is a {kind}, not a commit or tree: only folders and commits can be extracted")
+        target = Path(target)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # what a crash left behind
+        tmp.mkdir(parents=True)
+        with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty stderr cannot stall the stream
+            proc = subprocess.Popen(["git", "archive", "--format=tar", treeish], cwd=self.repo, stdout=subprocess.PIPE,
+                                    stderr=errors, env=_env())
+            assert proc.stdout is not None
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+                    archive.extractall(tmp, filter=_inside_target)
+            except (tarfile.TarError, OSError) as exc:
+                proc.kill()
+                proc.wait()
+                shutil.rmtree(tmp, ignore_errors=True)
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip()
+                raise SourceUnavailable(f"git archive {treeish} into {target} failed: {said or exc}") from None
+            finally:
+                proc.stdout.close()
+            if proc.wait() != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                errors.seek(0)
+                raise SourceUnavailable(f"git archive {treeish} failed in {self.location}: "
+                                        f"{errors.read().decode(errors='replace').strip() or 'no output'}")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the same content is already in place
+
+    def verify_commit(self, sha: str, allowed_signers: str | Path) -> bool:
+        """Whether commit `sha` carries a good SSH signature by a key listed in `allowed_signers`
+        (git's allowed-signers file, as `ssh-keygen -Y verify` reads it). False for an unsigned
+        commit, a bad signature or a key not listed. Raises PermanentError naming the file when
+        it cannot be read (signed-commit mode without its keys cannot decide anything), and
+        SourceUnavailable naming `sha` when the commit is not in the repository."""
+        signers = Path(allowed_signers).resolve()
+        if not signers.is_file():
+            raise PermanentError(f"{allowed_signers}: allowed-signers file not found (--allowed-signers); "
+                                 "list the keys that may sign commits, one '<principal> <key>' per line")
+        commit = self.resolve(sha)
+        try:
+            _git(self.repo, "-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit)
+        except SourceUnavailable:
+            return False
+        return True
+
+    def __enter__(self) -> "GitSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _cat_file(self) -> subprocess.Popen:
         if self._batch is None or self._batch.poll() is not None:
             self._batch = subprocess.Popen(
@@ -200,6 +315,40 @@ class GitSource:
             self.close()
         except Exception:
             pass
+
+
+def _inside_target(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's `data` filter (no absolute paths, no device files, nothing outside `dest`),
+    except that a symlink leading out is dropped rather than failing the whole checkout."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        return None
+
+
+# ----------------------------------------------------------------------------- working copies
+
+
+def toplevel(path: str | Path) -> Path | None:
+    """The top folder of the git working tree that holds `path` (a file or a folder), or None
+    when it is in none. For commands a person runs inside their checkout (`ftops validate
+    PATH`, `ftops data`, `ftops render`); the controller itself only reads commits."""
+    start = Path(path)
+    start = start if start.is_dir() else start.parent
+    if not start.is_dir():
+        return None
+    try:
+        out = _git(start, "rev-parse", "--show-toplevel").decode().strip()
+    except SourceUnavailable:
+        return None
+    return Path(out) if out else None
+
+
+def tracked(root: str | Path, rel: str | Path) -> bool:
+    """Whether git tracks `rel` (committed or staged) in the working tree at `root`. `rel` is a
+    literal path, never a pattern."""
+    out = _git(Path(root), "--literal-pathspecs", "ls-files", "-z", "--", str(rel))
+    return bool(out.strip(b"\x00"))
 
 
 class GitTreeView:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,9 +98,10 @@ def _param_args(p: argparse.ArgumentParser) -> None:
 
 
 def _repo_root(start: Path) -> Path:
-    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start if start.is_dir() else start.parent,
-                          capture_output=True, text=True)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else Path.cwd()
+    """The git top level holding `start` (where spec paths are relative to), else the current folder."""
+    from controller.source import toplevel
+
+    return toplevel(start) or Path.cwd()
 
 
 def load_finetune(path: str):

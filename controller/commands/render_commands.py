@@ -6,7 +6,6 @@ accepts it. Nothing here talks to a cluster."""
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,19 +45,10 @@ def load_finetune(path: Path, gpu_types: list[str] | None = None):
     return loaded.spec
 
 
-def _repo_root(path: Path) -> Path | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        return Path(out)
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return None
-
-
 def _data_md5(spec_path: Path, dataset_path: str) -> str:
-    from controller.source import parse_dvc_pointer
+    from controller.source import parse_dvc_pointer, toplevel
 
-    root = _repo_root(spec_path) or spec_path.resolve().parent.parent
+    root = toplevel(spec_path.resolve()) or spec_path.resolve().parent.parent
     pointer = root / (dataset_path + ".dvc")
     if pointer.is_file():
         version = parse_dvc_pointer(dataset_path, pointer.read_bytes())
@@ -69,12 +59,14 @@ def _data_md5(spec_path: Path, dataset_path: str) -> str:
 
 
 def _commit(spec_path: Path) -> str:
-    root = _repo_root(spec_path)
+    """HEAD of the spec's repository, or forty zeros outside one (or before its first commit)."""
+    from controller.source import GitSource, SourceUnavailable, toplevel
+
+    root = toplevel(spec_path.resolve())
     if root is not None:
         try:
-            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        except subprocess.CalledProcessError:
+            return GitSource(root).resolve("HEAD")
+        except SourceUnavailable:
             pass
     return "0" * 40
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,14 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _find_repo_root(path: Path) -> Path:
     """The git top level containing `path`, else the folder holding specs/, else `path`."""
+    from controller.source import toplevel
+
     start = path if path.is_dir() else path.parent
-    try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return Path(top)
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        pass
+    top = toplevel(start)
+    if top is not None:
+        return top
     for candidate in (start, *start.parents):
         if (candidate / "specs").is_dir():
             return candidate

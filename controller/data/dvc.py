@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from controller import source
 from controller.errors import FtopsError, PermanentError, TemporaryError
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -98,10 +99,6 @@ def run_dvc(args: list[str], cwd: str | Path, timeout: float = DVC_TIMEOUT_S) ->
         return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RemoteUnreachable(f"`dvc {' '.join(args)}` in {cwd} did not finish within {timeout:.0f}s; check the remote and retry") from None
-
-
-def _git(args: list[str], cwd: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
 
 
 def _tail(proc: subprocess.CompletedProcess, lines: int = 8) -> str:
@@ -265,9 +262,9 @@ def version(
     data = root / rel
     if not data.is_file():
         raise PermanentError(f"{rel}: no such file in {root}; write the dataset there first (spec.dataset.path)")
-    if _git(["rev-parse", "--is-inside-work-tree"], root).returncode != 0:
+    if source.toplevel(root) is None:
         raise PermanentError(f"{root}: not a git repository; datasets are versioned next to the specs that use them (`git init` first)")
-    if _git(["ls-files", "--error-unmatch", str(rel)], root).returncode == 0:
+    if source.tracked(root, rel):
         raise PermanentError(
             f"{rel}: is committed to git directly, so DVC cannot take it over. To version it with DVC, untrack it "
             f"(`git rm --cached {rel}`; the file stays on disk), then run `ftops data version {rel}` again and commit the "
@@ -416,11 +413,13 @@ class Pulled:
     reused: bool  # the destination already held exactly this data; DVC was not run
 
 
-def read_at(repo: Path, rev: str, rel: str) -> str | None:
-    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=repo, capture_output=True)
-    if proc.returncode != 0:
+def _text(blob: bytes | None, rel: str, sha: str) -> str | None:
+    if blob is None:
         return None
-    return proc.stdout.decode("utf-8")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PointerInvalid(f"{rel} at {sha[:12]}: not UTF-8 text; restore it from git or re-create it with `ftops data version`") from None
 
 
 def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir: str | Path | None = None) -> Pulled:
@@ -432,12 +431,11 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
     is written only if absent; if it already holds the same bytes it is reused."""
     root = Path(repo).resolve()
     dest = Path(dest)
-    resolved = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
-    if resolved.returncode != 0:
-        raise PermanentError(f"{root}: revision {rev!r} does not exist; fetch it or name an existing commit")
-    sha = resolved.stdout.strip()
-    pointer_rel = f"{data_path}.dvc"
-    text = read_at(root, sha, pointer_rel)
+    with source.GitSource(root) as repository:  # the pointer and DVC config as committed at `rev`
+        sha = repository.resolve(rev)
+        pointer_rel = f"{data_path}.dvc"
+        text = _text(repository.show(sha, pointer_rel), pointer_rel, sha)
+        config_text = _text(repository.show(sha, ".dvc/config"), ".dvc/config", sha)
     if text is None:
         raise PointerInvalid(f"{pointer_rel}: not found at {sha[:12]}; version the dataset with `ftops data version {data_path}` and commit the pointer")
     pointer = parse_pointer(text, f"{pointer_rel}@{sha[:12]}")
@@ -448,7 +446,6 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
             return Pulled(dest, got, size, sha, True)
         raise DestinationConflict(f"{dest}: already exists with md5 {got}, not {pointer.md5} as pinned at {sha[:12]}; it is left untouched. Choose another destination.")
 
-    config_text = read_at(root, sha, ".dvc/config")
     if config_text is None:
         raise RemoteNotConfigured(f"{root}: no .dvc/config at {sha[:12]}, so there is no DVC remote to pull from; commit one (`dvc remote add -d ...`)")
     local_cfg = root / ".dvc" / "config.local"
@@ -475,8 +472,7 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
                 )
 
     with tempfile.TemporaryDirectory(prefix="ftops-pull-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        _git(["init", "-q"], scratch)
+        scratch = Path(scratch_dir)  # not a git repository: core.no_scm below
         (scratch / ".dvc").mkdir()
         (scratch / ".dvc" / "config").write_text(config_text, encoding="utf-8")
         # This machine's config.local (credentials kept outside git) still applies; remote URLs are
@@ -486,6 +482,7 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
             local.add_section("core")
         local.set("core", "remote", remote.name)
         local.set("core", "analytics", "false")
+        local.set("core", "no_scm", "true")  # DVC needs no git here: nothing in the scratch is ever committed
         for r in remotes.values():
             section = f"'remote \"{r.name}\"'"
             if not local.has_section(section):

@@ -8,7 +8,6 @@ itself; the reviews file from the same commit. The user's working copy is never 
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.data.params import DataParams, from_finetune
 from controller.errors import PermanentError
+from controller.source import GitSource
 
 if TYPE_CHECKING:
     from controller.data.prepare import Prepared
@@ -48,26 +48,20 @@ def data_ready(manifest: dict[str, Any], review: "ReviewStatus") -> DataReady:
     return DataReady(True, "DataReady", f"{c['train']} train / {c['test']} test examples, {review.message}")
 
 
-def _git_blob(repo: Path, rev: str, rel: str) -> bytes | None:
-    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=repo, capture_output=True)
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def source_at(repo: str | Path, rev: str, params: DataParams, workdir: str | Path) -> Path:
     """The dataset file as pinned at `rev`, materialised under `<workdir>/sources/` (verified)."""
     from controller.data import dvc
 
-    root = Path(repo).resolve()
-    sha = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, text=True)
-    if sha.returncode != 0:
-        raise PermanentError(f"{root}: revision {rev!r} does not exist")
-    commit = sha.stdout.strip()
+    pointer_rel = params.data_path + ".dvc"
+    with GitSource(Path(repo).resolve()) as source:
+        commit = source.resolve(rev)
+        pointer = source.show(commit, pointer_rel)
+        blob = source.show(commit, params.data_path) if pointer is None else None
     dest_dir = Path(workdir) / "sources" / params.spec_name
     name = Path(params.data_path).name
-    if _git_blob(root, commit, params.data_path + ".dvc") is not None:
-        pointer = dvc.parse_pointer(_git_blob(root, commit, params.data_path + ".dvc").decode("utf-8"), params.data_path + ".dvc")
-        return dvc.pull(root, commit, params.data_path, dest_dir / pointer.md5 / name).path
-    blob = _git_blob(root, commit, params.data_path)
+    if pointer is not None:  # pull decodes it strictly and names a broken one
+        md5 = dvc.parse_pointer(pointer.decode("utf-8", errors="replace"), pointer_rel).md5
+        return dvc.pull(source.repo, commit, params.data_path, dest_dir / md5 / name).path
     if blob is None:
         raise PermanentError(
             f"{params.data_path}: not in the repository at {commit[:12]} (neither the file nor {params.data_path}.dvc); "
@@ -99,10 +93,12 @@ def prepare_spec(
     from controller.data.review import parse_reviews, review_status
 
     params = from_finetune(finetune)
-    source = source_at(repo, rev, params, workdir)
-    prepared = prepare(source, workdir, params, tokenizer=tokenizer, tokenizer_name=tokenizer_name)
-    blob = _git_blob(Path(repo).resolve(), rev, params.reviews_path)
-    reviews = parse_reviews(blob.decode("utf-8"), params.reviews_path) if blob is not None else []
+    with GitSource(Path(repo).resolve()) as source:
+        commit = source.resolve(rev)  # the dataset and its reviews from one commit, even if `rev` is a moving branch
+        reviews_blob = source.show(commit, params.reviews_path)
+    data = source_at(repo, commit, params, workdir)
+    prepared = prepare(data, workdir, params, tokenizer=tokenizer, tokenizer_name=tokenizer_name)
+    reviews = parse_reviews(reviews_blob.decode("utf-8"), params.reviews_path) if reviews_blob is not None else []
     hashes = [h for h in _kept_hashes(prepared)]
     status = review_status(hashes, reviews, params.review_sample_fraction, params.review_min_approval)
     return prepared, status, data_ready(prepared.manifest, status)
