@@ -20,6 +20,23 @@ CLI codes:
   revision or operator config they were pointed at cannot be read, so CI tells "the specs are
   invalid" (1) from "the check could not run" (2).
 - `INTERRUPTED` (130): Ctrl-C (128 + SIGINT, what shells report).
+
+Process codes (`python -m controller.train`, what a Job's pod failure policy and the local
+backend act on; they reach the Job through torchrun, see controller.train.launch):
+
+- `OK` (0): finished, the run's manifest is written (or already was: a restarted Job that finds
+  this run's manifest exits 0 without training).
+- `FAILURE` (1): an unexpected failure (an uncaught exception, a worker that died, torchrun's
+  own code for "a worker failed"). It may be transient (a lost node, an NCCL timeout), so it is
+  retried and counts against the Job's backoffLimit. It never means "config error".
+- `TEMPORARY` (75, EX_TEMPFAIL): a failure the trainer knows a retry may fix (hub unreachable).
+- `CONFIG_ERROR` (78, EX_CONFIG): the run cannot succeed as configured (bad run.json or usage,
+  missing or invalid data, a pickle-only or unsupported model, a precision or method the device
+  cannot do). Retrying cannot help: the pod failure policy fails the Job at once on it, and the
+  message names the file or field and what to do.
+- `PREEMPTED` (143 = 128 + SIGTERM): SIGTERM arrived; every rank finished its step, a checkpoint
+  was written, and a restart resumes from it. The pod failure policy ignores it (the attempt does
+  not count against backoffLimit). The same code Kubernetes shows for a SIGTERMed container.
 """
 from __future__ import annotations
 
@@ -27,3 +44,8 @@ OK = 0
 FAILURE = 1
 USAGE = 2
 INTERRUPTED = 130
+
+# Process codes (the trainer)
+TEMPORARY = 75
+CONFIG_ERROR = 78
+PREEMPTED = 143

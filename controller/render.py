@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from controller import exitcodes
 from controller.spec.base import RFC1123_LABEL
 from controller.catalog import OperatorConfig
 from controller.errors import PermanentError
@@ -50,14 +51,14 @@ IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
-CONFIG_ERROR_EXIT_CODES = (1, 2)
-"""Trainer exits that retrying cannot fix: 1 is controller.train's EXIT_FAILED (bad run.json,
-missing or invalid data, unsupported model), 2 a usage error. The Job fails at once on them."""
-CONFIG_ERROR_EXIT_CODE = 2
-PREEMPTED_EXIT_CODE = 143
-"""128 + SIGTERM (controller.train's EXIT_PREEMPTED): the trainer checkpointed after a termination
-notice; the replacement pod resumes, and the attempt does not count against backoffLimit.
-Any other exit (75 = temporary, 137 = OOM-killed, ...) counts against backoffLimit."""
+CONFIG_ERROR_EXIT_CODES = (exitcodes.CONFIG_ERROR,)
+"""Trainer exits that retrying cannot fix (78, EX_CONFIG: bad run.json, missing or invalid data,
+unsupported model or precision). The Job fails at once on them. Exit 1 is not among them: it is
+what torchrun returns for any worker failure, and a lost worker is worth a retry."""
+PREEMPTED_EXIT_CODE = exitcodes.PREEMPTED
+"""128 + SIGTERM: the trainer checkpointed after a termination notice; the replacement pod
+resumes, and the attempt does not count against backoffLimit. Any other exit (1 = unexpected,
+75 = temporary, 137 = OOM-killed, ...) counts against backoffLimit. See controller.exitcodes."""
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ftops"}
 LABEL_PREFIX = "ftops.dev/"

@@ -38,10 +38,18 @@ class RunData(SpecModel):
 
 
 class Distributed(SpecModel):
-    """World layout. More than one process launches through torchrun."""
+    """World layout and how the processes share the work. More than one process launches
+    through torchrun (controller.train.launch); one process ignores `strategy`."""
 
     nodes: int = Field(default=1, ge=1)
     gpus_per_node: int = Field(default=1, ge=1)
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description="ddp: every rank holds the whole model, gradients are averaged (small models, LoRA). "
+        "fsdp: FSDP2 (torch fully_shard) shards parameters, gradients and optimizer states over the ranks "
+        "(full fine-tunes, LoRA on a base that does not fit one GPU). auto: fsdp for method full, and for "
+        "lora when the base's weights take more than half of one GPU's memory; ddp otherwise.",
+    )
 
 
 class RunConfig(SpecModel):

@@ -13,8 +13,8 @@ Everything about a run lives on disk under `<root>/<run-id>/`, so a controller t
 
 The keeper runs in its own session (not a child that dies with the controller) and records the
 exit code itself, so "finished while the controller was down" is never confused with "lost".
-Exit codes follow controller.train: 0 ok, 1/2 permanent, 75 temporary, 143 preempted (SIGTERM
-after a checkpoint: submitting again resumes it).
+Exit codes are controller.exitcodes': 0 ok, 78 config error (permanent), 75 temporary, 143
+preempted (SIGTERM after a checkpoint: submitting again resumes it); anything else (1) failed.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from controller import exitcodes
 from controller.backends.base import (
     REASON_CANCELLED,
     REASON_CONFIG_ERROR,
@@ -44,8 +45,7 @@ from controller.fsutil import read_json as _read_json
 from controller.fsutil import write_json_atomic as _write_json
 from controller.runconfig import write_run_config
 
-EXIT_OK, EXIT_TEMPORARY, EXIT_PREEMPTED = 0, 75, 143
-PERMANENT_EXITS = (1, 2)
+PERMANENT_EXITS = (exitcodes.CONFIG_ERROR,)
 
 
 def _now() -> str:
@@ -115,12 +115,12 @@ class LocalBackend:
             when = finished.get("finishedAt")
             if (d / "cancelled").exists():
                 return RunState(run_id, Phase.FAILED, REASON_CANCELLED, "cancelled by ftops", code, started, when)
-            if code == EXIT_OK:
+            if code == exitcodes.OK:
                 return RunState(run_id, Phase.SUCCEEDED, "Complete", "", code, started, when)
-            if code == EXIT_PREEMPTED:
+            if code == exitcodes.PREEMPTED:
                 return RunState(run_id, Phase.PREEMPTED, "Preempted",
                                 "the trainer checkpointed after SIGTERM; submit again to resume", code, started, when)
-            reason = REASON_CONFIG_ERROR if code in PERMANENT_EXITS else "TemporaryFailure" if code == EXIT_TEMPORARY else REASON_EXIT
+            reason = REASON_CONFIG_ERROR if code in PERMANENT_EXITS else "TemporaryFailure" if code == exitcodes.TEMPORARY else REASON_EXIT
             return RunState(run_id, Phase.FAILED, reason, f"trainer exited with code {code}; see {d / 'train.log'}",
                             code, started, when)
         pid = (_read_json(d / "pid.json") or {}).get("pid")

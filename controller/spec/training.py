@@ -1,5 +1,8 @@
-"""`training`: the optimisation hyper-parameters of a run."""
+"""`training`: the optimisation hyper-parameters of a run, and how its arithmetic is done
+(precision, attention kernel, activation checkpointing). docs/training.md explains each choice."""
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -15,7 +18,27 @@ class TrainingSpec(SpecModel):
     gradient_accumulation: int = Field(default=1, ge=1, le=1024, description="Steps accumulated per optimizer update.")
     max_seq_length: int = Field(default=2048, ge=16, le=262144, description="Longest tokenized example; longer ones are truncated.")
     packing: bool = Field(default=False, description="Pack several short examples into one sequence (no cross-attention between them).")
-    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations in the backward pass (about 30% more compute, far less memory). "
+        "Unset: on for base models of at least 1 billion parameters, off below.",
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="Compute dtype of the forward pass (autocast); trained weights and optimizer states stay float32. "
+        "auto: bf16 on GPUs that support it, fp16 (with loss scaling) on older GPUs, fp32 on the CPU; "
+        "for qlora it follows method.quantization.computeDtype.",
+    )
+    attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        default="auto",
+        description="Attention kernel. auto: flash_attention_2 (varlen kernels for packed rows) on a CUDA GPU where "
+        "the flash-attn package is installed, else sdpa (PyTorch scaled_dot_product_attention).",
+    )
+    fused_cross_entropy: bool = Field(
+        default=False,
+        description="Fused linear + cross-entropy loss (liger-kernel; CUDA only): the logits are never materialized, "
+        "which saves gigabytes at large vocabularies. Needs the liger-kernel package in the trainer image.",
+    )
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps used for linear warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")

@@ -1,8 +1,8 @@
-"""`python -m controller.train --config run.json` (exit codes: see controller.train).
+"""`python -m controller.train --config run.json` (exit codes: controller.exitcodes).
 
 With more than one process (distributed.nodes or gpusPerNode > 1) and not yet under torchrun,
-the trainer re-executes itself through torchrun (controller.train.launch), so a Job's command
-is the same whatever the world size."""
+the trainer starts torchrun as its child and supervises it (controller.train.launch), so a Job's
+command is the same whatever the world size and its exit code survives torchrun."""
 from __future__ import annotations
 
 import argparse
@@ -11,45 +11,68 @@ import os
 import sys
 from pathlib import Path
 
-from controller.train import EXIT_FAILED, EXIT_TEMPORARY
+from controller import exitcodes
+
+
+class _Parser(argparse.ArgumentParser):
+    """A wrong command line is a config error too (the Job's command is rendered from config)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(exitcodes.CONFIG_ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.train", description="Train one ftops run from run.json.")
+    parser = _Parser(prog="python -m controller.train", description="Train one ftops run from run.json.")
     parser.add_argument("--config", required=True, help="Path of run.json (written by the controller).")
     args = parser.parse_args(argv)
     for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
+    from controller.train.launch import record_exit, record_start
 
+    worker = "LOCAL_RANK" in os.environ
+    if worker:
+        record_start()
+    code = _main(args.config, worker)
+    if worker:
+        record_exit(code)
+    return code
+
+
+def _main(config_path: str, worker: bool) -> int:
     from controller.errors import FtopsError
     from controller.runconfig import RunConfigError, load_run_config
 
     try:
-        config = load_run_config(args.config)
-        from controller.train.launch import launcher_env, needs_launcher, torchrun_command
+        config = load_run_config(config_path)
+        from controller.train.launch import launcher_env, needs_launcher, supervise, torchrun_command
 
         dist = config.distributed
-        if needs_launcher(dist.nodes, dist.gpus_per_node) and "LOCAL_RANK" not in os.environ:
-            argv2 = torchrun_command(
-                os.path.abspath(args.config), nodes=dist.nodes, gpus_per_node=dist.gpus_per_node, run_id=config.run_id,
+        if needs_launcher(dist.nodes, dist.gpus_per_node) and not worker:
+            argv = torchrun_command(
+                os.path.abspath(config_path), nodes=dist.nodes, gpus_per_node=dist.gpus_per_node, run_id=config.run_id,
                 node_rank=os.environ.get("NODE_RANK") or os.environ.get("JOB_COMPLETION_INDEX"),
                 master_addr=os.environ.get("MASTER_ADDR"), master_port=int(os.environ.get("MASTER_PORT", "29500")),
                 python=sys.executable,
             )
-            _log("launch", argv=argv2)
+            _log("launch", argv=argv)
             sys.stdout.flush()
-            os.execve(sys.executable, argv2, launcher_env(os.environ))
+            result = supervise(argv, launcher_env(os.environ), local_ranks=dist.gpus_per_node)
+            _log("exit", exitCode=result.exit_code, torchrunExitCode=result.torchrun_exit_code,
+                 rankExitCodes={str(r): c for r, c in result.rank_exit_codes.items()}, sigterm=result.terminated)
+            return result.exit_code
         from controller.train.trainer import Trainer
 
-        return Trainer(config, Path(args.config)).run()
+        return Trainer(config, Path(config_path)).run()
     except RunConfigError as exc:
-        _log("error", kind="permanent", message=str(exc))
+        _log("error", kind="config", message=str(exc))
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.CONFIG_ERROR
     except FtopsError as exc:
-        _log("error", kind="temporary" if exc.temporary else "permanent", message=str(exc))
+        _log("error", kind="temporary" if exc.temporary else "config", message=str(exc))
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_TEMPORARY if exc.temporary else EXIT_FAILED
+        return exitcodes.TEMPORARY if exc.temporary else exitcodes.CONFIG_ERROR
 
 
 def _log(event: str, **fields) -> None:

@@ -2,7 +2,8 @@
 
 Layout: `<checkpointDir>/checkpoint-<step:08d>/` with `trainable.safetensors` (the parameters
 being trained: adapter weights, or every weight for a full fine-tune), `optimizer.safetensors`
-(AdamW moments + RNG states), `state.json` (step, run id, optimizer param groups) and, last,
+(AdamW moments keyed by parameter name + every rank's RNG state), `state.json` (step, run id,
+optimizer param groups, the fp16 loss scaler's state) and, last,
 `COMPLETE` (sha256 of the other files). Files are written into `checkpoint-N.partial/`, the
 directory is renamed into place, then the marker is written atomically. A checkpoint without a
 valid marker (cut off mid-write by SIGKILL or a node loss) is ignored on resume and removed.
@@ -55,7 +56,9 @@ def _test_kill_hook(point: str) -> None:
 
 
 def optimizer_to_tensors(state_dict: dict) -> tuple[dict, dict]:
-    """Split an optimizer state_dict into tensors (for safetensors) and JSON (everything else)."""
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON (everything else).
+    State keys are parameter names (controller.train.distributed) or, for a plain
+    `optimizer.state_dict()`, indices; the state's own keys (exp_avg, step, ...) have no dots."""
     import torch
 
     tensors: dict[str, Any] = {}
@@ -70,15 +73,19 @@ def optimizer_to_tensors(state_dict: dict) -> tuple[dict, dict]:
 
 
 def optimizer_from_tensors(tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
+    state: dict[int | str, dict] = {}
+
+    def param_key(text: str) -> int | str:
+        return int(text) if text.isdigit() else text
+
     for name, value in tensors.items():
         if not name.startswith("state."):
             continue
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = value
+        idx, key = name.removeprefix("state.").rsplit(".", 1)
+        state.setdefault(param_key(idx), {})[key] = value
     for name, value in meta["scalars"].items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        idx, key = name.rsplit(".", 1)
+        state.setdefault(param_key(idx), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

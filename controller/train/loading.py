@@ -8,7 +8,15 @@
 - `trust_remote_code` is never on: only architectures shipped with transformers load.
 - QLoRA first quantizes one layer and runs it forward and backward (a probe), so an unsupported
   device fails in a second with a clear message instead of deep inside the first step, and never
-  silently falls back to unquantized training.
+  silently falls back to unquantized training. After loading, the quantization is read back
+  from the model's own layers (`quantization_readback`), checked against the spec, and recorded
+  in the manifest: a QLoRA run that did not really train on a 4-bit base cannot finish.
+- Precision (controller.train.precision): LoRA and QLoRA load the frozen base in the compute
+  dtype, peft keeps the adapters float32; a full fine-tune loads float32 master weights.
+- Attention: `sdpa` unless flash-attention is installed on a CUDA device (`resolve_attention`);
+  the implementation actually loaded is read back from the model.
+- Activation checkpointing: on by default from CHECKPOINTING_MIN_PARAMETERS up, counted from
+  the safetensors headers (no weights read).
 """
 from __future__ import annotations
 
@@ -19,6 +27,11 @@ from typing import Any
 from controller.errors import PermanentError, TemporaryError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CHECKPOINTING_MIN_PARAMETERS = 1_000_000_000
+"""`gradientCheckpointing` unset turns it on from 1B parameters: below that, activations of a
+batch of 8 x 2,048 tokens fit beside the model on a 24 GB GPU; above, they dominate memory."""
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
 _HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "tokenizer*"]
 
 
@@ -154,12 +167,61 @@ def probe_qlora(quantization: Any, device: str) -> None:
         ) from None
 
 
-def load_model(model_dir: Path, method: Any, device: str, gradient_checkpointing: bool):
-    """The model ready to train: full (all parameters), LoRA, or QLoRA (4-bit base + LoRA)."""
+def base_parameter_count(model_dir: Path) -> tuple[int, int]:
+    """(parameters, bytes) of the base model's weights, from the safetensors headers alone."""
+    import json
+    import struct
+
+    count = size = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            n = 1
+            for dim in entry["shape"]:
+                n *= dim
+            count += n
+            size += n * _DTYPE_BYTES.get(entry["dtype"], 4)
+    return count, size
+
+
+def wants_checkpointing(setting: bool | None, parameters: int) -> bool:
+    """Pure: explicit true/false wins; unset means on from CHECKPOINTING_MIN_PARAMETERS."""
+    return setting if setting is not None else parameters >= CHECKPOINTING_MIN_PARAMETERS
+
+
+def flash_attention_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("flash_attn") is not None
+
+
+def resolve_attention(requested: str, device: str) -> str:
+    """The attention implementation to load. flash_attention_2 runs packed rows as varlen
+    sequences (cu_seqlens from the restarting position ids), so no example attends to another
+    and no padding is computed; sdpa gets the same isolation from a block-diagonal mask."""
+    on_cuda = device.startswith("cuda")
+    if requested == "auto":
+        return "flash_attention_2" if on_cuda and flash_attention_installed() else "sdpa"
+    if requested == "flash_attention_2" and not (on_cuda and flash_attention_installed()):
+        raise PermanentError(
+            "training.attention: flash_attention_2 needs a CUDA GPU and the flash-attn package in the trainer image "
+            f"(device here: {device}, flash-attn installed: {flash_attention_installed()}); use attention: auto or sdpa"
+        )
+    return requested
+
+
+def load_model(model_dir: Path, method: Any, device: str, *, dtype: Any, gradient_checkpointing: bool,
+               attention: str = "sdpa"):
+    """The model ready to train: full (all parameters, float32 master weights), LoRA (base in
+    `dtype`, adapters float32), or QLoRA (4-bit base computing in `dtype` + LoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(trust_remote_code=False, use_safetensors=True)
+    kwargs: dict[str, Any] = dict(trust_remote_code=False, use_safetensors=True, attn_implementation=attention)
     if method.type == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -170,8 +232,9 @@ def load_model(model_dir: Path, method: Any, device: str, gradient_checkpointing
             bnb_4bit_compute_dtype=_dtype(q.compute_dtype),
         )
         kwargs["device_map"] = {"": device}
+        kwargs["dtype"] = _dtype(q.compute_dtype)
     else:
-        kwargs["dtype"] = torch.float32
+        kwargs["dtype"] = torch.float32 if method.type == "full" else dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except PermanentError:
@@ -206,7 +269,87 @@ def load_model(model_dir: Path, method: Any, device: str, gradient_checkpointing
         r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
         target_modules=list(method.target_modules), task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    # autocast_adapter_dtype: adapters on a half-precision base are float32 (the master weights)
+    return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def attention_implementation(model) -> str:
+    """The attention implementation the loaded model really uses (read from its config)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(base.config, "_attn_implementation", None) or "unknown")
+
+
+def checkpointing_enabled(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    flag = getattr(type(base), "is_activation_checkpointing", None)  # transformers >= 5 name
+    return bool(base.is_activation_checkpointing if flag is not None else getattr(base, "is_gradient_checkpointing", False))
+
+
+def quantization_readback(model) -> dict[str, Any] | None:
+    """What the loaded model's layers really are: how many base linear layers are bitsandbytes
+    Linear4bit with Params4bit weights, their quant type, compute dtype, double quantization and
+    block size, and how many stayed dense. None when nothing is quantized."""
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # not installed: nothing can be 4-bit
+        return None
+    import torch
+
+    quantized, dense = [], 0
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = module.weight
+            state = getattr(weight, "quant_state", None)
+            quantized.append({
+                "params4bit": isinstance(weight, bnb.nn.Params4bit),
+                "quantType": getattr(weight, "quant_type", None),
+                "computeDtype": str(module.compute_dtype).removeprefix("torch.") if module.compute_dtype else None,
+                "doubleQuant": bool(getattr(state, "nested", False)),
+                "blocksize": getattr(state, "blocksize", None),
+                "storage": str(weight.dtype).removeprefix("torch."),
+            })
+        elif isinstance(module, torch.nn.Linear) and ".lora_" not in name and not name.endswith("lm_head"):
+            dense += 1
+    if not quantized:
+        return None
+
+    def one(key: str) -> Any:
+        values = sorted({str(q[key]) for q in quantized})
+        return values[0] if len(values) == 1 else values
+
+    return {
+        "linear4bit": len(quantized), "denseLinear": dense, "params4bit": all(q["params4bit"] for q in quantized),
+        "quantType": one("quantType"), "computeDtype": one("computeDtype"), "doubleQuant": one("doubleQuant"),
+        "blocksize": one("blocksize"), "storage": one("storage"),
+    }
+
+
+def check_quantization(readback: dict[str, Any] | None, quantization: Any) -> None:
+    """A QLoRA model whose base is not what the spec asked for never trains."""
+    expected = {"quantType": quantization.quant_type, "computeDtype": quantization.compute_dtype,
+                "doubleQuant": str(quantization.double_quant), "params4bit": True}
+    if readback is None or readback["linear4bit"] == 0:
+        raise PermanentError("method.type qlora: the loaded base has no 4-bit layers; refusing to train it unquantized")
+    wrong = {k: (readback.get(k), v) for k, v in expected.items() if readback.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k}: got {got}, want {want}" for k, (got, want) in wrong.items())
+        raise PermanentError(f"method.quantization: the loaded base is not quantized as configured ({detail})")
+
+
+def enable_fused_cross_entropy(model, device: str) -> None:
+    """Patch the model with liger-kernel's fused linear + cross-entropy (CUDA, Triton)."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except Exception as exc:
+        raise PermanentError(
+            f"training.fusedCrossEntropy: liger-kernel is not usable here ({type(exc).__name__}: {exc}); "
+            "install liger-kernel in the trainer image or set fusedCrossEntropy: false"
+        ) from None
+    if not device.startswith("cuda"):
+        raise PermanentError("training.fusedCrossEntropy: liger-kernel runs on CUDA GPUs only; set fusedCrossEntropy: false")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    _apply_liger_kernel_to_instance(model=base, fused_linear_cross_entropy=True, cross_entropy=False, rope=False,
+                                    rms_norm=False, swiglu=False)
 
 
 def _enable_checkpointing(model) -> None:

@@ -4,13 +4,21 @@ A hand-written loop rather than transformers.Trainer, because preemption is the 
 spot GPUs and the loop must own exactly three things: the batch plan as a pure function of the
 seed (controller.train.batching), checkpoints that hold everything needed to continue bit-for-bit
 (trainable weights, AdamW moments, RNG state; controller.train.checkpoint), and the SIGTERM path
-(finish the current step, checkpoint it, exit EXIT_PREEMPTED). The step counter is the index into
-the plan, so it never goes back and no step is trained twice.
+(finish the current step, checkpoint it, exit PREEMPTED). The step counter is the index into
+the plan, so it never goes back and no step is trained twice. docs/training.md says why the loop
+is ours rather than transformers' Trainer or TRL's SFTTrainer, with the measurements.
+
+How the arithmetic is done is decided once, up front, from run.json and the device: precision
+(controller.train.precision), attention kernel and activation checkpointing
+(controller.train.loading), DDP or FSDP2 (controller.train.distributed). What was decided, and
+what the loaded model really is (attention implementation, parameter dtypes, 4-bit layers), is
+recorded in summary.json and the manifest.
 
 Order of work, so that bad input fails before any training: run.json -> output already done? ->
 base model (safetensors only) -> tokenizer + chat template -> data (exists, sha256, valid, renders,
-end-of-turn trained) -> model (QLoRA probe first) -> resume -> train -> final checkpoint ->
-outputs -> manifest (last, atomic).
+end-of-turn trained) -> precision/attention/strategy -> model (QLoRA probe first, then its
+4-bit layers read back) -> shard -> resume -> train -> final checkpoint -> outputs -> manifest
+(last, atomic).
 """
 from __future__ import annotations
 
@@ -20,26 +28,34 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from controller import exitcodes
 from controller.errors import PermanentError
-from controller.runconfig import RunConfig, load_run_config
-from controller.train import EXIT_OK, EXIT_PREEMPTED
 from controller.fsutil import sha256_file
+from controller.runconfig import RunConfig, load_run_config
 from controller.train import checkpoint as ckpt
+from controller.train import distributed
 from controller.train.batching import IGNORE_INDEX, build_plan, collate, real_tokens
 from controller.train.data import (
     check_template, end_of_turn_ids, read_chat_jsonl, sha256_text, special_tokens,
     tokenize_split, tokenizer_hash,
 )
-from controller.train.loading import load_model, load_tokenizer, resolve_device, resolve_model_dir
+from controller.train.loading import (
+    attention_implementation, base_parameter_count, check_quantization, checkpointing_enabled,
+    enable_fused_cross_entropy, load_model, load_tokenizer, quantization_readback, resolve_attention, resolve_device,
+    resolve_model_dir, wants_checkpointing,
+)
+from controller.train.precision import Precision, autocast, bf16_supported, enable_tf32, grad_scaler, resolve_precision
 from controller.train.progress import Progress
 
 MAX_GRAD_NORM = 1.0
 CACHE_ENV = "FTOPS_TOKENIZED_CACHE"
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "tokenizers", "safetensors", "accelerate")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "tokenizers", "safetensors", "accelerate",
+             "flash_attn", "liger_kernel")
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
@@ -66,7 +82,7 @@ class _Preemption:
 
 
 def run(config_path: str | Path) -> int:
-    """Train the run described by run.json; returns an exit code (see controller.train)."""
+    """Train the run described by run.json; returns an exit code (controller.exitcodes)."""
     config = load_run_config(config_path)
     return Trainer(config, Path(config_path)).run()
 
@@ -107,7 +123,7 @@ class Trainer:
         progress_stub = Progress(total=1, initial=0, interactive=False, enabled=self.is_main)
         if self._already_done():
             progress_stub.event("done", runId=cfg.run_id, alreadyFinished=True, outputDir=str(self.output_dir))
-            return EXIT_OK
+            return exitcodes.OK
         for p, field in ((Path(cfg.output_dir), "outputDir"), (Path(cfg.checkpoint_dir), "checkpointDir"),
                          (Path(cfg.data.train), "data.train"), (Path(cfg.data.test), "data.test")):
             if not p.is_absolute():
@@ -137,7 +153,7 @@ class Trainer:
         test = tokenize_split(test_path, "data.test", tokenizer, data_md5=cfg.data.md5, max_length=t.max_seq_length,
                               cache_dir=cache_dir, expected_sha256=cfg.data.test_sha256)
 
-        # 2. Device, processes, model.
+        # 2. Device, processes, how the arithmetic is done, model.
         device = resolve_device(cfg.device)
         if self.world > 1:
             import torch.distributed as dist
@@ -146,35 +162,61 @@ class Trainer:
             if device == "cuda":
                 device = f"cuda:{self.local_rank}"
                 torch.cuda.set_device(self.local_rank)
+        method = cfg.method
+        precision = resolve_precision(
+            t.precision, device.split(":")[0], bf16_supported=bf16_supported(device),
+            qlora_compute_dtype=method.quantization.compute_dtype if method.type == "qlora" else None,
+        )
+        tf32 = enable_tf32(device)
+        attention = resolve_attention(t.attention, device)
+        base_parameters, _ = base_parameter_count(model_dir)
+        checkpointing = wants_checkpointing(t.gradient_checkpointing, base_parameters)
+        strategy = distributed.resolve_strategy(
+            cfg.distributed.strategy, world=self.world, method=method.type,
+            base_weight_bytes=base_parameters * precision.dtype().itemsize,
+            gpu_memory_bytes=torch.cuda.get_device_properties(device).total_memory if device.startswith("cuda") else None,
+        )
         torch.manual_seed(t.seed)
-        model = load_model(model_dir, cfg.method, device, t.gradient_checkpointing)
+        model = load_model(model_dir, method, device, dtype=precision.dtype(), gradient_checkpointing=checkpointing,
+                           attention=attention)
+        quantization = quantization_readback(model) if method.type == "qlora" else None
+        if method.type == "qlora":
+            check_quantization(quantization, method.quantization)
+        if t.fused_cross_entropy:
+            enable_fused_cross_entropy(model, device)
         model.train()
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        params = [p for _, p in trainable]
-        n_trainable = sum(p.numel() for p in params)
+        trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
+        runtime = {
+            "precision": precision.to_dict(), "tf32": tf32, "attention": attention_implementation(model),
+            "gradientCheckpointing": checkpointing_enabled(model), "strategy": strategy,
+            "fusedCrossEntropy": t.fused_cross_entropy, "baseParameters": base_parameters,
+            "parameterDtypes": _parameter_dtypes(model), "quantization": quantization,
+        }
+        wrapped = distributed.wrap(model, strategy, device, precision.dtype())
+        params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the local shards
         optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        scaler = grad_scaler(precision, device, sharded=strategy == "fsdp")
         plan = build_plan([len(x) for x in train.input_ids], epochs=t.epochs, batch_size=t.batch_size,
                           gradient_accumulation=t.gradient_accumulation, packing=t.packing,
                           max_length=t.max_seq_length, seed=t.seed)
+        saver = _Saver(self, model, optimizer, scaler, strategy, device, trainable_names)
 
         # 3. Resume from the newest complete checkpoint, if any.
         progress = None
-        state = self._resume(model, optimizer, plan.total_steps, progress_stub)
+        state = self._resume(saver, plan.total_steps, progress_stub)
         step = state["step"]
         metrics_path = self.checkpoint_dir / "metrics.jsonl"
         if self.is_main:
             _truncate_lines(metrics_path, state["metricsLines"])
-        ddp_model = model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp_model = DistributedDataParallel(model, device_ids=[self.local_rank] if device.startswith("cuda") else None)
 
         progress = Progress(total=plan.total_steps, initial=step, enabled=self.is_main)
         progress.event("start", runId=cfg.run_id, method=cfg.method.type, device=device, world=self.world,
                        totalSteps=plan.total_steps, resumeStep=step, trainExamples=len(train.input_ids),
-                       tokenizedCache="hit" if train.cache_hit else "miss", trainableParameters=n_trainable)
+                       tokenizedCache="hit" if train.cache_hit else "miss", trainableParameters=n_trainable,
+                       precision=precision.name, attention=runtime["attention"], strategy=strategy,
+                       gradientCheckpointing=runtime["gradientCheckpointing"])
         pad_id = tokenizer.pad_token_id
         started = time.monotonic()
         tokens_trained = 0
@@ -185,15 +227,16 @@ class Trainer:
             while step < plan.total_steps:
                 if self._stop_requested(preemption, device):
                     if step > state["step"]:  # else the newest checkpoint already is this step (or none was trained)
-                        self._save(step, trainable, optimizer, state, metrics_path)
-                    progress.event("preempted", step=step, totalSteps=plan.total_steps, exitCode=EXIT_PREEMPTED)
-                    return EXIT_PREEMPTED
+                        saver.save(step, state)
+                    progress.event("preempted", step=step, totalSteps=plan.total_steps, exitCode=exitcodes.PREEMPTED)
+                    return exitcodes.PREEMPTED
                 lr = lr_at(step, plan.total_steps, t.learning_rate, t.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 t0 = time.monotonic()
-                loss, n_tokens, grad_norm = self._train_step(ddp_model, plan.steps[step], train, pad_id, device,
-                                                             optimizer, params, t.packing)
+                loss, n_tokens, grad_norm = self._train_step(
+                    _Step(wrapped, strategy, precision, scaler, optimizer, params, t.fused_cross_entropy),
+                    plan.steps[step], train, pad_id, device, t.packing)
                 step += 1
                 last_loss = loss
                 tokens_trained += n_tokens
@@ -208,7 +251,7 @@ class Trainer:
                     state["metricsLines"] += 1
                 progress.step(step, metrics)
                 if step % t.checkpoint_every_steps == 0 and step < plan.total_steps:
-                    self._save(step, trainable, optimizer, state, metrics_path)
+                    saver.save(step, state)
                     state["step"] = step
                     progress.event("checkpoint", step=step)
             loop_seconds = time.monotonic() - loop_started
@@ -216,14 +259,16 @@ class Trainer:
             # The finished weights are checkpointed before outputs are written: a crash while
             # writing outputs resumes here and only rewrites them.
             if step > state["step"] or ckpt.latest_complete(self.checkpoint_dir) is None:
-                self._save(step, trainable, optimizer, state, metrics_path)
+                saver.save(step, state)
                 state["step"] = step
         finally:
             if progress is not None:
                 progress.close()
 
         # 4. Outputs, then the manifest, last.
-        test_loss = self._eval_loss(model, test, pad_id, device)
+        test_loss = self._eval_loss(model, test, pad_id, device, precision)
+        weights = (distributed.trainable_state(model, strategy, trainable_names) if method.type != "full"
+                   else distributed.full_model_state(model, strategy)) if strategy == "fsdp" else None
         if self.is_main:
             summary = {
                 "runId": cfg.run_id, "specName": cfg.spec_name, "method": cfg.method.type, "totalSteps": plan.total_steps,
@@ -235,20 +280,18 @@ class Trainer:
                 "stepSecondsThisProcess": round(step_seconds, 4), "loopSecondsThisProcess": round(loop_seconds, 4),
                 "loopCpuSecondsThisProcess": round(loop_cpu_seconds, 4),
                 "resumedFromSteps": state["resumes"], "device": device, "world": self.world,
-                "maxGradNorm": MAX_GRAD_NORM,
+                "maxGradNorm": MAX_GRAD_NORM, **runtime,
             }
-            self._write_outputs(model, tokenizer, model_dir, metrics_path, summary, train.cache_key)
+            self._write_outputs(model, weights, tokenizer, model_dir, metrics_path, summary, train.cache_key, runtime)
         if self.world > 1:
             import torch.distributed as dist
 
             dist.barrier()
         progress.event("done", runId=cfg.run_id, step=step, testLoss=test_loss, outputDir=str(self.output_dir))
-        return EXIT_OK
+        return exitcodes.OK
 
     # ---------------------------------------------------------------- steps
-    def _train_step(self, ddp_model, micro_batches, data, pad_id, device, optimizer, params, packing):
-        import contextlib
-
+    def _train_step(self, how: "_Step", micro_batches, data, pad_id, device, packing):
         import torch
         import torch.nn.functional as F
 
@@ -273,20 +316,34 @@ class Trainer:
             mask = mask.to(device) if mask is not None else None
             pos = pos.to(device) if pos is not None else None
             sync = k == len(my_batches) - 1 or self.world == 1
-            ctx = contextlib.nullcontext() if sync else ddp_model.no_sync()
-            with ctx:
-                out = ddp_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-                # shift the labels, not the logits: slicing the logits would copy the largest tensor
-                target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-                logits = out.logits.float()
-                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum")
-                (ce * scale * self.world / denom).backward()
+            with distributed.gradient_sync(how.wrapped, how.strategy, sync):
+                with autocast(how.precision, device):
+                    if how.fused_loss:  # liger: logits never materialized; sum over targets (num_items_in_batch=1)
+                        out = how.wrapped(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels,
+                                          num_items_in_batch=1, use_cache=False)
+                    else:
+                        out = how.wrapped(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                if how.fused_loss:
+                    ce = out.loss.float()
+                else:
+                    # shift the labels, not the logits: slicing the logits would copy the largest tensor
+                    target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+                    logits = out.logits.float()
+                    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                         ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = ce * scale * self.world / denom
+                (how.scaler.scale(loss) if how.scaler is not None else loss).backward()
             loss_sum += float(ce.detach()) * scale
             n_tokens += real_tokens(rows, data.input_ids) if scale else 0
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if how.scaler is not None:
+            how.scaler.unscale_(how.optimizer)
+        grad_norm = distributed.grad_norm_value(torch.nn.utils.clip_grad_norm_(how.params, MAX_GRAD_NORM))
+        if how.scaler is not None:
+            how.scaler.step(how.optimizer)  # skipped when the scaled gradients overflowed
+            how.scaler.update()
+        else:
+            how.optimizer.step()
+        how.optimizer.zero_grad(set_to_none=True)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -305,8 +362,9 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _eval_loss(self, model, data, pad_id, device, batch_size: int = 16) -> float:
-        """Mean loss per assistant token on the held-out split (never trained on)."""
+    def _eval_loss(self, model, data, pad_id, device, precision: Precision, batch_size: int = 16) -> float:
+        """Mean loss per assistant token on the held-out split (never trained on), in the training
+        precision. Every rank runs it (FSDP needs every rank in each forward)."""
         import torch
         import torch.nn.functional as F
 
@@ -317,7 +375,8 @@ class Trainer:
             for start in range(0, len(data.input_ids), batch_size):
                 rows = [[i] for i in range(start, min(start + batch_size, len(data.input_ids)))]
                 ids, labels, mask, _ = collate(rows, data.input_ids, data.labels, pad_id, packing=False)
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                with autocast(precision, device):
+                    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 logits = out.logits[:, :-1].float()
                 target = labels[:, 1:].to(device)
                 total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
@@ -328,7 +387,7 @@ class Trainer:
         return total / max(count, 1)
 
     # ---------------------------------------------------------------- checkpoints
-    def _resume(self, model, optimizer, total_steps: int, log: Progress) -> dict:
+    def _resume(self, saver: "_Saver", total_steps: int, log: Progress) -> dict:
         import torch
 
         fresh = {"step": 0, "metricsLines": 0, "resumes": [], "runId": self.cfg.run_id, "totalSteps": total_steps}
@@ -354,36 +413,26 @@ class Trainer:
                 f"checkpointDir: {latest} planned {state.get('totalSteps')} steps but this run plans {total_steps}; "
                 "the data or batch settings changed under the same run id"
             )
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in trainable]
+        missing = [n for n in saver.names if n not in trainable]
         if missing:
             raise PermanentError(f"checkpointDir: {latest} lacks trained parameters ({', '.join(missing[:3])}...)")
-        model.load_state_dict(trainable, strict=False)
-        optimizer.load_state_dict(opt_state)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        distributed.load_state(saver.model, saver.optimizer, saver.strategy, trainable, opt_state)
+        if saver.scaler is not None and state.get("scaler"):
+            saver.scaler.load_state_dict(state["scaler"])
+        # each rank continues its own random stream (dropout); a changed world size falls back to rank 0's
+        torch.set_rng_state(rng.get(f"torch.r{self.rank}", rng["torch.r0"]))
+        cuda = rng.get(f"cuda.r{self.rank}", rng.get("cuda.r0"))
+        if cuda is not None and saver.device.startswith("cuda"):
+            torch.cuda.set_rng_state(cuda)
         step = int(state["step"])
         log.event("resume", fromCheckpoint=str(latest), step=step, totalSteps=total_steps)
         return {"step": step, "metricsLines": int(state["metricsLines"]), "resumes": [*state.get("resumes", []), step],
                 "runId": self.cfg.run_id, "totalSteps": total_steps}
 
-    def _save(self, step: int, trainable, optimizer, state: dict, metrics_path: Path) -> None:
-        import torch
-
-        if self.is_main:
-            rng = {"torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state()
-            meta = {k: v for k, v in state.items() if k != "step"}
-            ckpt.save_checkpoint(self.checkpoint_dir, step, trainable={n: p for n, p in trainable},
-                                 optimizer_state=optimizer.state_dict(), rng=rng, state=meta)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     # ---------------------------------------------------------------- outputs
-    def _write_outputs(self, model, tokenizer, base_dir: Path, metrics_path: Path, summary: dict, cache_key: str) -> None:
+    def _write_outputs(self, model, weights: dict | None, tokenizer, base_dir: Path, metrics_path: Path, summary: dict,
+                       cache_key: str, runtime: dict) -> None:
+        """`weights`: the gathered state dict of a sharded model (None: the model saves itself)."""
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("manifest.json", "model", "merged", "metrics.jsonl", "summary.json"):
@@ -394,17 +443,16 @@ class Trainer:
                 path.unlink()
         model_dir = out / "model"
         method = self.cfg.method
+        extra = {} if weights is None else {"state_dict": weights}
         if method.type == "full":
             model.config.use_cache = True
-            model.save_pretrained(model_dir, safe_serialization=True)
-        else:
-            model.save_pretrained(model_dir, safe_serialization=True)
+        model.save_pretrained(model_dir, safe_serialization=True, **extra)
         tokenizer.save_pretrained(model_dir)
         if method.type != "full" and getattr(method, "merge", False):
             self._write_merged(base_dir, model_dir, tokenizer, out / "merged")
         shutil.copyfile(metrics_path, out / "metrics.jsonl")
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        write_manifest(out, self._provenance(tokenizer, cache_key))
+        write_manifest(out, self._provenance(tokenizer, cache_key, runtime))
 
     def _write_merged(self, base_dir: Path, adapter_dir: Path, tokenizer, target: Path) -> None:
         """Adapter merged into full-precision base weights (QLoRA too: merging into 4-bit weights
@@ -418,7 +466,7 @@ class Trainer:
         merged.save_pretrained(target, safe_serialization=True)
         tokenizer.save_pretrained(target)
 
-    def _provenance(self, tokenizer, cache_key: str) -> dict:
+    def _provenance(self, tokenizer, cache_key: str, runtime: dict) -> dict:
         from importlib import metadata
 
         cfg = self.cfg
@@ -450,8 +498,67 @@ class Trainer:
             "specialTokens": special_tokens(tokenizer),
             "tokenizerSha256": tokenizer_hash(tokenizer),
             "tokenizedCacheKey": cache_key,
-            "world": {"nodes": cfg.distributed.nodes, "gpusPerNode": cfg.distributed.gpus_per_node},
+            "world": {"nodes": cfg.distributed.nodes, "gpusPerNode": cfg.distributed.gpus_per_node,
+                      "strategy": runtime["strategy"]},
+            # what the trained model really was, read back from it (not copied from the config)
+            "precision": runtime["precision"], "attention": runtime["attention"],
+            "gradientCheckpointing": runtime["gradientCheckpointing"], "parameterDtypes": runtime["parameterDtypes"],
+            "quantization": runtime["quantization"],
         }
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one optimizer step needs besides the batch: the module to call, how it is sharded,
+    the precision and loss scaler, the optimizer and the (local) trained parameters."""
+
+    wrapped: Any
+    strategy: str
+    precision: Precision
+    scaler: Any
+    optimizer: Any
+    params: list
+    fused_loss: bool
+
+
+@dataclass(frozen=True)
+class _Saver:
+    """Writes a checkpoint of the run as it is now, under any strategy: every rank takes part in
+    gathering (FSDP shards, RNG states), rank 0 writes (controller.train.checkpoint)."""
+
+    trainer: "Trainer"
+    model: Any
+    optimizer: Any
+    scaler: Any
+    strategy: str
+    device: str
+    names: list
+
+    def save(self, step: int, state: dict) -> None:
+        world, is_main = self.trainer.world, self.trainer.is_main
+        trainable = distributed.trainable_state(self.model, self.strategy, self.names)
+        optim = distributed.optimizer_state(self.model, self.optimizer, self.strategy)
+        rng = {f"torch.r{r}": t for r, t in enumerate(distributed.gather_rng(world, self.device))}
+        if self.device.startswith("cuda"):
+            rng.update({f"cuda.r{r}": t for r, t in enumerate(distributed.gather_rng(world, self.device, cuda=True))})
+        if is_main:
+            meta = {k: v for k, v in state.items() if k != "step"}
+            meta["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+            ckpt.save_checkpoint(self.trainer.checkpoint_dir, step, trainable=trainable, optimizer_state=optim, rng=rng,
+                                 state=meta)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _parameter_dtypes(model) -> dict[str, list[str]]:
+    """Dtypes of the trained and the frozen parameters, as loaded (e.g. float32 adapters on a
+    bfloat16 base; uint8 is bitsandbytes' packed 4-bit storage)."""
+    out: dict[str, set[str]] = {"trainable": set(), "frozen": set()}
+    for p in model.parameters():
+        out["trainable" if p.requires_grad else "frozen"].add(str(p.dtype).removeprefix("torch."))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def write_manifest(out: Path, provenance: dict) -> Path:

@@ -96,8 +96,8 @@ def test_job_lifecycle_maps_to_run_states(cluster, kubelet):
     [
         ("BackoffLimitExceeded", "Job has reached the specified backoff limit", "BackoffLimitExceeded", None),
         ("DeadlineExceeded", "Job was active longer than specified deadline", "DeadlineExceeded", None),
-        ("PodFailurePolicy", "Container trainer for pod ftops-team-a/x-1 failed with exit code 2 matching FailJob rule at index 1",
-         "ConfigError", 2),
+        ("PodFailurePolicy", "Container trainer for pod ftops-team-a/x-1 failed with exit code 78 matching FailJob rule at index 1",
+         "ConfigError", 78),
     ],
 )
 def test_failed_jobs_carry_their_reason(cluster, kubelet, reason, message, expected_reason, exit_code):

@@ -136,8 +136,8 @@ def test_a_restarted_controller_finds_running_and_finished_runs(tmp_path, progra
 
 
 @pytest.mark.parametrize("code,phase,reason", [
-    (1, Phase.FAILED, "ConfigError"),
-    (2, Phase.FAILED, "ConfigError"),
+    (78, Phase.FAILED, "ConfigError"),
+    (1, Phase.FAILED, "NonZeroExit"),
     (75, Phase.FAILED, "TemporaryFailure"),
     (3, Phase.FAILED, "NonZeroExit"),
     (143, Phase.PREEMPTED, "Preempted"),

@@ -106,7 +106,7 @@ def test_single_node_job_has_what_gpu_operators_need():
     assert spec["backoffLimit"] == 4
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1, 2]
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [78]  # EX_CONFIG, never 1
     assert rules[1]["onExitCodes"]["containerName"] == "trainer"  # a failed data pull is retried
     assert rules[2]["action"] == "Ignore" and rules[2]["onExitCodes"]["values"] == [R.PREEMPTED_EXIT_CODE]
     assert pod["restartPolicy"] == "Never"
@@ -510,16 +510,19 @@ def test_every_example_spec_renders():
 
 
 def test_exit_codes_match_the_trainer():
-    """The pod failure policy speaks the trainer's exit codes (controller.train)."""
-    from controller.train import EXIT_FAILED, EXIT_PREEMPTED, EXIT_TEMPORARY
+    """The pod failure policy speaks the trainer's exit codes (controller.exitcodes): only the
+    dedicated config-error code fails the Job; 1 (torchrun's code for any worker failure) and 75
+    (temporary) are retried; 143 (preempted after a checkpoint) is ignored."""
+    from controller import exitcodes
 
-    assert EXIT_FAILED in R.CONFIG_ERROR_EXIT_CODES
-    assert R.PREEMPTED_EXIT_CODE == EXIT_PREEMPTED
-    assert EXIT_TEMPORARY not in R.CONFIG_ERROR_EXIT_CODES  # temporary errors are retried
+    assert R.CONFIG_ERROR_EXIT_CODES == (exitcodes.CONFIG_ERROR,) and exitcodes.CONFIG_ERROR == 78
+    assert R.PREEMPTED_EXIT_CODE == exitcodes.PREEMPTED == 143
+    assert exitcodes.FAILURE not in R.CONFIG_ERROR_EXIT_CODES  # a lost worker is retried
+    assert exitcodes.TEMPORARY not in R.CONFIG_ERROR_EXIT_CODES  # temporary errors are retried
     job = by_kind(render(render_input()))["Job"]
     rules = job["spec"]["podFailurePolicy"]["rules"]
     actions = {code: r["action"] for r in rules if "onExitCodes" in r for code in r["onExitCodes"]["values"]}
-    assert actions == {EXIT_FAILED: "FailJob", 2: "FailJob", EXIT_PREEMPTED: "Ignore"}
+    assert actions == {exitcodes.CONFIG_ERROR: "FailJob", exitcodes.PREEMPTED: "Ignore"}
 
 
 def test_repo_path_base_model_is_read_from_the_checkout():

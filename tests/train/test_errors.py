@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from train_helpers import LORA, make_config
 
-from controller.train import EXIT_FAILED
+from controller.exitcodes import CONFIG_ERROR
 from controller.train.__main__ import main
 
 
 def _fails(config: Path, capsys) -> str:
     rc = main(["--config", str(config)])
     err = capsys.readouterr().err
-    assert rc == EXIT_FAILED, err
+    assert rc == CONFIG_ERROR, err
     root = config.parent
     # nothing was trained: no metrics, no checkpoint, no manifest
     assert not (root / "ckpt" / "metrics.jsonl").exists()

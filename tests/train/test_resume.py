@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM mid-run checkpoints and exits EXIT_PREEMPTED; a restart finishes at the
+"""Preemption: SIGTERM mid-run checkpoints and exits PREEMPTED (143); a restart finishes at the
 planned step count with the same result as an uninterrupted run. SIGKILL in the middle of a
 checkpoint write leaves a partial checkpoint that the restart ignores, resuming from the previous
 complete one. LoRA dropout is on, so a resume that did not restore the RNG state would differ."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from train_helpers import LORA, events, make_config, train_cli, train_in_process
 
-from controller.train import EXIT_PREEMPTED
+from controller.exitcodes import PREEMPTED
 from controller.train.checkpoint import KILL_HOOK_ENV, list_checkpoints
 
 METHOD = {"type": "lora", **LORA, "dropout": 0.1}
@@ -60,7 +60,7 @@ def test_sigterm_checkpoints_and_restart_matches_uninterrupted(tmp_path, tiny_mo
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert rc == EXIT_PREEMPTED, (tmp_path / "stderr").read_text()[-2000:]
+    assert rc == PREEMPTED, (tmp_path / "stderr").read_text()[-2000:]
     stopped = [e for e in events((tmp_path / "stdout").read_text()) if e.get("event") == "preempted"][0]["step"]
     assert 8 <= stopped < 30
     assert [(s, ok) for s, _, ok in list_checkpoints(tmp_path / "ckpt")][-1] == (stopped, True)
