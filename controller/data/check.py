@@ -5,14 +5,13 @@ reports each one as an `Issue` (line, kind, field, message that says what to wri
 counts them per kind. Lines without errors become `Record`s holding the normalised example and
 its `example_hash`, which the rest of the pipeline consumes without parsing the file again.
 
-Accepted shape (the OpenAI fine-tuning format):
-
-    {"messages": [{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": "..."}, ...],
-     "tools": [...], "parallel_tool_calls": true}
-
-Assistant messages may carry `tool_calls` (then `content` may be null) and `weight` (0 or 1);
-tool messages carry the `tool_call_id` of an earlier call. Anything else is an error, so a typo
-such as `"conent"` is caught instead of silently training on an empty turn.
+What a valid line is, is not decided here: `controller.chat` owns the chat format (roles, order,
+message shape, tool calls), and the trainer, the evaluator and the server read the same rules,
+so a file this check accepts is one the trainer accepts. This module adds what only a data file
+has: JSON parsing by line, normalisation and hashing, and the data-quality warnings (no system
+prompt, no user turn, token lengths). The hot loop below accepts the common plain example (only
+role + content strings) without building a problem list, using `controller.chat.FOLLOWS` for the
+order of turns; anything else goes through `controller.chat.check_example`.
 """
 from __future__ import annotations
 
@@ -25,20 +24,12 @@ from typing import Any
 
 import orjson
 
+from controller.chat import FOLLOWS, PROBLEM_KINDS, check_example
 from controller.data.normalize import canonical_json, normalize_parsed, normalize_text
 
 ERROR_KINDS: dict[str, str] = {
     "invalid_json": "the line is not valid JSON",
-    "not_object": "the line (or a message) is not a JSON object",
-    "missing_messages": "the `messages` list is missing, empty or not a list",
-    "missing_role": "a message has no `role`",
-    "missing_content": "a message has no `content`",
-    "unknown_key": "a key that the chat format does not define",
-    "unknown_role": "a role other than system, developer, user, assistant, tool",
-    "empty_content": "a message whose content is empty or only whitespace",
-    "no_assistant": "no assistant message, so there is nothing to learn",
-    "bad_tool_call": "a badly formed tool call or tool message",
-    "bad_field": "a known key with a value of the wrong type",
+    **PROBLEM_KINDS,
 }
 WARNING_KINDS: dict[str, str] = {
     "blank_line": "an empty line (skipped)",
@@ -49,19 +40,6 @@ WARNING_KINDS: dict[str, str] = {
     "template_error": "the base model's chat template cannot render this example",
     "tokenizer_unavailable": "token counts are estimated (no local tokenizer)",
 }
-
-ROLES = ("system", "developer", "user", "assistant", "tool")
-_ROLES = frozenset(ROLES)
-TOP_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
-MESSAGE_KEYS = {
-    "system": frozenset({"role", "content", "name"}),
-    "developer": frozenset({"role", "content", "name"}),
-    "user": frozenset({"role", "content", "name"}),
-    "assistant": frozenset({"role", "content", "name", "tool_calls", "weight", "refusal"}),
-    "tool": frozenset({"role", "content", "tool_call_id", "name"}),
-}
-_CALL_KEYS = frozenset({"id", "type", "function"})
-_FUNCTION_KEYS = frozenset({"name", "arguments"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,206 +116,29 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
         c = m.get("content")
         if c.__class__ is str:
             chars += len(c)
-        elif isinstance(c, list):
-            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
         for call in m.get("tool_calls") or ():
             fn = call.get("function") or {}
             chars += len(fn.get("name", "")) + len(fn.get("arguments", ""))
     return chars // 4 + 4 * len(messages) + 1
 
 
-def _validate_tool_calls(calls: Any, where: str, line: int, issues: list[Issue], ids: set[str]) -> bool:
-    if not isinstance(calls, list) or not calls:
-        issues.append(Issue(line, "bad_tool_call", where, "tool_calls must be a non-empty list of calls; drop the key if the assistant calls no tool"))
-        return False
-    ok = True
-    for j, call in enumerate(calls):
-        at = f"{where}[{j}]"
-        if not isinstance(call, dict):
-            issues.append(Issue(line, "bad_tool_call", at, 'a tool call must be an object {"id", "type": "function", "function": {"name", "arguments"}}'))
-            ok = False
-            continue
-        extra = call.keys() - _CALL_KEYS
-        if extra:
-            issues.append(Issue(line, "bad_tool_call", at, f"unknown key(s) {sorted(extra)} in a tool call; allowed: id, type, function"))
-            ok = False
-        cid = call.get("id")
-        if not isinstance(cid, str) or not cid:
-            issues.append(Issue(line, "bad_tool_call", f"{at}.id", "each tool call needs a non-empty string id, which the tool message answers with tool_call_id"))
-            ok = False
-        else:
-            ids.add(cid)
-        if call.get("type", "function") != "function":
-            issues.append(Issue(line, "bad_tool_call", f"{at}.type", f"type must be \"function\", not {call.get('type')!r}"))
-            ok = False
-        fn = call.get("function")
-        if not isinstance(fn, dict):
-            issues.append(Issue(line, "bad_tool_call", f"{at}.function", 'function must be an object {"name": "...", "arguments": "<JSON string>"}'))
-            ok = False
-            continue
-        extra = fn.keys() - _FUNCTION_KEYS
-        if extra:
-            issues.append(Issue(line, "bad_tool_call", f"{at}.function", f"unknown key(s) {sorted(extra)}; allowed: name, arguments"))
-            ok = False
-        name = fn.get("name")
-        if not isinstance(name, str) or not name.strip():
-            issues.append(Issue(line, "bad_tool_call", f"{at}.function.name", "the function name must be a non-empty string"))
-            ok = False
-        args = fn.get("arguments")
-        if not isinstance(args, str):
-            issues.append(Issue(line, "bad_tool_call", f"{at}.function.arguments", "arguments must be a string holding a JSON object, e.g. \"{\\\"city\\\": \\\"Paris\\\"}\""))
-            ok = False
-        else:
-            try:
-                parsed = orjson.loads(args)
-            except orjson.JSONDecodeError as exc:
-                issues.append(Issue(line, "bad_tool_call", f"{at}.function.arguments", f"arguments are not valid JSON ({exc}); write a JSON object as a string"))
-                ok = False
-            else:
-                if not isinstance(parsed, dict):
-                    issues.append(Issue(line, "bad_tool_call", f"{at}.function.arguments", "arguments must encode a JSON object, not a " + type(parsed).__name__))
-                    ok = False
-    return ok
-
-
-def _validate_content(content: Any, where: str, line: int, issues: list[Issue]) -> bool:
-    if isinstance(content, str):
-        if not content.strip():
-            issues.append(Issue(line, "empty_content", where, "content is empty; write the text of this turn or remove the message"))
-            return False
-        return True
-    if isinstance(content, list):
-        text = False
-        for k, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                issues.append(Issue(line, "bad_field", f"{where}[{k}]", 'only text parts {"type": "text", "text": "..."} are supported in training data'))
-                return False
-            text = text or bool(part["text"].strip())
-        if not text:
-            issues.append(Issue(line, "empty_content", where, "content has no text; write the text of this turn or remove the message"))
-            return False
-        return True
-    issues.append(Issue(line, "bad_field", where, f"content must be a string, not {type(content).__name__}"))
-    return False
-
-
-_PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
-
-
 def validate_example(obj: Any, line: int, issues: list[Issue]) -> bool:
-    """Append every problem of one parsed line to `issues`; True when it has no errors.
-
-    Most lines are plain {"messages": [{"role", "content"}, ...]}: they are accepted by a tight
-    loop, and anything unusual goes through the full check, which reports every problem."""
-    if obj.__class__ is dict and len(obj) == 1:
-        messages = obj.get("messages")
-        if messages.__class__ is list and messages:
-            roles = set()
-            for m in messages:
-                if m.__class__ is not dict or len(m) != 2:
-                    break
-                role = m.get("role")
-                content = m.get("content")
-                if role not in _PLAIN_ROLES or content.__class__ is not str or not content or content.isspace():
-                    break
-                roles.add(role)
-            else:
-                if "assistant" in roles:
-                    if "system" not in roles and "developer" not in roles:
-                        issues.append(Issue(line, "missing_system", "messages", "no system message; add one if the model will be served with a system prompt", "warning"))
-                    if "user" not in roles:
-                        issues.append(Issue(line, "missing_user", "messages", "no user message; the assistant answers nothing", "warning"))
-                    return True
-    return _validate_full(obj, line, issues)
-
-
-def _validate_full(obj: Any, line: int, issues: list[Issue]) -> bool:
-    if not isinstance(obj, dict):
-        issues.append(Issue(line, "not_object", "", f'each line must be a JSON object {{"messages": [...]}}, not a {type(obj).__name__}'))
+    """Append every problem of one parsed line to `issues` (the chat format's problems, then the
+    data-quality warnings of a valid line); True when it has no errors."""
+    problems = check_example(obj)
+    if problems:
+        issues.extend(Issue(line, p.kind, p.field, p.message) for p in problems)
         return False
-    ok = True
-    if len(obj) != 1 or "messages" not in obj:
-        extra = obj.keys() - TOP_KEYS
-        if extra:
-            for key in sorted(extra):
-                issues.append(Issue(line, "unknown_key", str(key), f"unknown key {key!r}; an example has only messages, tools and parallel_tool_calls"))
-            ok = False
-        if "tools" in obj and not isinstance(obj["tools"], list):
-            issues.append(Issue(line, "bad_field", "tools", "tools must be a list of tool definitions"))
-            ok = False
-        if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
-            issues.append(Issue(line, "bad_field", "parallel_tool_calls", "parallel_tool_calls must be true or false"))
-            ok = False
-    messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        if messages is None:
-            msg = 'the "messages" list is missing; write {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}'
-        elif isinstance(messages, list):
-            msg = "messages is empty; an example needs at least a user and an assistant message"
-        else:
-            msg = f"messages must be a list of message objects, not a {type(messages).__name__}"
-        issues.append(Issue(line, "missing_messages", "messages", msg))
-        return False
-    has_assistant = has_user = has_system = False
-    call_ids: set[str] = set()
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            issues.append(Issue(line, "not_object", where, f'each message must be an object {{"role": ..., "content": ...}}, not a {type(m).__name__}'))
-            ok = False
-            continue
-        role = m.get("role")
-        if role is None:
-            issues.append(Issue(line, "missing_role", f"{where}.role", f"the message has no role; add one of {', '.join(ROLES)}"))
-            ok = False
-            allowed = MESSAGE_KEYS["assistant"] | MESSAGE_KEYS["tool"]
-        elif not isinstance(role, str) or role not in _ROLES:
-            issues.append(Issue(line, "unknown_role", f"{where}.role", f"{role!r} is not a recognised role; use one of {', '.join(ROLES)}"))
-            ok = False
-            allowed = MESSAGE_KEYS["assistant"] | MESSAGE_KEYS["tool"]
-        else:
-            allowed = MESSAGE_KEYS[role]
-            if role == "assistant":
-                has_assistant = True
-            elif role == "user":
-                has_user = True
-            elif role == "system" or role == "developer":
-                has_system = True
-        extra = m.keys() - allowed
-        if extra:
-            for key in sorted(extra, key=str):
-                hint = " (did you mean 'content'?)" if str(key).lower().startswith(("cont", "conent", "text")) else ""
-                issues.append(Issue(line, "unknown_key", f"{where}.{key}", f"unknown key {key!r} in a {role or 'message'} message{hint}; allowed: {', '.join(sorted(allowed))}"))
-            ok = False
-        calls = m.get("tool_calls")
-        if calls is not None and role == "assistant":
-            ok = _validate_tool_calls(calls, f"{where}.tool_calls", line, issues, call_ids) and ok
-        if "content" not in m or m["content"] is None:
-            if not (role == "assistant" and calls):
-                issues.append(Issue(line, "missing_content", f"{where}.content", "the message has no content; write the text of this turn (only an assistant message with tool_calls may omit it)"))
-                ok = False
-        elif not (role == "assistant" and calls and m["content"] == ""):
-            ok = _validate_content(m["content"], f"{where}.content", line, issues) and ok
-        if role == "tool":
-            tid = m.get("tool_call_id")
-            if not isinstance(tid, str) or tid not in call_ids:
-                issues.append(Issue(line, "bad_tool_call", f"{where}.tool_call_id", f"a tool message must answer an earlier assistant tool call: tool_call_id {tid!r} matches none of {sorted(call_ids) or 'no calls'}"))
-                ok = False
-        if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
-            issues.append(Issue(line, "bad_field", f"{where}.weight", "weight must be 0 (do not learn this turn) or 1"))
-            ok = False
-        if "name" in m and not isinstance(m["name"], str):
-            issues.append(Issue(line, "bad_field", f"{where}.name", "name must be a string"))
-            ok = False
-    if not has_assistant:
-        issues.append(Issue(line, "no_assistant", "messages", "no assistant message: add the answer the model should learn to give"))
-        ok = False
-    if ok:
-        if not has_system:
-            issues.append(Issue(line, "missing_system", "messages", "no system message; add one if the model will be served with a system prompt", "warning"))
-        if not has_user:
-            issues.append(Issue(line, "missing_user", "messages", "no user message; the assistant answers nothing", "warning"))
-    return ok
+    messages = obj["messages"]
+    if messages[0]["role"] != "system":  # the chat format puts a system message first or nowhere
+        issues.append(Issue(line, "missing_system", "messages", _NO_SYSTEM, "warning"))
+    if not any(m["role"] == "user" for m in messages):
+        issues.append(Issue(line, "missing_user", "messages", _NO_USER, "warning"))
+    return True
+
+
+_NO_SYSTEM = "no system message; add one if the model will be served with a system prompt"
+_NO_USER = "no user message; the assistant answers nothing"
 
 
 PARALLEL_MIN_LINES = 20_000
@@ -346,7 +147,10 @@ PARALLEL_MIN_LINES = 20_000
 _SHARED: bytes = b""  # the file's bytes, inherited by forked workers instead of being pickled
 
 
-_ROLE_BITS = {"system": 1, "developer": 1, "user": 2, "assistant": 4}
+_ROLE_BITS = {"system": 1, "user": 2, "assistant": 4}
+_PLAIN_STEPS = {state: {role: _ROLE_BITS[role] for role in FOLLOWS[state] if role in _ROLE_BITS} for state in ("", *_ROLE_BITS)}
+"""controller.chat.FOLLOWS for plain text messages: for the previous role (`""` at the start),
+each role that may come next and its bit (for the no-system / no-user warnings)."""
 
 
 def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issue]]:
@@ -361,7 +165,7 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
     decode_error = orjson.JSONDecodeError
     sha256 = hashlib.sha256
     norm_text = normalize_text
-    bits_of = _ROLE_BITS.get
+    steps = _PLAIN_STEPS
     for lineno, raw in enumerate(lines, first):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
@@ -377,16 +181,18 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
             messages = obj.get("messages")
             if messages.__class__ is list and messages:
                 roles = chars = 0
+                role = ""
                 normalized = []
                 for m in messages:
                     if m.__class__ is not dict or len(m) != 2:
                         break
+                    step = steps[role]
                     role = m.get("role")
                     content = m.get("content")
                     if role.__class__ is not str or content.__class__ is not str:
                         break
-                    bit = bits_of(role)
-                    if bit is None:
+                    bit = step.get(role)
+                    if bit is None:  # an unknown role, or one that may not come here
                         break
                     text = content.strip() if content.isascii() and content.isprintable() else norm_text(content)
                     if not text:
@@ -395,26 +201,22 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
                     chars += len(text)
                     roles |= bit
                 else:
-                    if roles & 4:
+                    if role == "assistant":  # an example ends with the assistant's answer
                         for m, text in zip(messages, normalized):
                             m["content"] = text
                         if not roles & 1:
-                            issues.append(Issue(lineno, "missing_system", "messages", "no system message; add one if the model will be served with a system prompt", "warning"))
+                            issues.append(Issue(lineno, "missing_system", "messages", _NO_SYSTEM, "warning"))
                         if not roles & 2:
-                            issues.append(Issue(lineno, "missing_user", "messages", "no user message; the assistant answers nothing", "warning"))
+                            issues.append(Issue(lineno, "missing_user", "messages", _NO_USER, "warning"))
                         canon = dumps(obj, option=sort_keys)
                         append(Record(lineno, canon, sha256(canon).hexdigest(), chars // 4 + 4 * len(messages) + 1))
                         continue
         if validate_example(obj, lineno, issues):
+            # The chat format counts invisible-only content as empty, so normalisation (which
+            # removes those characters) cannot empty a message that passed.
             norm = normalize_parsed(obj)
-            # Normalisation can empty a message (e.g. only zero-width characters): recheck it.
-            for i, m in enumerate(norm["messages"]):
-                if m.get("content") == "" and not m.get("tool_calls"):
-                    issues.append(Issue(lineno, "empty_content", f"messages[{i}].content", "content is only invisible characters; write the text of this turn"))
-                    break
-            else:
-                canon = canonical_json(norm)
-                append(Record(lineno, canon, sha256(canon).hexdigest(), estimate_tokens(norm["messages"])))
+            canon = canonical_json(norm)
+            append(Record(lineno, canon, sha256(canon).hexdigest(), estimate_tokens(norm["messages"])))
     return records, issues
 
 

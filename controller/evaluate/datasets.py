@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.chat import check_messages, describe, message_text
 from controller.errors import PermanentError
 from controller.fsutil import json_lines
 
-ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_SUITE = "default"
 _DEFAULT_SUITE_FILE = Path(__file__).resolve().parent.parent / "defaults" / "regression.jsonl"
 
@@ -31,24 +31,17 @@ class EvalExample:
 
     def text(self) -> str:
         """Prompt (minus system messages, shared by every example) and answer, for overlap checks."""
-        return "\n".join([m["content"] for m in self.prompt if m["role"] != "system"] + [self.reference])
-
-
-def _check_messages(messages, where: str) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise PermanentError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise PermanentError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content"), str):
-            raise PermanentError(f"{where}: messages[{i}].content must be a string")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+        return "\n".join([message_text(m) for m in self.prompt if m["role"] != "system"] + [self.reference])
 
 
 def read_examples(path: str | Path, what: str, *, answer_key: str | None = None) -> list[EvalExample]:
-    """Every example of a JSONL file. With `answer_key`, a line may give its answer under that key
-    (regression suites: `{"messages": [user...], "answer": "..."}`); otherwise the last message
-    must be the assistant's reference answer."""
+    """Every example of a JSONL file, its messages checked against the chat format
+    (`controller.chat`: the rules `ftops data check` and the trainer apply, so a held-out split
+    that passed the check is never refused here). With `answer_key`, a line may give its answer
+    under that key (regression suites: `{"messages": [user...], "answer": "..."}`); otherwise the
+    last message must be the assistant's reference answer. A last turn that only calls tools is
+    compared as the JSON of its calls (`controller.chat.message_text`). Messages are kept whole
+    (tool calls included), because the model's chat template renders them."""
     path = Path(path)
     if not path.is_file():
         raise PermanentError(f"{what}: file '{path}' not found")
@@ -56,20 +49,26 @@ def read_examples(path: str | Path, what: str, *, answer_key: str | None = None)
     for lineno, where, obj in json_lines(path, "example"):
         if not isinstance(obj, dict):
             raise PermanentError(f'{where}: each line must be a JSON object with "messages"')
-        messages = _check_messages(obj.get("messages"), where)
-        meta = {k: v for k, v in obj.items() if k != "messages"}
-        if answer_key and answer_key in obj:
-            if not isinstance(obj[answer_key], str):
-                raise PermanentError(f'{where}: "{answer_key}" must be a string (the expected answer)')
-            reference = obj[answer_key]
-            prompt = messages[:-1] if messages[-1]["role"] == "assistant" else messages
-        elif messages[-1]["role"] == "assistant":
-            reference, prompt = messages[-1]["content"], messages[:-1]
-        else:
+        messages = obj.get("messages")
+        given = answer_key is not None and answer_key in obj
+        if given and not isinstance(obj[answer_key], str):
+            raise PermanentError(f'{where}: "{answer_key}" must be a string (the expected answer)')
+        ends_with_answer = (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+                            and messages[-1].get("role") == "assistant")
+        problems = check_messages(messages, "prompt" if given and not ends_with_answer else "example")
+        ending = next((p for p in problems if p.kind == "no_assistant"), None)
+        if ending is not None:
             hint = f' or an "{answer_key}" key' if answer_key else ""
-            raise PermanentError(f"{where}: the last message must be the assistant's reference answer{hint}")
-        if not prompt:
-            raise PermanentError(f"{where}: no prompt before the reference answer")
+            raise PermanentError(f"{where}: the last message must be the assistant's reference answer{hint} ({ending.field})")
+        if problems:
+            raise PermanentError(describe(where, problems))
+        meta = {k: v for k, v in obj.items() if k != "messages"}
+        if given:
+            reference = obj[answer_key]
+            prompt = messages[:-1] if ends_with_answer else messages
+        else:
+            reference, prompt = message_text(messages[-1]), messages[:-1]
+        # Never empty: the chat format starts an example with a system or user message.
         examples.append(EvalExample(tuple(prompt), reference, lineno, meta))
     if not examples:
         raise PermanentError(f"{what}: file '{path}' has no examples")

@@ -4,16 +4,22 @@ Why strict and up front: every check here runs before any retrieval or generatio
 request costs microseconds, gets a 4xx JSON error in OpenAI's shape (`{"error": {message, type,
 param, code}}`, which the official SDK turns into BadRequestError & co.), and can never reach the
 model with something that would make it fail or run for minutes.
+
+What a message may hold is `controller.chat`'s request rules (roles system, user, assistant;
+string or text-part content; the last message the user's; no tools), the same module that
+defines the training data, so the server and the data check cannot drift apart. This module adds
+the limits (body size, message count, characters) and the other request parameters.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
+from controller.chat import check_messages, content_text
+
 MAX_BODY_BYTES = 1 << 20
 MAX_MESSAGES = 64
 MAX_CONTENT_CHARS = 32_000
-ROLES = ("system", "user", "assistant")
 
 
 class RequestError(Exception):
@@ -40,20 +46,6 @@ class ChatRequest:
         return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
 
 
-def _content(value, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # [{"type": "text", "text": ...}]
-        parts = []
-        for i, part in enumerate(value):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(400, f"{where}[{i}] must be a text part {{\"type\": \"text\", \"text\": ...}}; "
-                                        "this server takes text only", where)
-            parts.append(part["text"])
-        return "".join(parts)
-    raise RequestError(400, f"{where} must be a string", where)
-
-
 def parse_chat_request(body: bytes, max_tokens_limit: int, default_max_tokens: int | None = None) -> ChatRequest:
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="request_too_large")
@@ -64,28 +56,16 @@ def parse_chat_request(body: bytes, max_tokens_limit: int, default_max_tokens: i
     if not isinstance(data, dict):
         raise RequestError(400, "request body must be a JSON object")
     messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
-    if len(messages) > MAX_MESSAGES:
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
         raise RequestError(400, f"'messages' has {len(messages)} entries; the limit is {MAX_MESSAGES}", "messages")
-    clean, total = [], 0
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise RequestError(400, f"{where} must be an object with 'role' and 'content'", where)
-        role = msg.get("role")
-        if role not in ROLES:
-            raise RequestError(400, f"{where}.role must be one of {', '.join(ROLES)}, not {role!r}", f"{where}.role")
-        if "content" not in msg or msg["content"] is None:
-            raise RequestError(400, f"{where}.content is required", f"{where}.content")
-        text = _content(msg["content"], f"{where}.content")
-        total += len(text)
-        clean.append({"role": role, "content": text})
+    problems = check_messages(messages, "request")
+    if problems:
+        raise RequestError(400, problems[0].message, problems[0].field)
+    clean = [{"role": m["role"], "content": content_text(m["content"])} for m in messages]
+    total = sum(len(m["content"]) for m in clean)
     if total > MAX_CONTENT_CHARS:
         raise RequestError(400, f"messages hold {total} characters; the limit is {MAX_CONTENT_CHARS}", "messages",
                            "context_length_exceeded")
-    if clean[-1]["role"] != "user":
-        raise RequestError(400, "the last message must have role 'user'", f"messages[{len(clean) - 1}].role")
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = data.get(key)
     if max_tokens is None:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.chat import check_example, describe
 from controller.errors import PermanentError
 from controller.fsutil import json_lines, sha256_file
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant", "tool")
 CACHE_FORMAT = 1  # bump when the tokenization logic changes
 
 
@@ -33,22 +33,17 @@ def sha256_text(text: str) -> str:
 
 
 def read_chat_jsonl(path: Path, field: str) -> list[list[dict]]:
-    """Every conversation of a chat JSONL file, checked; errors name file:line and field."""
+    """Every conversation of a chat JSONL file, checked against the chat format
+    (`controller.chat`, the same rules `ftops data check` applies, so data that passed the check
+    is never refused here); the first bad line stops the run with its file:line and field."""
     if not path.is_file():
         raise PermanentError(f"{field}: data file '{path}' not found; run `ftops data prepare` or fix the path in run.json")
     conversations = []
     for _, where, obj in json_lines(path, "chat example"):
-        messages = obj.get("messages") if isinstance(obj, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise PermanentError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise PermanentError(f"{where}: messages[{i}].role must be one of {', '.join(ROLES)}")
-            if not isinstance(m.get("content"), str):
-                raise PermanentError(f"{where}: messages[{i}].content must be a string")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise PermanentError(f"{where}: no assistant message, so nothing to train on")
-        conversations.append(messages)
+        problems = check_example(obj)
+        if problems:
+            raise PermanentError(describe(where, problems))
+        conversations.append(obj["messages"])
     if not conversations:
         raise PermanentError(f"{field}: data file '{path}' has no examples")
     return conversations

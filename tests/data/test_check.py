@@ -39,6 +39,7 @@ PLANTED: list[tuple[str, set[tuple[str, str]]]] = [
     (line([SYS, {"role": "user", "content": 42}, ASSIST]), {("bad_field", "messages[1].content")}),
     (line([SYS, USER, {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "", "arguments": "{}"}}]}]),
      {("bad_tool_call", "messages[2].tool_calls[0].id"), ("bad_tool_call", "messages[2].tool_calls[0].function.name")}),
+    (line([USER, SYS, ASSIST]), {("bad_order", "messages[1].role")}),  # the order rules: tests/test_chat_format.py
 ]
 
 
