@@ -14,6 +14,26 @@ from controller.spec.finetune import FineTune
 DEFAULT_PARAMETERS_B = 7.0
 LOW, HIGH = 0.5, 2.0
 """The estimate's range: half to double the point estimate (throughput varies that much)."""
+PRECISION_THROUGHPUT = {"bf16": 1.0, "fp16": 1.0, "fp32": 0.5}
+"""The operator's throughput table is bf16 throughput (what `precision: auto` trains in on every
+GPU in the catalog). fp32 runs its matmuls on TF32 tensor cores (the trainer enables them) at
+half of bf16's peak on A100 and H100 (156 vs 312, 495 vs 989 TFLOP/s) and moves twice the bytes,
+so it is at best half as fast. The CPU row is measured in fp32 (CPU `auto`) and is not scaled."""
+FP32_EXTRA_BYTES_PER_PARAMETER = {"lora": 2.0, "qlora": 0.0, "full": 0.0}
+"""fp32 LoRA keeps the frozen base in float32 (4 bytes) instead of bf16 (2); QLoRA's base is 4-bit
+either way; a full fine-tune keeps float32 master weights, gradients and AdamW moments either way."""
+_DTYPE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def training_precision(spec: FineTune) -> str:
+    """The precision the run will train in on its GPU type (controller.train.precision's rule,
+    assuming the catalog's GPUs support bf16, as all of its defaults do)."""
+    s = spec.spec
+    if s.training.precision != "auto":
+        return s.training.precision
+    if s.method.type == "qlora":
+        return _DTYPE_PRECISION[s.method.quantization.compute_dtype]
+    return "fp32" if s.hardware.gpu_type == "cpu" else "bf16"
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,10 @@ def estimate(
         warnings.append(f"no throughput for {method} on {gpu} in the operator's table: cost not estimated")
         return CostEstimate(0, 0, 0, 0, 0, training_tokens, assumptions, warnings)
     per_gpu = per_gpu_7b * DEFAULT_PARAMETERS_B / params
+    precision = training_precision(spec)
+    if gpu != "cpu" and PRECISION_THROUGHPUT[precision] != 1.0:
+        per_gpu *= PRECISION_THROUGHPUT[precision]
+        assumptions.append(f"precision {precision}: {PRECISION_THROUGHPUT[precision]:g} × the table's bf16 throughput")
     gpus = s.hardware.gpus_per_node * s.hardware.nodes
     effective = per_gpu * (1 + (gpus - 1) * operator.multi_gpu_efficiency)
     assumptions.append(
@@ -91,7 +115,8 @@ def estimate(
             f"estimated {wall_hours:,.1f} h exceeds hardware.maxHours {s.hardware.max_hours:g}: the Job would be stopped "
             "before it finishes; raise maxHours, add GPUs or reduce epochs"
         )
-    needed = params * operator.bytes_per_parameter[method]
+    needed = params * (operator.bytes_per_parameter[method]
+                       + (FP32_EXTRA_BYTES_PER_PARAMETER[method] if precision == "fp32" else 0.0))
     available = gpu_type.memory_gib * s.hardware.gpus_per_node if method == "full" else gpu_type.memory_gib
     if gpu != "cpu" and needed > available:
         warnings.append(
