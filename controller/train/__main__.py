@@ -52,7 +52,9 @@ def _main(config_path: str, worker: bool) -> int:
         if needs_launcher(dist.nodes, dist.gpus_per_node) and not worker:
             argv = torchrun_command(
                 os.path.abspath(config_path), nodes=dist.nodes, gpus_per_node=dist.gpus_per_node, run_id=config.run_id,
-                node_rank=os.environ.get("NODE_RANK") or os.environ.get("JOB_COMPLETION_INDEX"),
+                # Indexed Job / JobSet: JOB_COMPLETION_INDEX; Kubeflow's PyTorchJob: PET_NODE_RANK
+                node_rank=os.environ.get("NODE_RANK") or os.environ.get("PET_NODE_RANK")
+                or os.environ.get("JOB_COMPLETION_INDEX"),
                 master_addr=os.environ.get("MASTER_ADDR"), master_port=int(os.environ.get("MASTER_PORT", "29500")),
                 python=sys.executable,
             )

@@ -243,6 +243,7 @@ class Trainer:
                 elapsed = time.monotonic() - t0
                 step_seconds += elapsed
                 metrics = {"step": step, "epoch": round(plan.epoch_of(step), 4), "loss": loss, "learningRate": lr,
+                           "tokens": n_tokens,
                            "tokensPerSecond": round(n_tokens / elapsed, 1) if elapsed > 0 else None,
                            "gradNorm": grad_norm}
                 if self.is_main:
@@ -281,6 +282,7 @@ class Trainer:
                 "loopCpuSecondsThisProcess": round(loop_cpu_seconds, 4),
                 "resumedFromSteps": state["resumes"], "device": device, "world": self.world,
                 "maxGradNorm": MAX_GRAD_NORM, **runtime,
+                "peakGpuMemoryBytes": torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None,
             }
             self._write_outputs(model, weights, tokenizer, model_dir, metrics_path, summary, train.cache_key, runtime)
         if self.world > 1:

@@ -213,7 +213,10 @@ def test_runs_record_what_their_models_used(trained) -> None:
 
 @pytest.mark.slow
 def test_bf16_autocast_learns_as_well_as_fp32(trained, tiny_model, task_data, tmp_path) -> None:
-    """The same LoRA run as the session's fp32 one, in bf16 autocast on the CPU: same held-out accuracy."""
+    """The same LoRA run as the session's fp32 one, in bf16 autocast on the CPU (frozen base stored
+    in bf16), reaches the accuracy bar every method must reach. Measured on 60 held-out tickets,
+    seeds 1/2/3: bf16 0.917/0.983/1.0, fp32 0.983/1.0/1.0 (bf16 rounding changes the trajectory; a
+    broken bf16 path would sit at chance, 0.33). So: both >= 0.9 and at most 6 of 60 apart."""
     method, training = METHOD_RUNS["lora"]
     config = make_config(tmp_path, tiny_model, task_data, {**method, "merge": False}, **training, precision="bf16")
     assert train_in_process(config) == 0
@@ -222,4 +225,5 @@ def test_bf16_autocast_learns_as_well_as_fp32(trained, tiny_model, task_data, tm
     bf16 = greedy_accuracy(tmp_path / "out" / "model", tiny_model, task_data[1])
     fp32 = greedy_accuracy(trained("lora") / "out" / "model", tiny_model, task_data[1])
     print(f"held-out accuracy: bf16 {bf16:.3f}, fp32 {fp32:.3f}")
-    assert fp32 >= 0.9 and bf16 >= 0.9 and abs(bf16 - fp32) <= 0.05
+    assert fp32 >= 0.9 and bf16 >= 0.9 and abs(bf16 - fp32) <= 0.1
+    assert summary["testLoss"] < 0.1  # per assistant token, in bf16; an untrained model is above 2
