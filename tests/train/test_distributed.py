@@ -68,6 +68,34 @@ def test_launcher_exit_code(torchrun, ranks, sigterm, expected) -> None:
     assert launcher_exit_code(torchrun, ranks, sigterm, local_ranks=2) == expected
 
 
+GIB = 2**30
+
+
+@pytest.mark.parametrize("requested, world, method, weights, gpu, expected", [
+    ("auto", 1, "full", 14 * GIB, 80 * GIB, "single"),
+    ("auto", 4, "full", 14 * GIB, 80 * GIB, "fsdp"),  # a 7B full fine-tune: weights + grads + moments do not fit
+    ("auto", 2, "lora", 14 * GIB, 80 * GIB, "ddp"),  # 7B bf16 base fits one 80 GB GPU
+    ("auto", 8, "lora", 140 * GIB, 80 * GIB, "fsdp"),  # a 70B base does not
+    ("auto", 2, "lora", 14 * GIB, None, "ddp"),  # CPU ranks: memory is not the limit
+    ("auto", 2, "qlora", 40 * GIB, 24 * GIB, "ddp"),
+    ("ddp", 4, "full", 14 * GIB, 80 * GIB, "ddp"),
+    ("fsdp", 2, "lora", 1 * GIB, 80 * GIB, "fsdp"),
+])
+def test_strategy_resolution(requested, world, method, weights, gpu, expected) -> None:
+    from controller.train.distributed import resolve_strategy
+
+    assert resolve_strategy(requested, world=world, method=method, base_weight_bytes=weights,
+                            gpu_memory_bytes=gpu) == expected
+
+
+def test_fsdp_refuses_4bit_weights() -> None:
+    from controller.errors import PermanentError
+    from controller.train.distributed import resolve_strategy
+
+    with pytest.raises(PermanentError, match="distributed.strategy: fsdp does not shard 4-bit"):
+        resolve_strategy("fsdp", world=2, method="qlora", base_weight_bytes=GIB, gpu_memory_bytes=None)
+
+
 @pytest.mark.slow
 def test_fsdp_writes_a_complete_trained_model(uninterrupted, tiny_model) -> None:
     """The shards are gathered into one complete model (tied weights once, as transformers writes

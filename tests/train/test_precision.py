@@ -227,3 +227,40 @@ def test_bf16_autocast_learns_as_well_as_fp32(trained, tiny_model, task_data, tm
     print(f"held-out accuracy: bf16 {bf16:.3f}, fp32 {fp32:.3f}")
     assert fp32 >= 0.9 and bf16 >= 0.9 and abs(bf16 - fp32) <= 0.1
     assert summary["testLoss"] < 0.1  # per assistant token, in bf16; an untrained model is above 2
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaling_survives_a_kill_and_resume(tmp_path, tiny_model) -> None:
+    """fp16 scales the loss (GradScaler) and the scaler's state is part of the checkpoint: a run
+    SIGKILLed mid-checkpoint and resumed trains the same losses, with the same final scale, as an
+    uninterrupted one."""
+    import signal
+
+    from train_helpers import train_cli
+
+    from controller.tiny.task import write_task
+    from controller.train.checkpoint import KILL_HOOK_ENV, latest_complete
+
+    data = write_task(tmp_path / "data", n_train=48, n_test=8, seed=0)
+    training = {"batchSize": 8, "epochs": 1, "precision": "fp16", "checkpointEverySteps": 2}
+    runs = {}
+    for name in ("uninterrupted", "resumed"):
+        root = tmp_path / name
+        root.mkdir()
+        runs[name] = make_config(root, tiny_model, data, {"type": "lora", **LORA}, **training)
+    killed = train_cli(runs["resumed"], env={KILL_HOOK_ENV: "4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    for config in runs.values():
+        assert train_in_process(config) == 0
+    results = {}
+    for name, config in runs.items():
+        out = config.parent / "out"
+        summary = json.loads((out / "summary.json").read_text())
+        scaler = json.loads((latest_complete(config.parent / "ckpt") / "state.json").read_text())["scaler"]
+        results[name] = ([json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()],
+                         scaler, summary)
+    (losses, scaler, summary), (losses2, scaler2, summary2) = results["uninterrupted"], results["resumed"]
+    assert summary["precision"]["lossScaling"] is True and summary["parameterDtypes"]["frozen"] == ["float16"]
+    assert summary2["resumedFromSteps"] == [2]
+    assert scaler["scale"] > 0 and scaler == scaler2
+    assert losses2 == pytest.approx(losses, rel=1e-6)
