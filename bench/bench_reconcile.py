@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import report
 from controller.backends.local import LocalBackend
-from controller.reconciler import ControllerConfig, Reconciler
+from controller.reconcile import ControllerConfig, Reconciler
 
 SIZES = [int(n) for n in os.environ.get("FTOPS_BENCH_RECONCILE_SIZES", "300,3000").split(",")]
 """The cold pass prepares every spec's data (about 0.1 s each on 2 cores), so 10,000 specs take a

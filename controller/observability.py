@@ -62,6 +62,9 @@ class Metrics:
         self.gate_outcomes = Counter("ftops_gate_decisions_total", "Gate decisions", ["outcome"], registry=self.registry)
         self.queue_depth = Gauge("ftops_queue_depth", "Specs waiting for a requeue", registry=self.registry)
 
+    def gate_outcome(self, passed: bool) -> None:
+        self.gate_outcomes.labels("passed" if passed else "failed").inc()
+
     def observe_pass(self, seconds: float, statuses: dict[str, SpecStatus], error: str | None, requeued: int) -> None:
         self.reconcile_seconds.observe(seconds)
         self.passes.labels("error" if error else "ok").inc()

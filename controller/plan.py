@@ -15,14 +15,14 @@ from typing import Any, Literal
 from controller.advisor import Advice, advise
 from controller.catalog import OperatorConfig
 from controller.cost import CostEstimate, estimate
-from controller.identity import eval_id, run_id, serving_id
+from controller.desired import Action as Want
+from controller.desired import Identities, decide, identities
 from controller.source import SpecAtRev
 from controller.spec.finetune import FineTune
 from controller.spec.load import SpecIssue
 
 Change = Literal["added", "changed", "removed", "unchanged", "invalid"]
 
-TRAIN_CHAIN = ("PrepareData", "Train", "Evaluate", "Gate")
 COMMENT_LIMIT = 60_000
 """GitHub caps a comment at 65,536 characters; leave room for a header."""
 
@@ -152,21 +152,6 @@ def _short(value: Any) -> str:
 # ----------------------------------------------------------------------------- planning
 
 
-@dataclass(frozen=True)
-class Identities:
-    run: str | None
-    evaluation: str | None
-    serving: str | None
-
-
-def identities(state: SpecAtRev, template_version: str, corpus_version: str | None = None) -> Identities:
-    spec = state.loaded.spec
-    if spec is None or state.data is None or not state.data.known:
-        return Identities(None, None, None)
-    run = run_id(spec, state.data.md5 or "", template_version)
-    return Identities(run, eval_id(run, spec), serving_id(run, spec, corpus_version))
-
-
 def _name_of(state: SpecAtRev) -> str:
     if state.loaded.spec is not None:
         return state.loaded.spec.metadata.name
@@ -231,9 +216,9 @@ def plan_spec(
         plan.change = "added"
         plan.diff = field_diff(None, spec)
         why = "new spec" if base is None else "spec was invalid at base and is valid now"
-        plan.actions.extend(Action(kind, why) for kind in TRAIN_CHAIN)
-        if spec.spec.serving is not None:
-            plan.actions.append(Action("Deploy", "serve the new model once its gates pass"))
+        decision = decide(ids_head, None, spec.spec.serving is not None)
+        plan.actions.extend(Action(verb, "serve the new model once its gates pass" if verb == "Deploy" else why)
+                            for verb in decision.steps)
         return plan
 
     ids_base = identities(base, template_version, corpus_versions[0])
@@ -245,29 +230,35 @@ def plan_spec(
     plan.change = "changed"
     if data_changed:
         plan.diff.insert(0, FieldChange("data.md5", base.data.md5 if base.data else None, data.md5 if data else None))
+    # The decision is the reconciler's own (controller.desired); the reasons say which fields made it.
+    decision = decide(ids_head, ids_base, spec.spec.serving is not None, changed=True)
+    plan.actions.extend(Action(verb, _reason(decision.action, verb, plan.diff, ids_base, ids_head, corpus_versions))
+                        for verb in decision.steps or ("Update",))
+    if decision.action is Want.DEPLOY:
+        plan.actions = [Action("Redeploy", plan.actions[0].reason)]
+    return plan
 
-    if ids_base.run != ids_head.run:
-        run_fields = [c for c in plan.diff if _affects_run(c.path)]
-        plan.actions.extend(
-            Action(kind, f"run inputs changed ({_describe(run_fields)}): new run {ids_head.run}") for kind in TRAIN_CHAIN
-        )
-        if spec.spec.serving is not None:
-            plan.actions.append(Action("Deploy", f"replace run {ids_base.run} once {ids_head.run} passes its gates; "
-                                                 f"{ids_base.run} keeps serving until then"))
-    elif ids_base.evaluation != ids_head.evaluation:
-        eval_fields = [c for c in plan.diff if c.path.startswith("spec.evaluation")]
-        plan.actions.append(Action("Evaluate", f"gates changed ({_describe(eval_fields)}): re-evaluate run {ids_head.run} without retraining"))
-        plan.actions.append(Action("Gate", "decide again with the new thresholds"))
-        if spec.spec.serving is not None:
-            plan.actions.append(Action("Deploy", "keep serving only if the run still passes; otherwise the previous passing run serves"))
-    elif ids_base.serving != ids_head.serving:
-        serving_fields = [c for c in plan.diff if c.path.startswith("spec.serving")] or [
+
+def _reason(action: Want, verb: str, diff: list[FieldChange], base: Identities, head: Identities,
+            corpus_versions: tuple[str | None, str | None]) -> str:
+    if action is Want.TRAIN:
+        if verb == "Deploy":
+            return f"replace run {base.run} once {head.run} passes its gates; {base.run} keeps serving until then"
+        run_fields = [c for c in diff if _affects_run(c.path)]
+        return f"run inputs changed ({_describe(run_fields)}): new run {head.run}"
+    if action is Want.EVALUATE:
+        if verb == "Evaluate":
+            eval_fields = [c for c in diff if c.path.startswith("spec.evaluation")]
+            return f"gates changed ({_describe(eval_fields)}): re-evaluate run {head.run} without retraining"
+        if verb == "Gate":
+            return "decide again with the new thresholds"
+        return "keep serving only if the run still passes; otherwise the previous passing run serves"
+    if action is Want.DEPLOY:
+        serving_fields = [c for c in diff if c.path.startswith("spec.serving")] or [
             FieldChange("corpus", corpus_versions[0], corpus_versions[1])
         ]
-        plan.actions.append(Action("Redeploy", f"serving changed ({_describe(serving_fields)}): redeploy run {ids_head.run} without retraining"))
-    else:
-        plan.actions.append(Action("Update", f"no retraining: only {_describe(plan.diff)} changed"))
-    return plan
+        return f"serving changed ({_describe(serving_fields)}): redeploy run {head.run} without retraining"
+    return f"no retraining: only {_describe(diff)} changed"
 
 
 _RUN_PREFIXES = ("data.", "spec.baseModel.uri", "spec.baseModel.revision", "spec.method", "spec.training",
@@ -304,6 +295,11 @@ def plan_change(
                 unchanged += 1  # the common case on a big repo: count it, build nothing
             continue
         plans.append(plan_spec(b, h, operator, template_version, corpus_versions.get(path, (None, None))))
+    if base and not head:
+        # The controller's delete-all guard (a wiped specs/ folder is more often an accident).
+        for p in plans:
+            p.actions = [Action(a.kind, a.reason + "; this commit deletes every spec, so the controller refuses to "
+                                "prune anything unless it runs with --allow-delete-all") for a in p.actions]
     return Plan(base_sha, head_sha, plans, unchanged)
 
 

@@ -22,12 +22,12 @@ DEPLOYED = "Deployed"
 READY = "Ready"
 STALLED = "Stalled"
 
-CHAIN = (DATA_READY, TRAINED, EVALUATED, GATE_PASSED, DEPLOYED)
-"""The step conditions in pipeline order. Ready is True when all that apply are True."""
+SOURCE_AVAILABLE = "SourceAvailable"
 
 
 class Reason:
-    """CamelCase reasons. One constant per situation, so dashboards and alerts can match on them."""
+    """CamelCase reasons. One constant per situation, so dashboards and alerts can match on them.
+    Every condition ftops writes carries one of these (a test holds the reconciler to it)."""
 
     PENDING = "Pending"
     IN_PROGRESS = "InProgress"
@@ -36,8 +36,11 @@ class Reason:
     SPEC_INVALID = "SpecInvalid"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
     UNSIGNED_COMMIT = "UnsignedCommit"
+    DELETE_ALL_REFUSED = "DeleteAllRefused"
+    DATA_READY = "DataReady"
     DATA_INVALID = "DataInvalid"
     TOO_FEW_EXAMPLES = "TooFewExamples"
+    LEAK_DETECTED = "LeakDetected"
     REVIEW_PENDING = "ReviewPending"
     REVIEW_REJECTED = "ReviewRejected"
     DATA_UNAVAILABLE = "DataUnavailable"
@@ -49,9 +52,52 @@ class Reason:
     GATE_FAILED = "GateFailed"
     ROLLING_OUT = "RollingOut"
     ROLLED_BACK = "RolledBack"
+    DEPLOY_FAILED = "DeployFailed"
+    PREVIOUS_RUN_SERVING = "PreviousRunServing"
+    SERVING_CONFIG_CHANGED = "ServingConfigChanged"
+    REQUESTED = "Requested"
     NOT_SERVED = "NotServed"
     ALL_READY = "AllReady"
     RETRYING = "Retrying"
+    INTERNAL_ERROR = "InternalError"
+
+    @classmethod
+    def all(cls) -> frozenset[str]:
+        return frozenset(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain, as every reader of the chain names it: the reconciler runs
+    `name`, `ftops status` shows `condition`, `ftops plan` says `verb`."""
+
+    name: str
+    condition: str | None
+    """The condition this step owns (observe owns none)."""
+    verb: str | None
+    """What `ftops plan` calls it."""
+    failure_reason: str
+    """The Stalled reason when the step fails permanently in a way it did not classify itself."""
+
+
+STEPS: tuple[Step, ...] = (
+    Step("observe", None, None, "PermanentError"),
+    Step("data", DATA_READY, "PrepareData", Reason.DATA_INVALID),
+    Step("train", TRAINED, "Train", Reason.TRAINING_FAILED),
+    Step("evaluate", EVALUATED, "Evaluate", Reason.EVAL_FAILED),
+    Step("gate", GATE_PASSED, "Gate", Reason.GATE_FAILED),
+    Step("deploy", DEPLOYED, "Deploy", Reason.DEPLOY_FAILED),
+)
+"""The step chain in pipeline order: the one registry the reconciler, status and plan read."""
+PRUNE = Step("prune", None, "Prune", Reason.FAILED)
+"""The chain of a deleted spec."""
+
+CHAIN = tuple(s.condition for s in STEPS if s.condition)
+"""The step conditions in pipeline order. Ready is True when all that apply are True."""
+
+
+def step(name: str) -> Step:
+    return next(s for s in (*STEPS, PRUNE) if s.name == name)
 
 
 def now() -> str:
@@ -100,6 +146,13 @@ class SpecStatus:
     run_id: str | None = None
     serving_run_id: str | None = None
     message: str = ""
+    eval_id: str | None = None
+    """The evaluation identity the spec wants (run + gates): what `ftops plan` compares."""
+    serving_id: str | None = None
+    """The serving identity the spec wants (run + serving block + corpus version)."""
+    ledger_head: tuple[int, str] | None = None
+    """(seq, hash) of the ledger's last record when this status was written: an anchor kept
+    outside the ledger, so `ftops audit verify` notices records cut off its tail."""
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -128,8 +181,11 @@ class SpecStatus:
             "observedRevision": self.observed_revision,
             "runId": self.run_id,
             "servingRunId": self.serving_run_id,
+            "evaluationId": self.eval_id,
+            "servingId": self.serving_id,
             "message": self.message,
             "conditions": [c.to_dict() for c in self.conditions],
+            **({"ledgerHead": {"seq": self.ledger_head[0], "hash": self.ledger_head[1]}} if self.ledger_head else {}),
         }
 
     @classmethod
@@ -141,6 +197,9 @@ class SpecStatus:
             run_id=data.get("runId"),
             serving_run_id=data.get("servingRunId"),
             message=data.get("message", ""),
+            eval_id=data.get("evaluationId"),
+            serving_id=data.get("servingId"),
+            ledger_head=(int(data["ledgerHead"]["seq"]), str(data["ledgerHead"]["hash"])) if data.get("ledgerHead") else None,
         )
 
 
@@ -183,7 +242,11 @@ __all__ = [
     "READY",
     "Reason",
     "STALLED",
+    "PRUNE",
+    "SOURCE_AVAILABLE",
+    "STEPS",
     "SpecStatus",
+    "Step",
     "TRAINED",
     "set_condition",
     "summarize",

@@ -22,25 +22,22 @@ light commands never pay for it.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlencode
 
-from controller.backends.base import (
-    REASON_CANCELLED,
-    REASON_CONFIG_ERROR,
-    Phase,
-    Run,
-    RunNotFound,
-    RunState,
-    tail_lines,
-)
+from controller.backends.logs import tail_lines
 from controller.errors import PermanentError, TemporaryError
+from controller.seams import Phase, Run, RunNotFound, RunReason, RunState
 from controller.render import CONFIG_ERROR_EXIT_CODES, run_label
+
+if TYPE_CHECKING:
+    from controller.catalog import OperatorConfig
 
 FIELD_MANAGER = "ftops-controller"
 RUN_LABEL = "ftops.dev/run-id"
@@ -158,7 +155,7 @@ def job_state(job: dict, pods: Sequence[dict] = ()) -> RunState:
         if m:
             exit_code = int(m.group(1))
         if reason == "PodFailurePolicy" and exit_code in CONFIG_ERROR_EXIT_CODES:
-            reason = REASON_CONFIG_ERROR
+            reason = RunReason.CONFIG_ERROR
         return RunState(run_id, Phase.FAILED, reason, message, exit_code, started, failed.get("lastTransitionTime"))
     suspended = conds.get("Suspended")
     if suspended is not None or (job.get("spec") or {}).get("suspend"):
@@ -240,8 +237,10 @@ class KubernetesBackend:
     def __init__(self, api_client: Any = None, *, kubeconfig: str | None = None, context: str | None = None,
                  namespaces: Sequence[str] | None = None, field_manager: str = FIELD_MANAGER,
                  request_timeout: float = 30, workloads: Sequence[tuple[str, str]] = WORKLOADS,
-                 fence: Callable[[], None] | None = None) -> None:
+                 fence: Callable[[], None] | None = None, operator: "OperatorConfig | None" = None) -> None:
         self.api = api_client if api_client is not None else load_api_client(kubeconfig, context)
+        self.operator = operator
+        """The operator config a run's workload is rendered with (GPU catalog, tenancy, images)."""
         self.fence = fence
         """Called before every write (any method but GET); raising refuses the write. With leader
         election it is `LeaderElector.ensure_leader`, so a paused or deposed leader cannot write."""
@@ -326,8 +325,17 @@ class KubernetesBackend:
                 f"{manifest['kind']}/{meta['name']} in {meta.get('namespace')} exists and belongs to run "
                 f"'{theirs}', not '{ours}' ({err.reason}): ftops will not overwrite it") from None
 
+    def manifests(self, run: Run) -> builtins.list[dict]:
+        """The run's workload and what it needs (ConfigMap, PVC, Service), rendered from its spec."""
+        from controller.catalog import load_operator_config
+        from controller.render import RenderInput, render
+
+        operator = self.operator or load_operator_config(None)
+        return render(RenderInput(finetune=run.finetune, run_id=run.run_id, data_md5=run.lineage.data_md5,
+                                  git_commit=run.lineage.git_commit, operator=operator, run_config=run.config))
+
     def submit(self, run: Run) -> RunState:
-        manifests = list(run.manifests)
+        manifests = self.manifests(run)
         workloads = [m for m in manifests if (m.get("apiVersion"), m.get("kind")) in WORKLOADS]
         if len(workloads) != 1:
             raise PermanentError(f"run {run.run_id}: expected exactly one Job/PyTorchJob/JobSet among the manifests, "
@@ -354,7 +362,7 @@ class KubernetesBackend:
 
     # -- observe
 
-    def _pods_of(self, workload: dict) -> list[dict]:
+    def _pods_of(self, workload: dict) -> builtins.list[dict]:
         meta = workload["metadata"]
         label = (meta.get("labels") or {}).get(RUN_LABEL)
         if not label:
@@ -422,7 +430,7 @@ class KubernetesBackend:
                 raise TemporaryError(f"cancelling run {run_id}: {err}") from None
         else:
             raise TemporaryError(f"cancelling run {run_id}: the workload kept changing; will retry")
-        state = RunState(run_id, Phase.FAILED, REASON_CANCELLED, "cancelled by ftops")
+        state = RunState(run_id, Phase.FAILED, RunReason.CANCELLED, "cancelled by ftops")
         self.states[run_id] = state
         return state
 
@@ -440,7 +448,7 @@ class KubernetesBackend:
 
     # -- watch
 
-    def _relist(self, w: _Watched, namespace: str | None) -> list[RunState]:
+    def _relist(self, w: _Watched, namespace: str | None) -> builtins.list[RunState]:
         listed = self.list(w.api_version, w.kind, namespace, MANAGED_SELECTOR)
         w.rv = listed["metadata"]["resourceVersion"]
         changes = []
@@ -450,7 +458,7 @@ class KubernetesBackend:
             changes += self._observe(item)
         return changes
 
-    def _observe(self, obj: dict, deleted: bool = False) -> list[RunState]:
+    def _observe(self, obj: dict, deleted: bool = False) -> builtins.list[RunState]:
         run_id = (obj["metadata"].get("annotations") or {}).get(RUN_LABEL)
         if not run_id or deleted:
             return []
@@ -461,18 +469,18 @@ class KubernetesBackend:
                 return [state]
         return []
 
-    def poll(self, timeout_seconds: int = 5) -> list[RunState]:
+    def poll(self, timeout_seconds: int = 5) -> builtins.list[RunState]:
         """One watch round per workload kind, concurrently (a quiet JobSet watch must not delay
         a Job's events): from the last resourceVersion seen (listing first when there is none),
         until the server ends the stream or `timeout_seconds` pass. On 410 Gone the history we
         needed is gone: relist and carry on from the list. Returns the state changes seen."""
         namespace = self.namespaces[0] if self.namespaces and len(self.namespaces) == 1 else None
         watched = [w for w in self._watched if self._served_kind(w.api_version, w.kind)]
-        results: dict[int, list[RunState]] = {}
-        errors: list[Exception] = []
+        results: dict[int, builtins.list[RunState]] = {}
+        errors: builtins.list[Exception] = []
 
         def one(i: int, w: _Watched) -> None:
-            changes: list[RunState] = []
+            changes: builtins.list[RunState] = []
             try:
                 if w.rv is None:
                     changes += self._relist(w, namespace)
@@ -498,7 +506,7 @@ class KubernetesBackend:
             raise errors[0]
         return [state for i in sorted(results) for state in results[i]]
 
-    def _watch_once(self, w: _Watched, namespace: str | None, timeout_seconds: int, changes: list[RunState]) -> bool:
+    def _watch_once(self, w: _Watched, namespace: str | None, timeout_seconds: int, changes: builtins.list[RunState]) -> bool:
         """Stream events into `changes`. True when the server answered 410 Gone."""
         path = resource_path(w.api_version, w.kind, namespace)
         resp = self._request("GET", path, {"watch": "1", "resourceVersion": w.rv, "labelSelector": MANAGED_SELECTOR,

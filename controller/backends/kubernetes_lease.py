@@ -29,11 +29,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from controller.clock import SYSTEM_CLOCK, Clock, SystemClock
 from controller.errors import TemporaryError
 
 LEASE_API = "coordination.k8s.io/v1"
@@ -64,7 +64,7 @@ class LeaderElector:
 
     def __init__(self, api_client: Any = None, *, namespace: str, name: str = "ftops-controller",
                  identity: str | None = None, lease_duration: float = 15.0, renew_deadline: float = 10.0,
-                 retry_period: float = 2.0, clock: Callable[[], float] = time.monotonic, verify: bool = True,
+                 retry_period: float = 2.0, clock: Clock = SYSTEM_CLOCK, verify: bool = True,
                  kubeconfig: str | None = None, context: str | None = None) -> None:
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("leader election needs 0 < retry_period < renew_deadline < lease_duration "
@@ -122,7 +122,7 @@ class LeaderElector:
         """One election step: renew our lease, or take it if it is free or expired. True while we
         hold it. Never raises for a lost race; raises TemporaryError when the API is unreachable."""
         with self._lock:
-            started = self.clock()
+            started = self.clock.monotonic()
             lease = self._get()
             now_wall = micro_time()
             seconds = max(1, round(self.lease_duration))
@@ -176,7 +176,7 @@ class LeaderElector:
         """Local check only: we renewed less than `renew_deadline` ago (by our clock)."""
         with self._lock:
             return (self._leading and self._renewed_at is not None
-                    and self.clock() - self._renewed_at < self.renew_deadline)
+                    and self.clock.monotonic() - self._renewed_at < self.renew_deadline)
 
     def ensure_leader(self) -> None:
         """The fence: raise NotLeader unless we may write now. Call before every write."""
@@ -184,7 +184,7 @@ class LeaderElector:
             if not self._leading:
                 raise NotLeader(f"{self.identity} is not the leader (Lease {self.namespace}/{self.name}); not writing")
             if not self.is_leader():
-                elapsed = self.clock() - (self._renewed_at or 0)
+                elapsed = self.clock.monotonic() - (self._renewed_at or 0)
                 self._lost()
                 raise NotLeader(f"{self.identity} last renewed Lease {self.namespace}/{self.name} {elapsed:.1f}s ago "
                                 f"(renew deadline {self.renew_deadline}s): it may have been taken over; not writing")
@@ -221,7 +221,7 @@ class LeaderElector:
             on_stopped_leading: Callable[[], None] | None = None, sleep: Callable[[float], Any] | None = None) -> None:
         """Acquire and keep renewing until `stop` is set; release on the way out. Callbacks run in
         this thread and must return quickly (start or stop the reconcile loop, not run it)."""
-        wait = sleep or stop.wait
+        wait = sleep or (stop.wait if isinstance(self.clock, SystemClock) else self.clock.sleep)
         leading = False
         try:
             while not stop.is_set():

@@ -121,7 +121,8 @@ def _cluster(args: argparse.Namespace, operator, stop: threading.Event) -> Clust
                                 renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         threading.Thread(target=elector.run, args=(stop, lambda: None, lambda: None), daemon=True).start()
     namespaces = getattr(args, "watch_namespace", None) or None
-    backend = KubernetesBackend(api, namespaces=namespaces, fence=elector.ensure_leader if elector else None)
+    backend = KubernetesBackend(api, namespaces=namespaces, fence=elector.ensure_leader if elector else None,
+                                operator=operator)
     mirror = None
     if getattr(args, "mirror_finetunes", False):
         from controller.backends.kubernetes_crd import FineTuneMirror
@@ -132,8 +133,9 @@ def _cluster(args: argparse.Namespace, operator, stop: threading.Event) -> Clust
 
 def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = None, metrics=None):
     from controller.catalog import load_operator_config
+    from controller.home import Home
     from controller.ledger import Ledger
-    from controller.reconciler import ControllerConfig, Home, Reconciler
+    from controller.reconcile import ControllerConfig, Reconciler
 
     config = ControllerConfig(
         repo=args.repo, home=Path(args.home), rev=args.rev, operator_config=args.operator_config,
@@ -158,7 +160,7 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
 def _deployer(args: argparse.Namespace, backend):
     """Who runs the serving side: server processes here, or Deployments in the cluster."""
     from controller.catalog import load_operator_config
-    from controller.reconciler import Home
+    from controller.home import Home
 
     store = Home(Path(args.home)).store
     if args.backend == "kubernetes":
@@ -290,7 +292,8 @@ def _watch(repo: Path, wake: threading.Event):
 
 
 def _statuses(home: str):
-    from controller.reconciler import Home, load_statuses
+    from controller.home import Home
+    from controller.reconcile import load_statuses
 
     return load_statuses(Home(Path(home)).status)
 
@@ -345,7 +348,7 @@ def _dump(payload, fmt: str) -> str:
 
 def _ledger(home: str):
     from controller.ledger import open_ledger
-    from controller.reconciler import Home
+    from controller.home import Home
 
     path = Home(Path(home)).ledger
     if not path.exists():
@@ -398,7 +401,7 @@ def _describe(key: str, record: dict | None) -> str:
 def _status_anchors(home: str) -> dict:
     """The heads the controller recorded in its status files (`ledgerHead`), by file."""
     from controller.ledger import status_anchors
-    from controller.reconciler import Home
+    from controller.home import Home
 
     return status_anchors(Home(Path(home)).status)
 

@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from controller.backends.local import LocalBackend
     from controller.commands.controller_commands import cmd_audit_verify, cmd_status, cmd_trace
     from controller.data import dvc
-    from controller.reconciler import ControllerConfig, Reconciler
+    from controller.reconcile import ControllerConfig, Reconciler
     from controller.serve.deploy import LocalServing
 
     import warnings
@@ -93,7 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: the spec did not become Ready: {json.dumps(status.to_dict(), indent=2)}", file=sys.stderr)
         return 1
     first_run = status.run_id
-    url = serving.current(demo.SPEC_NAME)["url"]
+    current = serving.current(demo.SPEC_NAME)
+    assert current is not None and current.url is not None
+    url = current.url
 
     _say(f"Asking the served model (OpenAI API at {url}): {QUESTION!r}")
     reply = _ask(url)

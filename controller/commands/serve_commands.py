@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rollback = subparsers.add_parser(
         "rollback", help="Serve an earlier run of a spec again (one that passed its gate).",
         description="Back to the run that served before the current one, or to --to RUN (a prefix is enough).")
-    rollback.add_argument("spec", help="Spec name or spec file (a spec file for --backend kubernetes).")
+    rollback.add_argument("spec", help="Spec name or spec file.")
     rollback.add_argument("--to", help="Run id to return to (must have served before and passed its gate).")
     rollback.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
     rollback.add_argument("--timeout", type=float, default=300, help="Seconds the version has to become ready.")
@@ -130,7 +130,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from controller.serve.deploy import LocalServing
 
     config = config_from_spec(args.spec, args.run, args.corpus)
-    result = LocalServing(args.store, ready_timeout=args.timeout).promote(config)
+    result = LocalServing(args.store, ready_timeout=args.timeout).deploy(config)
     print(json.dumps(result.to_dict(), indent=2))
     return exitcodes.OK if result.outcome in ("promoted", "unchanged") else exitcodes.FAILURE
 
@@ -151,17 +151,15 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _rollback_kubernetes(args: argparse.Namespace):
-    """Re-render and roll the spec's Deployment back to an earlier run (history in the store)."""
+    """Roll the spec's Deployment back to an earlier run, re-rendered from the spec and lineage
+    recorded when that run was promoted (history in the store)."""
     from controller.backends.kubernetes import KubernetesBackend
     from controller.catalog import load_operator_config
-    from controller.errors import PermanentError
-    from controller.render import owner_namespace
     from controller.serve.kube import KubernetesServing
 
-    if not (args.spec.endswith((".yaml", ".yml")) and Path(args.spec).is_file()):
-        raise PermanentError(f"--backend kubernetes needs the spec file (to render the manifests), not '{args.spec}'")
-    finetune, _repo = _load_spec(args.spec)
+    name = args.spec
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        name = _load_spec(name)[0].name
     operator = load_operator_config(args.operator_config)
-    namespace = owner_namespace(finetune, operator)
-    kube = KubernetesBackend(kubeconfig=args.kubeconfig, namespaces=[namespace])
-    return KubernetesServing(kube, operator, args.store, ready_timeout=args.timeout).rollback(finetune, args.to)
+    kube = KubernetesBackend(kubeconfig=args.kubeconfig, operator=operator)
+    return KubernetesServing(kube, operator, args.store, ready_timeout=args.timeout).rollback(name, args.to)

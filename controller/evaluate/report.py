@@ -12,10 +12,13 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.errors import PermanentError
 from controller.fsutil import sha256_file, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from controller.seams import ArtifactStore
 
 PR_COMMENT_LIMIT = 60000  # GitHub allows 65536 characters in a comment; leave room for a header
 
@@ -70,6 +73,30 @@ class Report:
             (out / "chart.png").unlink(missing_ok=True)
         record_in_manifest(run_dir, self.path)
         return self.path
+
+
+def record_gate(store: "ArtifactStore", run_uri: str, report: dict, gate: dict) -> None:
+    """Write the gate decision beside the report it was made from (eval/gate.json: the only thing
+    serving trusts), the PR-sized report.md with the gate lines, and both into the run's manifest
+    (the sha256 of every file under eval/, and `evaluation.gate`), through the artifact store."""
+    gate_bytes = (json.dumps(gate, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    store.put(store.join(run_uri, "eval/gate.json"), gate_bytes)
+    store.put(store.join(run_uri, "eval/report.md"), render_markdown(report, gate).encode("utf-8"))
+    manifest_uri = store.join(run_uri, "manifest.json")
+    manifest = json.loads(store.get(manifest_uri))
+    files = {rel: entry for rel, entry in (manifest.get("files") or {}).items() if not rel.startswith("eval/")}
+    for rel in store.list(store.join(run_uri, "eval")):
+        if rel.endswith(".tmp"):
+            continue
+        content = store.get(store.join(run_uri, f"eval/{rel}"))
+        files[f"eval/{rel}"] = {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+    manifest["files"] = files
+    report_bytes = store.get(store.join(run_uri, "eval/report.json"))
+    manifest["evaluation"] = {"reportSha256": hashlib.sha256(report_bytes).hexdigest(), "reportPath": "eval/report.json",
+                              "evaluatedAt": (manifest.get("evaluation") or {}).get("evaluatedAt")
+                              or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "gate": {"passed": gate.get("passed"), "reason": gate.get("reason")}}
+    store.put(manifest_uri, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def load_report(path: str | Path) -> dict:

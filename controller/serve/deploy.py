@@ -29,33 +29,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.artifacts import open_store
 from controller.errors import PermanentError
+from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, Serving
 from controller.serve import history
 from controller.serve.config import ServeConfig, write_config
 from controller.serve.gatecheck import GateNotPassed, gate_decision
 from controller.status import Reason
 
 
-@dataclass
-class DeployResult:
-    """What a deploy call did. `serving_run_id` is what serves afterwards; `events` go to the ledger."""
-
-    outcome: str  # promoted | unchanged | refused | rolled_back | failed
-    serving_run_id: str | None
-    events: list[dict] = field(default_factory=list)
-    url: str | None = None
-    message: str = ""
-
-    def to_dict(self) -> dict:
-        return {"outcome": self.outcome, "servingRunId": self.serving_run_id, "url": self.url, "message": self.message,
-                "events": self.events}
-
-
 def event(kind: str, spec: str, run_id: str | None, backend: str, serving: str | None, previous: str | None,
-          reason: str, message: str = "", **extra) -> dict:
+          reason: str, message: str = "", **extra: object) -> DeployEvent:
     return {"kind": kind, "spec": spec, "runId": run_id, "servingRunId": serving, "previousRunId": previous,
             "backend": backend, "time": history.now(), "reason": reason, "message": message, **extra}
 
@@ -102,13 +88,15 @@ def _alive(pid: int) -> bool:
 
 
 class LocalServing:
-    """Serving processes on this machine, one spec per `spec_name`, under the artifact store."""
+    """The Deployer on this machine: a server process per spec, its state under the local
+    artifact store (`<store>/<spec>/serving/`)."""
 
-    backend = "local"
+    name = "local"
 
     def __init__(self, store: str | Path, host: str = "127.0.0.1", python: str | None = None,
                  ready_timeout: float = 300, env: dict[str, str] | None = None) -> None:
         self.store = Path(store)
+        self.artifacts = open_store(str(self.store))
         self.host = host
         self.python = python or sys.executable
         self.ready_timeout = ready_timeout
@@ -121,14 +109,20 @@ class LocalServing:
     def run_dir(self, spec: str, run_id: str) -> Path:
         return self.store / spec / run_id
 
-    def current(self, spec: str) -> dict | None:
-        """The serving version as recorded, if its process answers /readyz with the same run id."""
-        cur = _read_json(self._dir(spec) / "current.json")
+    def record(self, spec: str) -> dict | None:
+        """current.json: the serving version as recorded (runId, pid, url, configKey), unchecked."""
+        return _read_json(self._dir(spec) / "current.json")
+
+    def current(self, spec: str) -> Serving | None:
+        """The serving version, healthy when its process answers /readyz with the same run id."""
+        cur = self.record(spec)
         if not cur:
             return None
+        return Serving(spec, cur["runId"], self._healthy(cur), cur.get("url"), "", cur.get("servingId"))
+
+    def _healthy(self, cur: dict) -> bool:
         code, body = _get_json(f"{cur['url']}/readyz")
-        cur["healthy"] = bool(code == 200 and body and body.get("runId") == cur["runId"] and _alive(cur["pid"]))
-        return cur
+        return bool(code == 200 and body and body.get("runId") == cur["runId"] and _alive(cur["pid"]))
 
     # ---------------------------------------------------------------- process management
     def _start(self, spec: str, config: ServeConfig) -> tuple[int, Path]:
@@ -203,19 +197,31 @@ class LocalServing:
             pass
         self._reap(pid)
 
-    def stop(self, spec: str) -> list[dict]:
-        """Stop serving the spec (e.g. its serving block was removed)."""
-        cur = _read_json(self._dir(spec) / "current.json")
+    def stop(self, spec: str) -> DeployResult:
+        """Stop serving the spec (its spec or serving block was deleted)."""
+        cur = self.record(spec)
         if not cur:
-            return []
+            return DeployResult("stopped", None, (), message="nothing was serving")
         self._stop(cur["pid"])
         (self._dir(spec) / "current.json").unlink(missing_ok=True)
-        ev = event("deploy.stopped", spec, cur["runId"], self.backend, None, cur["runId"], Reason.NOT_SERVED, "stopped")
-        return [history.append(self.store, spec, ev)]
+        ev = event("deploy.stopped", spec, cur["runId"], self.name, None, cur["runId"], Reason.NOT_SERVED, "stopped")
+        return DeployResult("stopped", None, (history.append(self.store, spec, ev),), message=f"run {cur['runId']} stopped")
 
     # ---------------------------------------------------------------- transitions
-    def promote(self, config: ServeConfig, kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED,
-                timeout: float | None = None) -> DeployResult:
+    def promote(self, request: DeployRequest) -> DeployResult:
+        """The Deployer seam: serve the request's run with its spec's serving block."""
+        serving = request.finetune.spec.serving
+        if serving is None:
+            raise PermanentError(f"spec '{request.spec}' has no spec.serving block; there is nothing to deploy")
+        config = ServeConfig(
+            run_dir=request.run_uri, model_name=request.spec, corpus_dir=request.corpus_dir,
+            retriever=serving.retriever, top_k=serving.top_k, max_tokens=serving.max_tokens, device=request.device,
+            base_uri=request.base_model, base_revision=request.base_revision, run_id=request.run_id,
+        )
+        return self.deploy(config, serving_id=request.serving_id)
+
+    def deploy(self, config: ServeConfig, kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED,
+               timeout: float | None = None, serving_id: str | None = None) -> DeployResult:
         """Make `config.run_dir`'s run the serving version of spec `config.model_name`.
 
         Refused (nothing touched) unless that exact run's gate passed. Idempotent: the run already
@@ -224,23 +230,25 @@ class LocalServing:
         it is stopped and the old version keeps serving (`rolled_back`)."""
         spec = config.model_name
         run_dir = Path(config.run_dir)
-        previous = self.current(spec)
+        previous = self.record(spec)
+        if previous is not None:
+            previous = {**previous, "healthy": self._healthy(previous)}
         prev_id = previous["runId"] if previous else None
         try:
-            gate = gate_decision(run_dir)
+            gate = gate_decision(self.artifacts, str(run_dir))
         except GateNotPassed as exc:
-            ev = event("deploy.refused", spec, _run_id_of(run_dir), self.backend, prev_id, prev_id, Reason.GATE_FAILED,
+            ev = event("deploy.refused", spec, _run_id_of(run_dir), self.name, prev_id, prev_id, Reason.GATE_FAILED,
                        str(exc))
-            return DeployResult("refused", prev_id, [history.append(self.store, spec, ev)], message=str(exc))
+            return DeployResult("refused", prev_id, (history.append(self.store, spec, ev),), message=str(exc))
         run_id = gate["runId"]
         config = config.replace(run_id=run_id)
         key = serving_key(config)
         if previous and previous["healthy"] and prev_id == run_id and previous.get("configKey") == key:
-            return DeployResult("unchanged", run_id, [], previous["url"], "already serving")
+            return DeployResult("unchanged", run_id, (), previous["url"], "already serving")
         if previous and previous["healthy"] and prev_id == run_id:
-            reason = "ServingConfigChanged"  # same weights, new corpus/retriever/limits: restart beside it
+            reason = Reason.SERVING_CONFIG_CHANGED  # same weights, new corpus/retriever/limits: restart beside it
         events = [history.append(self.store, spec, event(
-            "deploy.started", spec, run_id, self.backend, prev_id, prev_id, Reason.ROLLING_OUT,
+            "deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
             f"starting run {run_id} beside {prev_id or 'nothing'}", runDir=str(run_dir)))]
         pid, state = self._start(spec, config)
         ready, why, url = self._wait_ready(pid, state, run_id, timeout or self.ready_timeout)
@@ -249,24 +257,25 @@ class LocalServing:
             serving = prev_id if previous and previous["healthy"] else None
             msg = f"run {run_id} failed readiness ({why}); {'run ' + serving + ' keeps serving' if serving else 'nothing serves'}"
             events.append(history.append(self.store, spec, event(
-                "deploy.rolled_back", spec, run_id, self.backend, serving, prev_id, Reason.ROLLED_BACK, msg,
+                "deploy.rolled_back", spec, run_id, self.name, serving, prev_id, Reason.ROLLED_BACK, msg,
                 automatic=True, runDir=str(run_dir))))
-            return DeployResult("rolled_back", serving, events, previous["url"] if serving else None, msg)
+            return DeployResult("rolled_back", serving, tuple(events), previous["url"] if serving else None, msg)
         _write_json(self._dir(spec) / "current.json", {"runId": run_id, "pid": pid, "url": url, "runDir": str(run_dir),
-                                                       "since": history.now(), "configKey": key})
+                                                       "since": history.now(), "configKey": key,
+                                                       "servingId": serving_id})
         if previous and previous["pid"] != pid:
             self._stop(previous["pid"])
         msg = f"run {run_id} is serving at {url}" + (f" (was {prev_id})" if prev_id else "")
         events.append(history.append(self.store, spec, event(
-            kind, spec, run_id, self.backend, run_id, prev_id, reason, msg, url=url, runDir=str(run_dir),
+            kind, spec, run_id, self.name, run_id, prev_id, reason, msg, url=url, runDir=str(run_dir),
             gate={k: gate[k] for k in ("runId", "passed") if k in gate},
             corpusVersion=_readyz_field(url, "corpusVersion"))))
-        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, events, url, msg)
+        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, tuple(events), url, msg)
 
     def rollback(self, spec: str, to: str | None = None, timeout: float | None = None) -> DeployResult:
         """Serve an earlier run again: `to`, or the run that served before the current one. Only
         a run that served before and whose gate (still) passed; its recorded serve.json is reused."""
-        target = rollback_target(self.store, spec, to)
+        target = rollback_target(self.store, self.artifacts, spec, to)
         state = self._dir(spec) / target / "serve.json"
         data = _read_json(state)
         if data is None:
@@ -274,7 +283,7 @@ class LocalServing:
         from controller.serve.config import from_json
 
         config = from_json(data)
-        return self.promote(config, kind="deploy.rolled_back", reason="Requested", timeout=timeout)
+        return self.deploy(config, kind="deploy.rolled_back", reason=Reason.REQUESTED, timeout=timeout)
 
 
 def serving_key(config: ServeConfig) -> str:
@@ -298,7 +307,7 @@ def _run_id_of(run_dir: Path) -> str | None:
     return manifest.get("runId") if manifest else None
 
 
-def rollback_target(store: str | Path, spec: str, to: str | None) -> str:
+def rollback_target(store: str | Path, artifacts: ArtifactStore, spec: str, to: str | None) -> str:
     """The run to go back to: `to` (must have served before), else the last served run before the
     current one. Raises PermanentError naming the runs that are possible."""
     served = history.served_runs(store, spec)
@@ -320,5 +329,5 @@ def rollback_target(store: str | Path, spec: str, to: str | None) -> str:
         if not candidates:
             raise PermanentError(f"rollback: spec '{spec}' has no earlier run to return to (served: {', '.join(earlier) or 'none'})")
         target = candidates[-1]
-    gate_decision(Path(store) / spec / target)  # still passed (GateNotPassed otherwise)
+    gate_decision(artifacts, artifacts.run_uri(spec, target))  # still passed (GateNotPassed otherwise)
     return target

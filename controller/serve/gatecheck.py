@@ -1,6 +1,6 @@
 """Is this run allowed to serve? Only when its own gate passed (DESIGN principle 4).
 
-Reads `<run>/manifest.json` (the run finished) and `<run>/eval/gate.json`, written by the gate
+Reads, through the artifact store, `<run>/manifest.json` (the run finished) and `<run>/eval/gate.json`, written by the gate
 (controller.gate's `Decision.to_dict()`: `{"runId", "passed", "reportSha256", "lines": [...]}`).
 Refused, with the reason, when: the run has no manifest, there is no gate decision, the decision
 is for another run id (a copied or stale file), `passed` is anything but the JSON literal true,
@@ -12,26 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controller.errors import PermanentError
+
+if TYPE_CHECKING:
+    from controller.seams import ArtifactStore
 
 
 class GateNotPassed(PermanentError):
     """The run may not be promoted; the message says why."""
 
 
-def gate_decision(run_dir: str | Path) -> dict:
-    """The gate decision for the run in `run_dir` when it passed; raises GateNotPassed otherwise."""
-    run_dir = Path(run_dir)
+def gate_decision(store: "ArtifactStore", run_uri: str) -> dict:
+    """The gate decision for the run at `run_uri` when it passed; raises GateNotPassed otherwise."""
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = json.loads(store.get(store.join(run_uri, "manifest.json")))
         run_id = manifest["runId"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise GateNotPassed(f"{run_dir}: no valid manifest.json, so the run is not finished; nothing to promote") from None
-    path = run_dir / "eval" / "gate.json"
+        raise GateNotPassed(f"{run_uri}: no valid manifest.json, so the run is not finished; nothing to promote") from None
+    path = store.join(run_uri, "eval/gate.json")
     try:
-        gate = json.loads(path.read_text())
+        gate = json.loads(store.get(path))
     except FileNotFoundError:
         raise GateNotPassed(f"run {run_id}: no gate decision ({path} is missing); evaluate and gate the run first") from None
     except (OSError, json.JSONDecodeError) as exc:
@@ -49,9 +51,9 @@ def gate_decision(run_dir: str | Path) -> dict:
                             "the serving version stays as it is")
     recorded = gate.get("reportSha256")
     if recorded:
-        report = run_dir / "eval" / "report.json"
+        report = store.join(run_uri, "eval/report.json")
         try:
-            actual = hashlib.sha256(report.read_bytes()).hexdigest()
+            actual = hashlib.sha256(store.get(report)).hexdigest()
         except OSError:
             raise GateNotPassed(f"run {run_id}: the gate decision was made from {report}, which is missing") from None
         if actual != recorded:

@@ -25,17 +25,24 @@ compaction without relist logic. Events and history are those of controller.serv
 """
 from __future__ import annotations
 
+import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.artifacts import open_store
+from controller.clock import SYSTEM_CLOCK, Clock
 from controller.errors import PermanentError, TemporaryError
+from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, Serving
 from controller.serve import history
-from controller.serve.deploy import DeployResult, event, rollback_target
+from controller.serve.deploy import event, rollback_target
 from controller.serve.gatecheck import GateNotPassed, gate_decision
+from controller.spec.finetune import FineTune
 from controller.status import Reason
+
+SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"))
+"""What a spec's serving renders to, and what `stop` removes (found by the spec's labels)."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +77,23 @@ def deployment_state(dep: dict | None, replicas: int, run_id: str | None = None)
 
 
 class KubernetesServing:
-    """Rollouts of a spec's server on a cluster, through a controller.backends.kubernetes.KubernetesBackend."""
+    """The Deployer on a cluster: rollouts of a spec's server through a
+    controller.backends.kubernetes.KubernetesBackend. Its deployment history lives in `state`
+    (the controller's home); gate decisions are read from the artifact store."""
 
-    backend = "kubernetes"
+    name = "kubernetes"
 
-    def __init__(self, kube: Any, operator: Any, store: str | Path, ready_timeout: float = 900,
-                 poll_interval: float = 1.0, namespace: str | None = None) -> None:
+    def __init__(self, kube: Any, operator: Any, state: str | Path, ready_timeout: float = 900,
+                 poll_interval: float = 1.0, namespace: str | None = None, artifacts: ArtifactStore | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.kube = kube
         self.operator = operator
-        self.store = Path(store)
+        self.store = Path(state)
+        self.artifacts = artifacts or open_store(str(self.store))
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.namespace = namespace
+        self.clock = clock
 
     # ---------------------------------------------------------------- rendering
     def manifests(self, finetune, run_id: str, data_md5: str, git_commit: str, track: str = "stable",
@@ -114,29 +126,33 @@ class KubernetesServing:
             raise TemporaryError(f"reading Deployment {meta['name']}: {err}") from None
 
     def wait(self, dep: dict, replicas: int, run_id: str | None, timeout: float) -> RolloutState:
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         while True:
             state = deployment_state(self._get(dep), replicas, run_id)
             if state.ready or state.failed:
                 return state
-            if time.monotonic() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 return RolloutState(False, True, f"rollout not complete after {timeout:.0f}s ({state.message})",
                                     state.ready_replicas)
-            time.sleep(self.poll_interval)
+            self.clock.sleep(self.poll_interval)
 
     def _stays_ready(self, dep: dict, replicas: int, run_id: str, seconds: float) -> RolloutState:
-        deadline = time.monotonic() + seconds
+        deadline = self.clock.monotonic() + seconds
         state = deployment_state(self._get(dep), replicas, run_id)
-        while state.ready and time.monotonic() < deadline:
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+        while state.ready and self.clock.monotonic() < deadline:
+            self.clock.sleep(min(self.poll_interval, max(0.0, deadline - self.clock.monotonic())))
             state = deployment_state(self._get(dep), replicas, run_id)
         return state if not state.ready else RolloutState(True, False, f"ready for {seconds:.0f}s", state.ready_replicas)
 
     # ---------------------------------------------------------------- transitions
-    def _record(self, spec: str, ev: dict) -> dict:
+    def _record(self, spec: str, ev: DeployEvent) -> DeployEvent:
         return history.append(self.store, spec, ev)
 
-    def promote(self, finetune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
+    def promote(self, request: DeployRequest) -> DeployResult:
+        """The Deployer seam: roll the spec's server to the request's run."""
+        return self.rollout(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit)
+
+    def rollout(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
                 kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
         """Roll the spec's server to `run_id` (rolling or canary, per spec.serving.rollout), only
         when that run's gate passed; roll back automatically when it does not become ready."""
@@ -148,17 +164,19 @@ class KubernetesServing:
         prev = self._previous(spec)
         prev_id = prev["servingRunId"] if prev else None
         try:
-            gate_decision(self.store / spec / run_id)
+            gate_decision(self.artifacts, self.artifacts.run_uri(spec, run_id))
         except GateNotPassed as exc:
-            ev = event("deploy.refused", spec, run_id, self.backend, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
-            return DeployResult("refused", prev_id, [self._record(spec, ev)], message=str(exc))
+            ev = event("deploy.refused", spec, run_id, self.name, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
+            return DeployResult("refused", prev_id, (self._record(spec, ev),), message=str(exc))
         stable = self.manifests(finetune, run_id, data_md5, git_commit, "stable")
         stable_dep = self._deployment(stable)
         if prev_id == run_id and deployment_state(self._get(stable_dep), serving.replicas, run_id).ready:
-            return DeployResult("unchanged", run_id, [], message="already serving")
-        lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"]}
+            return DeployResult("unchanged", run_id, (), message="already serving")
+        # What re-renders this version later (rollback by name): its lineage and the spec as it was.
+        lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"],
+                   "finetune": finetune.model_dump(mode="json", by_alias=True)}
         strategy = serving.rollout.strategy if prev_id else "rolling"
-        events = [self._record(spec, event("deploy.started", spec, run_id, self.backend, prev_id, prev_id,
+        events = [self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id,
                                            Reason.ROLLING_OUT, f"{strategy} rollout of run {run_id}", strategy=strategy,
                                            **lineage))]
         if strategy == "canary":
@@ -177,10 +195,10 @@ class KubernetesServing:
                 self._scale_canary_down(finetune, run_id, data_md5, git_commit)
                 self._apply(self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""), "stable"))
                 msg = f"canary of run {run_id} failed ({state.message}); run {prev_id} keeps serving"
-                events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.backend, prev_id, prev_id,
+                events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, prev_id, prev_id,
                                                        Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
-                return DeployResult("rolled_back", prev_id, events, message=msg)
-            events.append(self._record(spec, event("deploy.canary_ready", spec, run_id, self.backend, prev_id, prev_id,
+                return DeployResult("rolled_back", prev_id, tuple(events), message=msg)
+            events.append(self._record(spec, event("deploy.canary_ready", spec, run_id, self.name, prev_id, prev_id,
                                                    Reason.ROLLING_OUT, f"{n} canary replica(s) stayed ready for "
                                                    f"{serving.rollout.stable_seconds}s", canaryReplicas=n,
                                                    stableReplicas=serving.replicas - n, **lineage)))
@@ -198,12 +216,12 @@ class KubernetesServing:
                 serving_now = None
             msg = (f"run {run_id} failed readiness ({state.message}); "
                    f"{'run ' + serving_now + ' serves again' if serving_now else 'nothing serves'}")
-            events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.backend, serving_now, prev_id,
+            events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, serving_now, prev_id,
                                                    Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
-            return DeployResult("rolled_back", serving_now, events, message=msg)
+            return DeployResult("rolled_back", serving_now, tuple(events), message=msg)
         msg = f"run {run_id} serves on {serving.replicas} replica(s)" + (f" (was {prev_id})" if prev_id else "")
-        events.append(self._record(spec, event(kind, spec, run_id, self.backend, run_id, prev_id, reason, msg, **lineage)))
-        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, events, message=msg)
+        events.append(self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **lineage)))
+        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, tuple(events), message=msg)
 
     def _scale_canary_down(self, finetune, run_id: str, data_md5: str, git_commit: str) -> None:
         self._apply([self._deployment(self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=0))])
@@ -221,31 +239,59 @@ class KubernetesServing:
                 return {**ev, "servingRunId": current}
         return None
 
-    def current(self, spec: str) -> dict | None:
-        """The serving run per the history, and whether its stable Deployment is fully ready with
-        it (the same shape as LocalServing.current, so the reconciler can ask either)."""
+    def current(self, spec: str) -> Serving | None:
+        """The serving run per the history, healthy when its stable Deployment is fully ready with it."""
         from controller.render import object_name
 
         run_id = history.serving_run(self.store, spec)
         if run_id is None:
             return None
-        lineage = next((e for e in reversed(history.read(self.store, spec))
-                        if e.get("runId") == run_id and e.get("namespace")), None)
+        lineage = self._lineage(spec, run_id)
         if lineage is None:
-            return {"runId": run_id, "healthy": False, "message": "no namespace recorded for the serving run"}
+            return Serving(spec, run_id, False, message="no namespace recorded for the serving run")
         dep = {"metadata": {"namespace": lineage["namespace"], "name": object_name(spec, None, "serve")}}
         found = self._get(dep)
         replicas = int(((found or {}).get("spec") or {}).get("replicas") or 0)
         state = deployment_state(found, replicas, run_id)
-        return {"runId": run_id, "healthy": state.ready and replicas > 0, "namespace": lineage["namespace"],
-                "deployment": dep["metadata"]["name"], "message": state.message}
+        return Serving(spec, run_id, state.ready and replicas > 0, message=state.message)
 
-    def rollback(self, finetune, to: str | None = None, timeout: float | None = None) -> DeployResult:
-        """Roll back to `to` or the previously served run (which must still pass its gate)."""
-        target = rollback_target(self.store, finetune.name, to)
-        lineage = next((e for e in reversed(history.read(self.store, finetune.name))
-                        if e.get("runId") == target and "dataMd5" in e), None)
+    def _lineage(self, spec: str, run_id: str) -> dict | None:
+        return next((e for e in reversed(history.read(self.store, spec))
+                     if e.get("runId") == run_id and e.get("namespace")), None)
+
+    def stop(self, spec: str) -> DeployResult:
+        """Delete the spec's serving objects (Deployments, Service, ConfigMaps: found by its labels in
+        every namespace it was served in). Training workloads and artifacts are not touched."""
+        from controller.backends.kubernetes import ApiError, resource_path
+
+        namespaces = sorted({str(e["namespace"]) for e in history.read(self.store, spec) if e.get("namespace")})
+        current = history.serving_run(self.store, spec)
+        selector = f"ftops.dev/spec={spec},app.kubernetes.io/component=serving,app.kubernetes.io/managed-by=ftops"
+        deleted = 0
+        for namespace in namespaces:
+            for api_version, kind in SERVING_KINDS:
+                try:
+                    items = self.kube.list(api_version, kind, namespace, selector)["items"]
+                    for item in items:
+                        self.kube._request("DELETE", resource_path(api_version, kind, namespace, item["metadata"]["name"]))
+                        deleted += 1
+                except ApiError as err:
+                    if err.code != 404:
+                        raise TemporaryError(f"stopping spec {spec}: {kind}s in {namespace}: {err}") from None
+        if current is None and deleted == 0:
+            return DeployResult("stopped", None, (), message="nothing was serving")
+        msg = f"deleted {deleted} serving object(s) of spec {spec}"
+        ev = event("deploy.stopped", spec, current, self.name, None, current, Reason.NOT_SERVED, msg)
+        return DeployResult("stopped", None, (self._record(spec, ev),), message=msg)
+
+    def rollback(self, spec: str, to: str | None = None, timeout: float | None = None) -> DeployResult:
+        """Roll back to `to` or the previously served run (which must still pass its gate), as it
+        served then: re-rendered from the spec and lineage recorded when it was promoted."""
+        target = rollback_target(self.store, self.artifacts, spec, to)
+        lineage = next((e for e in reversed(history.read(self.store, spec))
+                        if e.get("runId") == target and "dataMd5" in e and e.get("finetune")), None)
         if lineage is None:
-            raise PermanentError(f"rollback: the history has no lineage (data md5, git commit) for run {target}")
-        return self.promote(finetune, target, lineage["dataMd5"], lineage["gitCommit"], timeout,
-                            kind="deploy.rolled_back", reason="Requested")
+            raise PermanentError(f"rollback: the history has no lineage (spec, data md5, git commit) for run {target}")
+        finetune = FineTune.model_validate_json(json.dumps(lineage["finetune"]))
+        return self.rollout(finetune, target, lineage["dataMd5"], lineage["gitCommit"], timeout,
+                            kind="deploy.rolled_back", reason=Reason.REQUESTED)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from controller.backends.base import Phase, Run, RunNotFound, RunState
+from controller.seams import Lineage, Phase, Run, RunNotFound, RunState
 from controller.backends.kubernetes import FIELD_MANAGER, KubernetesBackend, load_api_client
 from controller.errors import PermanentError
 from controller.render import render
@@ -24,14 +24,15 @@ def cluster(fake_kube, tmp_path):
     return fake_kube, str(path)
 
 
-def backend(kubeconfig: str) -> KubernetesBackend:
-    return KubernetesBackend(kubeconfig=kubeconfig, namespaces=[NS])
+def backend(kubeconfig: str, op=None) -> KubernetesBackend:
+    return KubernetesBackend(kubeconfig=kubeconfig, namespaces=[NS], operator=op or operator())
 
 
 def make_run(ft=None, op=None) -> tuple[Run, list[dict]]:
+    """The run as the reconciler hands it over, and the manifests the backend renders from it."""
     inp = render_input(ft, op)
     manifests = render(inp)
-    return Run(config=inp.run_config, manifests=tuple(manifests)), manifests
+    return Run(inp.run_config, inp.finetune, Lineage(inp.data_md5, inp.git_commit)), manifests
 
 
 def job_name(manifests: list[dict]) -> str:
@@ -244,8 +245,9 @@ def test_missing_tenant_namespace_is_a_clear_permanent_error(fake_kube, tmp_path
 @pytest.mark.parametrize("flavor,kind", [("pytorchjob", "PyTorchJob"), ("jobset", "JobSet")])
 def test_crd_flavours_submit_and_map_states(cluster, flavor, kind):
     fake, kubeconfig = cluster
-    b = backend(kubeconfig)
-    run, manifests = make_run(finetune(**{"spec.hardware.nodes": 2}), operator(trainingFlavor=flavor))
+    op = operator(trainingFlavor=flavor)
+    b = backend(kubeconfig, op)
+    run, manifests = make_run(finetune(**{"spec.hardware.nodes": 2}), op)
     assert b.submit(run).phase is Phase.PENDING
     api = manifests[-1]["apiVersion"]
     name = job_name(manifests)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.backends.base import Phase, Run, RunNotFound
 from controller.backends.local import LocalBackend
 from controller.runconfig import RunConfig
+from controller.seams import Lineage, Phase, Run, RunNotFound
+from render_sample import finetune
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,6 +52,11 @@ def run_config(tmp: Path, run_id: str = "abcdef012345") -> RunConfig:
         "data": {"train": str(tmp / "train.jsonl"), "test": str(tmp / "test.jsonl"), "md5": "0" * 32},
         "outputDir": str(out), "checkpointDir": str(tmp / "ckpt" / run_id), "device": "cpu",
     }))
+
+
+def local_run(rc: RunConfig) -> Run:
+    """The local backend reads only the run config; the spec and lineage ride along."""
+    return Run(rc, finetune(), Lineage("0" * 32, "0" * 40))
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def wait_for(backend: LocalBackend, run_id: str, phase: Phase, timeout: float = 
 def test_submit_runs_the_command_and_records_success(tmp_path, program):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    state = b.submit(Run(config=rc))
+    state = b.submit(local_run(rc))
     assert state.phase in (Phase.PENDING, Phase.RUNNING)
     assert (tmp_path / "runs" / rc.run_id / "run.json").exists()
     finish(rc, 0)
@@ -102,15 +108,15 @@ def test_submit_runs_the_command_and_records_success(tmp_path, program):
 def test_submit_is_idempotent(tmp_path, program):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    b.submit(Run(config=rc))
+    b.submit(local_run(rc))
     pid = json.loads((tmp_path / "runs" / rc.run_id / "spawn.json").read_text())["pid"]
-    again = LocalBackend(tmp_path / "runs", command=program).submit(Run(config=rc))
+    again = LocalBackend(tmp_path / "runs", command=program).submit(local_run(rc))
     assert again.phase in (Phase.PENDING, Phase.RUNNING)
     assert json.loads((tmp_path / "runs" / rc.run_id / "spawn.json").read_text())["pid"] == pid
     assert json.loads((tmp_path / "runs" / rc.run_id / "attempts.json").read_text())["attempts"] == 1
     finish(rc, 0)
     wait_for(b, rc.run_id, Phase.SUCCEEDED)
-    assert b.submit(Run(config=rc)).phase is Phase.SUCCEEDED  # a finished run is not started again
+    assert b.submit(local_run(rc)).phase is Phase.SUCCEEDED  # a finished run is not started again
 
 
 def test_a_restarted_controller_finds_running_and_finished_runs(tmp_path, program):
@@ -119,10 +125,12 @@ def test_a_restarted_controller_finds_running_and_finished_runs(tmp_path, progra
     rc = run_config(tmp_path)
     (tmp_path / "rc.json").write_text(rc.model_dump_json(by_alias=True))
     code = (
-        "import os, sys; from controller.backends.local import LocalBackend; from controller.backends.base import Run; "
-        "from controller.runconfig import RunConfig; "
+        f"import os, sys; sys.path.insert(0, {str(REPO / 'tests' / 'render')!r}); "
+        "from controller.backends.local import LocalBackend; from controller.seams import Lineage, Run; "
+        "from controller.runconfig import RunConfig; from render_sample import finetune; "
         f"b = LocalBackend({str(tmp_path / 'runs')!r}, command={program!r}); "
-        f"b.submit(Run(config=RunConfig.model_validate_json(open({str(tmp_path / 'rc.json')!r}).read()))); "
+        f"rc = RunConfig.model_validate_json(open({str(tmp_path / 'rc.json')!r}).read()); "
+        "b.submit(Run(rc, finetune(), Lineage('0' * 32, '0' * 40))); "
         "os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
@@ -145,7 +153,7 @@ def test_a_restarted_controller_finds_running_and_finished_runs(tmp_path, progra
 def test_exit_codes_map_to_states(tmp_path, program, code, phase, reason):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    b.submit(Run(config=rc))
+    b.submit(local_run(rc))
     finish(rc, code)
     wait_for(b, rc.run_id, phase)
     state = b.status(rc.run_id)
@@ -155,11 +163,11 @@ def test_exit_codes_map_to_states(tmp_path, program, code, phase, reason):
 def test_a_preempted_run_resumes_when_submitted_again(tmp_path, program):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    b.submit(Run(config=rc))
+    b.submit(local_run(rc))
     finish(rc, 143)
     wait_for(b, rc.run_id, Phase.PREEMPTED)
     (Path(rc.output_dir) / "exit-code").unlink()
-    assert b.submit(Run(config=rc)).phase in (Phase.PENDING, Phase.RUNNING)
+    assert b.submit(local_run(rc)).phase in (Phase.PENDING, Phase.RUNNING)
     assert json.loads((tmp_path / "runs" / rc.run_id / "attempts.json").read_text())["attempts"] == 2
     finish(rc, 0)
     wait_for(b, rc.run_id, Phase.SUCCEEDED)
@@ -169,7 +177,7 @@ def test_a_preempted_run_resumes_when_submitted_again(tmp_path, program):
 def test_cancel_sends_sigterm_and_records_cancelled(tmp_path, program):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    b.submit(Run(config=rc))
+    b.submit(local_run(rc))
     wait_started(b, rc.run_id)
     state = b.cancel(rc.run_id)
     assert state.phase is Phase.FAILED and state.reason == "Cancelled" and state.exit_code == 143
@@ -180,7 +188,7 @@ def test_cancel_sends_sigterm_and_records_cancelled(tmp_path, program):
 def test_a_killed_keeper_is_reported_lost(tmp_path, program):
     b = LocalBackend(tmp_path / "runs", command=program)
     rc = run_config(tmp_path)
-    b.submit(Run(config=rc))
+    b.submit(local_run(rc))
     pid = json.loads((tmp_path / "runs" / rc.run_id / "spawn.json").read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)  # no chance to record an exit code (like a reboot)
     state = b.wait(rc.run_id, timeout=60)
@@ -222,7 +230,7 @@ def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption
         "outputDir": str(tmp_path / "out"), "checkpointDir": str(tmp_path / "ckpt"), "device": "cpu",
     }))
     runs = tmp_path / "runs"
-    LocalBackend(runs).submit(Run(config=rc))  # the default command: python -m controller.train
+    LocalBackend(runs).submit(local_run(rc))  # the default command: python -m controller.train
     restarted = LocalBackend(runs)  # the controller came back: only the files are left
     for _ in range(60000):  # until the first optimizer step is logged
         if '"event": "step"' in restarted.logs(rc.run_id) or restarted.status(rc.run_id).finished:
@@ -237,18 +245,8 @@ def test_real_trainer_survives_a_controller_restart_and_resumes_after_preemption
     assert any((tmp_path / "ckpt").iterdir())
     assert not (tmp_path / "out" / "manifest.json").exists()
 
-    assert restarted.submit(Run(config=rc)).phase in (Phase.PENDING, Phase.RUNNING)
+    assert restarted.submit(local_run(rc)).phase in (Phase.PENDING, Phase.RUNNING)
     state = restarted.wait(rc.run_id, timeout=600)
     assert state.phase is Phase.SUCCEEDED, restarted.logs(rc.run_id)
     assert '"event": "resume"' in restarted.logs(rc.run_id)
     assert (tmp_path / "out" / "manifest.json").exists()  # a run without a manifest is not finished
-
-
-def test_make_backend(tmp_path):
-    from controller.backends import Backend, make_backend
-    from controller.errors import PermanentError
-
-    local = make_backend("local", root=tmp_path)
-    assert isinstance(local, LocalBackend) and isinstance(local, Backend)
-    with pytest.raises(PermanentError, match="unknown backend 'nomad'"):
-        make_backend("nomad")

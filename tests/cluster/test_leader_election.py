@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "render"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fakes
 
-from controller.backends.base import Run  # noqa: E402
+from fakes import SteppedClock  # noqa: E402
+
+from controller.seams import Lineage, Run  # noqa: E402
 from controller.backends.kubernetes import KubernetesBackend, load_api_client  # noqa: E402
 from controller.backends.kubernetes_lease import LeaderElector, NotLeader  # noqa: E402
-from controller.render import render  # noqa: E402
 from render_sample import render_input  # noqa: E402
 
 NS = "ftops-system"
@@ -25,13 +26,22 @@ LEASE, RENEW, RETRY = 15.0, 10.0, 2.0
 
 
 class Clock:
-    """A clock the test moves by hand (stands in for time.monotonic)."""
+    """A clock the test moves by hand (controller.clock.Clock)."""
 
     def __init__(self) -> None:
         self.t = 1000.0
 
     def __call__(self) -> float:
         return self.t
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
@@ -52,12 +62,12 @@ def elector(api, identity: str, clock, **kw) -> LeaderElector:
 
 
 def fenced_backend(api, e: LeaderElector) -> KubernetesBackend:
-    return KubernetesBackend(api, namespaces=[TENANT], fence=e.ensure_leader)
+    return KubernetesBackend(api, namespaces=[TENANT], fence=e.ensure_leader, operator=render_input().operator)
 
 
 def the_run() -> Run:
     inp = render_input()
-    return Run(config=inp.run_config, manifests=tuple(render(inp)))
+    return Run(inp.run_config, inp.finetune, Lineage(inp.data_md5, inp.git_commit))
 
 
 def job_writes(fake) -> int:
@@ -170,45 +180,51 @@ def test_timings_must_leave_the_leader_time_to_stop_before_a_takeover(cluster):
 
 
 def test_two_real_run_loops_fail_over_when_the_leader_stops_renewing(cluster):
-    """The same with real threads and the real clock (short durations, generous bounds)."""
+    """The same with the real run loops in threads, on simulated time (SteppedClock): each loop
+    does one election step per retry period of simulated time, so the failover is measured
+    exactly, whatever the machine's load."""
     fake, api = cluster
+    clock = SteppedClock(participants=1)
     started: list[str] = []
     stopped: list[str] = []
     stops = {n: threading.Event() for n in "ab"}
-    electors = {n: LeaderElector(api, namespace=NS, identity=n, lease_duration=1.5, renew_deadline=1.0,
-                                 retry_period=0.1) for n in "ab"}
-    # a pause, not a clean exit: a's loop stops renewing without releasing
-    paused = threading.Event()
+    electors = {n: LeaderElector(api, namespace=NS, identity=n, lease_duration=LEASE, renew_deadline=RENEW,
+                                 retry_period=RETRY, clock=clock) for n in "ab"}
+    paused = threading.Event()  # a pause, not a clean exit: a's loop stops renewing without releasing
 
     def sleep_a(seconds: float) -> None:
-        stops["a"].wait(seconds)
+        clock.sleep(seconds)
         while paused.is_set() and not stops["a"].is_set():
-            time.sleep(0.02)
+            clock.sleep(RETRY)
 
     threads = [threading.Thread(target=electors["a"].run, args=(stops["a"], lambda: started.append("a"),
                                                                  lambda: stopped.append("a"), sleep_a), daemon=True)]
     threads[0].start()
-    deadline = time.monotonic() + 10
-    while "a" not in started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    clock.settle()
     assert started == ["a"]
+    clock.participants = 2
     threads.append(threading.Thread(target=electors["b"].run, args=(stops["b"], lambda: started.append("b"),
                                                                      lambda: stopped.append("b")), daemon=True))
     threads[1].start()
-    time.sleep(0.5)
+    for _ in range(5):
+        clock.step(RETRY)
     assert started == ["a"]  # b waits while a renews
     paused.set()
-    t0 = time.monotonic()
-    while "b" not in started and time.monotonic() - t0 < 20:
-        time.sleep(0.02)
+    last_renewal = clock.monotonic()  # a renewed in the step that just ran
+    while "b" not in started and clock.monotonic() - last_renewal < 10 * LEASE:
+        clock.step(RETRY)
     assert started == ["a", "b"]
+    # b measures the lease from when it first saw a's last renewal: up to one retry period after
+    # it happened (the loops run concurrently), plus one for its own polling.
+    assert RENEW < clock.monotonic() - last_renewal <= LEASE + 2 * RETRY
     with pytest.raises(NotLeader):
         electors["a"].ensure_leader()
     for n in "ab":
         stops[n].set()
     paused.clear()
+    clock.close()
     for t in threads:
-        t.join(5)
+        t.join(30)
     lease = fake.get("coordination.k8s.io/v1", "Lease", NS, "ftops-controller")
     assert lease["spec"]["holderIdentity"] == ""  # b released on its way out
 
@@ -217,7 +233,9 @@ def test_two_controllers_writing_concurrently_never_interleave(cluster):
     """Two full controllers (elector + fenced backend + FineTune mirror) in threads, both trying
     to write status as fast as they can. a's renewals stall while its worker keeps going (a stale
     leader); b takes over. In the API server's request log every write by a comes before b's
-    first one: never two writers at once."""
+    first one: never two writers at once. The electors run on simulated time; after each step
+    every worker finishes two more write attempts, so no write from before a step is still in
+    flight when the next one begins."""
     import yaml
 
     from cluster_helpers import example_specs
@@ -229,17 +247,20 @@ def test_two_controllers_writing_concurrently_never_interleave(cluster):
                                     body=yaml.safe_load(CRD_FILE.read_text()))
     ft = example_specs()[0]
     FineTuneMirror(KubernetesBackend(api), lambda _: TENANT).sync([ft])
+    clock = SteppedClock(participants=1)
     stop = threading.Event()
     renew_paused = threading.Event()
-    electors = {n: LeaderElector(api, namespace=NS, identity=n, lease_duration=2.0, renew_deadline=1.0,
-                                 retry_period=0.1) for n in "ab"}
+    electors = {n: LeaderElector(api, namespace=NS, identity=n, lease_duration=LEASE, renew_deadline=RENEW,
+                                 retry_period=RETRY, clock=clock) for n in "ab"}
     refused = {"a": 0, "b": 0}
+    attempts = {"a": 0, "b": 0}
+    progress = threading.Condition()
 
     def elector_sleep(name):
         def sleep(seconds: float) -> None:
-            stop.wait(seconds)
+            clock.sleep(seconds)
             while name == "a" and renew_paused.is_set() and not stop.is_set():
-                time.sleep(0.02)
+                clock.sleep(RETRY)
         return sleep
 
     def worker(name: str) -> None:
@@ -252,28 +273,42 @@ def test_two_controllers_writing_concurrently_never_interleave(cluster):
                 mirror.write_status(TENANT, ft.name, SpecStatus(ft.name, message=f"{name} {n}"))
             except NotLeader:
                 refused[name] += 1
-            time.sleep(0.01)
+            with progress:
+                attempts[name] += 1
+                progress.notify_all()
+
+    def step() -> None:
+        clock.step(RETRY)
+        with progress:
+            target = {n: attempts[n] + 2 for n in attempts}
+            assert progress.wait_for(lambda: all(attempts[n] >= target[n] for n in attempts), timeout=120)
 
     threads = [threading.Thread(target=electors[n].run, args=(stop, None, None, elector_sleep(n)), daemon=True)
                for n in "ab"]
     threads[0].start()
-    t0 = time.monotonic()
-    while not electors["a"].is_leader() and time.monotonic() - t0 < 10:
-        time.sleep(0.02)
+    clock.settle()
+    assert electors["a"].is_leader()
+    clock.participants = 2
     threads[1].start()
+    clock.settle()
     threads += [threading.Thread(target=worker, args=(n,), daemon=True) for n in "ab"]
     for t in threads[2:]:
         t.start()
-    time.sleep(0.5)
+    for _ in range(3):
+        step()
     renew_paused.set()  # a's renewals stall; its worker does not
-    t0 = time.monotonic()
-    while not electors["b"].is_leader() and time.monotonic() - t0 < 20:
-        time.sleep(0.02)
-    time.sleep(0.5)
+    for _ in range(int(10 * LEASE / RETRY)):
+        step()
+        if electors["b"].is_leader():
+            break
+    for _ in range(3):
+        step()
+    assert electors["b"].is_leader()
     stop.set()
     renew_paused.clear()
+    clock.close()
     for t in threads:
-        t.join(10)
+        t.join(30)
 
     writers = [r["userAgent"].split("/")[0] for r in fake.requests
                if r["method"] == "PATCH" and r["path"].endswith(f"/finetunes/{ft.name}/status")]

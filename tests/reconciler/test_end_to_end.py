@@ -85,8 +85,8 @@ def test_served_model_answers_with_citations_and_traces_to_its_commit(pipeline):
 
     home, repo = pipeline["home"], pipeline["repo"]
     serving = LocalServing(home / "store").current(demo.SPEC_NAME)
-    assert serving and serving["healthy"]
-    client = OpenAI(base_url=serving["url"] + "/v1", api_key="unused")
+    assert serving and serving.healthy
+    client = OpenAI(base_url=serving.url + "/v1", api_key="unused")
     reply = client.chat.completions.create(
         model=demo.SPEC_NAME, messages=[{"role": "system", "content": SYSTEM_PROMPT},
                                          {"role": "user", "content": "How many business days until a refund shows up?"}]
@@ -129,7 +129,7 @@ def test_a_bad_data_commit_fails_its_gate_and_the_first_model_keeps_serving(pipe
     assert "task" in conditions["GatePassed"]["message"]
     assert status["servingRunId"] == first and conditions["Deployed"]["reason"] == "PreviousRunServing"
     serving = LocalServing(home / "store").current(demo.SPEC_NAME)
-    assert serving["healthy"] and serving["runId"] == first
+    assert serving is not None and serving.healthy and serving.run_id == first
     assert "GateFailed" in done.stdout or "Stalled" in done.stdout
     gate_records = [e for e in Ledger(home / "ledger.db").events(kind="gate.decided")]
     assert [(e.run_id, e.payload["passed"]) for e in gate_records] == [(first, True), (status["runId"], False)]

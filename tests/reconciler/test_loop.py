@@ -11,10 +11,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 from controller import demo
 from controller.backends.local import LocalBackend
-from controller.reconciler import ControllerConfig, Reconciler
+from controller.reconcile import ControllerConfig, Reconciler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fakes
+from fakes import FakeClock  # noqa: E402
 
 
 def conditions(status) -> dict[str, tuple[str, str]]:
@@ -22,29 +28,33 @@ def conditions(status) -> dict[str, tuple[str, str]]:
 
 
 def test_a_dead_dvc_remote_backs_off_exponentially_and_recovers(demo_repo, tmp_path):
+    """On a fake clock (controller.clock): the backoff is measured in the controller's own time,
+    so a slow machine cannot make it pass or fail."""
+    clock = FakeClock()
     home = tmp_path / "home"
-    rec = Reconciler(ControllerConfig(repo=str(demo_repo.root), home=home, backoff_base_s=0.3, backoff_cap_s=10),
-                     LocalBackend(home / "runs"))
+    rec = Reconciler(ControllerConfig(repo=str(demo_repo.root), home=home, backoff_base_s=5, backoff_cap_s=600),
+                     LocalBackend(home / "runs"), clock=clock)
     hidden = demo_repo.remote.with_name("remote-offline")
     shutil.move(demo_repo.remote, hidden)  # the remote is unreachable
     try:
         first = rec.reconcile_once()
         status = first.statuses[demo.SPEC_NAME]
         assert conditions(status)["Stalled"] == ("False", "Retrying")
-        assert "retry 1" in status.condition("Stalled").message
+        assert "retry 1 in 5s" in status.condition("Stalled").message
         state = json.loads((home / "state" / f"{demo.SPEC_NAME}.json").read_text())
-        assert state["failures"] == 1 and 0 < first.requeue_after <= 0.3
+        assert state["failures"] == 1 and first.requeue_after == 5 and state["retryAt"] == clock.time() + 5
+        clock.advance(4.9)
         again = rec.reconcile_once()  # before retryAt: no new attempt
         assert json.loads((home / "state" / f"{demo.SPEC_NAME}.json").read_text())["failures"] == 1
-        assert again.requeue_after is not None
-        time.sleep(0.4)
+        assert again.requeue_after == pytest.approx(0.1)
+        clock.advance(0.2)
         rec.reconcile_once()
         state = json.loads((home / "state" / f"{demo.SPEC_NAME}.json").read_text())
-        assert state["failures"] == 2 and state["retryAt"] - time.time() > 0.3  # the wait doubled
+        assert state["failures"] == 2 and state["retryAt"] == clock.time() + 10  # the wait doubled
         assert not any(rec.ledger.events(kind="data.versioned"))  # nothing half-recorded
     finally:
         shutil.move(hidden, demo_repo.remote)
-    time.sleep(0.7)
+    clock.advance(10)
     recovered = rec.reconcile_once().statuses[demo.SPEC_NAME]
     assert conditions(recovered)["DataReady"] == ("True", "DataReady")
     assert "Stalled" not in conditions(recovered)

@@ -12,7 +12,7 @@ import pytest
 
 from controller import demo
 from controller.backends.local import LocalBackend
-from controller.reconciler import ControllerConfig, Reconciler
+from controller.reconcile import ControllerConfig, Reconciler
 
 
 def reconciler(repo: Path, home: Path, **config) -> Reconciler:

@@ -49,19 +49,19 @@ def test_gate_not_passed_or_for_another_run_refuses_promotion(env, serving):
 
     run_b = serving.run_dir(SPEC_NAME, RUN_B)
     write_gate(run_b, passed=False)
-    result = serving.promote(_config(env, run_b))
+    result = serving.deploy(_config(env, run_b))
     assert result.outcome == "refused" and result.serving_run_id is None
     assert "task accuracy (json_field_match) 0.4100 < min 0.9000" in result.message, result.message
     write_gate(run_b, passed=True, run_id=RUN_A)  # a passed decision, but for another run
-    result = serving.promote(_config(env, run_b))
+    result = serving.deploy(_config(env, run_b))
     assert result.outcome == "refused" and "not this run" in result.message
     write_gate(run_b, passed=True)
     report = run_b / "eval" / "report.json"
     report.write_text(report.read_text().replace("0.97", "0.99"))  # edited after the decision
-    result = serving.promote(_config(env, run_b))
+    result = serving.deploy(_config(env, run_b))
     assert result.outcome == "refused" and "changed after the gate decided" in result.message
     (run_b / "eval" / "gate.json").unlink()
-    assert serving.promote(_config(env, run_b)).outcome == "refused"
+    assert serving.deploy(_config(env, run_b)).outcome == "refused"
     # nothing was started, and each refusal is on record
     assert not (serving.store / SPEC_NAME / "serving" / RUN_B).exists()
     kinds = [e["kind"] for e in history.read(serving.store, SPEC_NAME)]
@@ -74,35 +74,35 @@ def test_rollout_failing_readiness_keeps_the_old_version_then_rollback_to(env, s
     from controller.serve.deploy import LocalServing
 
     run_a, run_b = serving.run_dir(SPEC_NAME, RUN_A), serving.run_dir(SPEC_NAME, RUN_B)
-    first = serving.promote(_config(env, run_a))
+    first = serving.deploy(_config(env, run_a))
     assert first.outcome == "promoted", first.message
     url_a = first.url
     assert _ask(url_a) == (RUN_A, _ask(url_a)[1]) and _ask(url_a)[1][0]["path"] == ANSWER_DOC
-    pid_a = serving.current(SPEC_NAME)["pid"]
+    pid_a = serving.record(SPEC_NAME)["pid"]
 
     # Run B passed its gate, but its adapter changed after training: the new server refuses to
     # load it, fails readiness, and is rolled back automatically. A keeps answering.
     adapter = run_b / "model" / "adapter_model.safetensors"
     good = adapter.read_bytes()
     adapter.write_bytes(good[:-64] + bytes(64))
-    failed = serving.promote(_config(env, run_b))
+    failed = serving.deploy(_config(env, run_b))
     assert failed.outcome == "rolled_back" and failed.serving_run_id == RUN_A
     assert [e["kind"] for e in failed.events] == ["deploy.started", "deploy.rolled_back"]
     assert failed.events[-1]["automatic"] is True and "sha256" in failed.message
     assert _ask(url_a)[0] == RUN_A
-    assert serving.current(SPEC_NAME)["pid"] == pid_a
+    assert serving.record(SPEC_NAME)["pid"] == pid_a
 
     # The repaired run B rolls out: ready first, then A stops.
     adapter.write_bytes(good)
-    second = serving.promote(_config(env, run_b))
+    second = serving.deploy(_config(env, run_b))
     assert second.outcome == "promoted" and second.serving_run_id == RUN_B, second.message
     assert _ask(second.url)[0] == RUN_B
     assert not _alive(pid_a)
-    assert serving.promote(_config(env, run_b)).outcome == "unchanged"
+    assert serving.deploy(_config(env, run_b)).outcome == "unchanged"
 
     # A controller restart (a new LocalServing over the same store) finds the serving process.
     again = LocalServing(serving.store).current(SPEC_NAME)
-    assert again["runId"] == RUN_B and again["healthy"]
+    assert again.run_id == RUN_B and again.healthy
 
     # `ftops rollback SPEC --to A` from the command line.
     out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", SPEC_NAME, "--to", RUN_A[:8],
@@ -145,15 +145,15 @@ def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, 
     import shutil
 
     run_a = serving.run_dir(SPEC_NAME, RUN_A)
-    first = serving.promote(_config(env, run_a))
+    first = serving.deploy(_config(env, run_a))
     assert first.outcome == "promoted", first.message
-    assert serving.promote(_config(env, run_a)).outcome == "unchanged"
+    assert serving.deploy(_config(env, run_a)).outcome == "unchanged"
     corpus = tmp_path / "corpora" / "v2"
     shutil.copytree(env.repo / "corpora" / "kb", corpus)
     (corpus / ANSWER_DOC).unlink()
     (corpus / "zx.md").write_text("ZX-4417 was retired; the Zorblax cluster now reports error code ZX-5000.\n")
     manifest_before = (run_a / "manifest.json").read_bytes()
-    changed = serving.promote(_config(env, run_a).replace(corpus_dir=str(corpus)))
+    changed = serving.deploy(_config(env, run_a).replace(corpus_dir=str(corpus)))
     assert changed.outcome == "promoted" and changed.serving_run_id == RUN_A, changed.message
     assert changed.events[-1]["reason"] == "ServingConfigChanged"
     assert changed.events[-1]["corpusVersion"] != first.events[-1]["corpusVersion"]

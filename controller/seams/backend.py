@@ -3,16 +3,18 @@ whatever runs it (a local subprocess, a Kubernetes Job). The reconciler knows no
 
 Run states are deliberately few, because each one drives a different reconciler decision:
 pending (wait), running (wait), succeeded (evaluate), failed (stall or retry, per reason),
-preempted (wait: the run resumes from its checkpoint when capacity returns).
+preempted (wait; `submit` again resumes it from its checkpoint where the backend needs that).
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from controller.errors import PermanentError
 from controller.runconfig import RunConfig
+from controller.seams.json import JsonObject
+from controller.spec.finetune import FineTune
 
 
 class Phase(str, enum.Enum):
@@ -25,18 +27,27 @@ class Phase(str, enum.Enum):
 
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
-# CamelCase reasons (DESIGN: conditions use CamelCase constants).
-REASON_CONFIG_ERROR = "ConfigError"
-REASON_CANCELLED = "Cancelled"
-REASON_DEADLINE = "DeadlineExceeded"
-REASON_BACKOFF = "BackoffLimitExceeded"
-REASON_LOST = "ProcessLost"
-REASON_EXIT = "NonZeroExit"
+
+class RunReason:
+    """CamelCase reasons a backend gives for a run's state (DESIGN: reasons are constants)."""
+
+    STARTING = "Starting"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    PREEMPTED = "Preempted"
+    CONFIG_ERROR = "ConfigError"
+    """Retrying cannot help: the trainer refused its input (the dedicated exit code)."""
+    TEMPORARY_FAILURE = "TemporaryFailure"
+    CANCELLED = "Cancelled"
+    DEADLINE = "DeadlineExceeded"
+    BACKOFF = "BackoffLimitExceeded"
+    LOST = "ProcessLost"
+    EXIT = "NonZeroExit"
 
 
 @dataclass(frozen=True)
 class RunState:
-    """What a backend knows about one run. `reason` is a CamelCase constant, `message` prose."""
+    """What a backend knows about one run. `reason` is a RunReason constant, `message` prose."""
 
     run_id: str
     phase: Phase
@@ -50,18 +61,28 @@ class RunState:
     def finished(self) -> bool:
         return self.phase in TERMINAL
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"runId": self.run_id, "phase": self.phase.value, "reason": self.reason, "message": self.message,
                 "exitCode": self.exit_code, "startedAt": self.started_at, "finishedAt": self.finished_at}
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a run came from, stamped on everything made for it (labels, ledger, manifests)."""
+
+    data_md5: str
+    git_commit: str
+
+
+@dataclass(frozen=True)
 class Run:
-    """One training run as handed to a backend: the run.json content, plus the rendered
-    manifests for backends that apply them (the kubernetes backend; `local` ignores them)."""
+    """One training run as handed to a backend: the run.json content (what the trainer reads),
+    the spec it is for (a cluster backend renders its workload from it: GPUs, node pools,
+    tenancy) and its lineage."""
 
     config: RunConfig
-    manifests: tuple[dict, ...] = field(default=())
+    finetune: FineTune
+    lineage: Lineage
 
     @property
     def run_id(self) -> str:
@@ -81,20 +102,18 @@ class Backend(Protocol):
     name: str
 
     def submit(self, run: Run) -> RunState:
-        """Start the run unless it already exists (same run id: nothing new). Returns its state."""
+        """Ensure the run exists: start it unless it does (same run id: nothing new), and start
+        a preempted one again where the backend needs that to resume. Returns its state."""
+        ...
 
     def status(self, run_id: str) -> RunState:
         """Current state; raises RunNotFound for an unknown run."""
+        ...
 
     def cancel(self, run_id: str) -> RunState:
         """Stop the run (a no-op for a finished one). Returns the resulting state."""
+        ...
 
     def logs(self, run_id: str, tail: int | None = None) -> str:
         """The trainer's output so far (last `tail` lines when given)."""
-
-
-def tail_lines(text: str, tail: int | None) -> str:
-    if tail is None:
-        return text
-    lines = text.splitlines(keepends=True)
-    return "".join(lines[-tail:]) if tail > 0 else ""
+        ...

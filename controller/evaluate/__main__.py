@@ -1,0 +1,67 @@
+"""`python -m controller.evaluate --config eval.json`: one evaluation, as a backend runs it (a
+local subprocess, a Kubernetes Job). It reads only eval.json (controller.evalconfig) and leaves
+`<run>/eval/report.json` (+ report.md, chart.png) and a marker naming the evaluation id, so an
+evaluator that restarts finds the finished evaluation again instead of running it twice.
+
+An evaluation that cannot run on this input (a missing bias set, a report the run did not
+record...) still leaves a report: a crashed one, with the reason, which the gate fails on. Exit
+codes are controller.exitcodes': 0 a report was written, 75 temporary, 78 the eval config
+itself is unusable, 143 terminated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from controller import exitcodes
+
+MARKER = "eval/ftops-eval.json"
+"""`{evalId, reportSha256, status}` beside the report: which evaluation the report is."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m controller.evaluate")
+    parser.add_argument("--config", required=True, help="eval.json written by the controller")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(exitcodes.PREEMPTED))
+
+    from controller.errors import FtopsError, PermanentError
+    from controller.evalconfig import load_eval_config
+
+    try:
+        config = load_eval_config(args.config)
+    except FtopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    run_dir = Path(config.run_uri)
+    try:
+        report = evaluate(config, run_dir)
+    except PermanentError as exc:
+        from controller.evaluate.run import crashed_report
+
+        print(f"evaluation crashed: {exc}", file=sys.stderr)
+        report = crashed_report(config.run_id, str(exc), config.spec_name)
+        report.write(run_dir)
+    except FtopsError as exc:
+        print(f"error (temporary): {exc}", file=sys.stderr)
+        return exitcodes.TEMPORARY
+    from controller.fsutil import write_json_atomic
+
+    write_json_atomic(run_dir / MARKER, {"evalId": config.eval_id, "reportSha256": report.sha256,
+                                         "status": report.data.get("status")})
+    print(json.dumps({"event": "evaluated", "evalId": config.eval_id, "status": report.data.get("status")}), flush=True)
+    return exitcodes.OK
+
+
+def evaluate(config, run_dir: Path):
+    from controller.evaluate.run import run_evaluation
+
+    return run_evaluation(run_dir, config.finetune, config.data.test, train_path=config.data.train,
+                          repo_root=config.repo_root, device=config.device, progress=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

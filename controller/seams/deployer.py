@@ -1,0 +1,95 @@
+"""The Deployer seam: what serves a spec, and how that changes.
+
+`current / promote / stop / rollback`. The gateway (ours: OpenAI-compatible API, retrieval,
+prompt, citations) routes to a model engine: server processes on one machine, Deployments in a
+cluster. Promotion is refused unless the exact run's gate passed on the configuration that will
+serve; the previous version serves until the new one is ready, and a new one that never gets
+ready is rolled back automatically. Every transition comes back as an event for the ledger.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from controller.seams.backend import Lineage
+from controller.seams.json import JsonObject
+from controller.spec.finetune import FineTune
+
+DeployOutcome = Literal["promoted", "unchanged", "refused", "rolled_back", "failed", "stopped"]
+DeployEvent = JsonObject
+"""`{kind, spec, runId, servingRunId, previousRunId, backend, time, reason, message, ...}`;
+kinds deploy.refused, deploy.started, deploy.canary_ready, deploy.promoted, deploy.rolled_back,
+deploy.stopped. Appended to the spec's deployment history and, by the reconciler, the ledger."""
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """Serve `run_id` of `finetune` with the spec's serving block."""
+
+    finetune: FineTune
+    run_id: str
+    run_uri: str
+    """The run's place in the artifact store."""
+    serving_id: str
+    """Identity of what is served (run + serving settings + corpus version)."""
+    lineage: Lineage
+    base_model: str
+    """The base model as the engine loads it: a directory on this machine, or the spec's URI."""
+    base_revision: str | None = None
+    corpus_dir: str | None = None
+    """The RAG corpus folder at the commit (None when the spec serves without retrieval)."""
+    corpus_version: str | None = None
+    device: str = "cpu"
+
+    @property
+    def spec(self) -> str:
+        return self.finetune.metadata.name
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What serves a spec now."""
+
+    spec: str
+    run_id: str
+    healthy: bool
+    url: str | None = None
+    message: str = ""
+    serving_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What a call did. `serving_run_id` is what serves afterwards; `events` go to the ledger."""
+
+    outcome: DeployOutcome
+    serving_run_id: str | None
+    events: tuple[DeployEvent, ...] = field(default=())
+    url: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> JsonObject:
+        return {"outcome": self.outcome, "servingRunId": self.serving_run_id, "url": self.url,
+                "message": self.message, "events": list(self.events)}
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    name: str
+
+    def current(self, spec: str) -> Serving | None:
+        """What serves `spec` now (None when nothing does), and whether it is healthy."""
+        ...
+
+    def promote(self, request: DeployRequest) -> DeployResult:
+        """Make the request's run serve; `unchanged` when it already does with the same serving id."""
+        ...
+
+    def stop(self, spec: str) -> DeployResult:
+        """Stop serving `spec` (its spec or serving block was deleted). Nothing else is touched."""
+        ...
+
+    def rollback(self, spec: str, to: str | None = None) -> DeployResult:
+        """Serve `to` (or the run that served before the current one) again, as it served then
+        (from the deployer's own history); it must still pass its gate."""
+        ...

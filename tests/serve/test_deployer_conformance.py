@@ -1,0 +1,155 @@
+"""The Deployer seam's conformance suite: the same cases against every implementation. Local
+server processes (real runs trained by the real trainer, real servers), Deployments on the
+fake API server (with a fake Deployment controller marking pods ready), and the in-memory fake
+the step tests use: promotion needs this run's passed gate, is idempotent, stop stops, and
+rollback serves the earlier run again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fakes
+
+from fake_deployments import FakeDeployments  # noqa: E402
+from fakes import FakeDeployer, MemoryStore  # noqa: E402
+from serve_helpers import CORPUS, RUN_A, RUN_B, SPEC_NAME, copy_run, spec_text, write_gate  # noqa: E402
+
+from controller.seams import Deployer, DeployRequest, Lineage  # noqa: E402
+
+MD5 = "0123456789abcdef0123456789abcdef"
+COMMIT = "1234567abcdef1234567abcdef1234567abcdef0"
+
+
+def finetune():
+    from controller.spec import load_spec_text
+
+    return load_spec_text(spec_text(), f"specs/{SPEC_NAME}.yaml").spec
+
+
+class Local:
+    def __init__(self, env, tmp: Path) -> None:
+        from controller.serve.deploy import LocalServing
+
+        self.store = tmp / "store"
+        for run_id in (RUN_A, RUN_B):
+            copy_run(env.run_dir(run_id), self.store)
+        self.deployer = LocalServing(self.store, ready_timeout=240)
+        self.env = env
+
+    def run_uri(self, run_id: str) -> str:
+        return str(self.store / SPEC_NAME / run_id)
+
+    def gate(self, run_id: str, passed: bool) -> None:
+        write_gate(Path(self.run_uri(run_id)), passed=passed)
+
+    def close(self) -> None:
+        for spawn in self.store.glob(f"{SPEC_NAME}/serving/*/spawn.json"):
+            try:
+                os.killpg(json.loads(spawn.read_text())["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class Kubernetes:
+    def __init__(self, env, tmp: Path, fake_kube) -> None:
+        from controller.backends.kubernetes import KubernetesBackend
+        from controller.catalog import load_operator_config
+        from controller.render import owner_namespace
+        from controller.serve.kube import KubernetesServing
+
+        self.store = tmp / "store"
+        for run_id in (RUN_A, RUN_B):
+            copy_run(env.run_dir(run_id), self.store)
+        operator = load_operator_config()
+        namespace = owner_namespace(finetune(), operator)
+        fake_kube.ensure_namespace(namespace)
+        kubeconfig = tmp / "kubeconfig"
+        kubeconfig.write_text(fake_kube.kubeconfig())
+        kube = KubernetesBackend(kubeconfig=str(kubeconfig), namespaces=[namespace], operator=operator)
+        self.deployer = KubernetesServing(kube, operator, self.store, ready_timeout=30, poll_interval=0.05)
+        self.controller = FakeDeployments(fake_kube).__enter__()
+
+    def run_uri(self, run_id: str) -> str:
+        return str(self.store / SPEC_NAME / run_id)
+
+    def gate(self, run_id: str, passed: bool) -> None:
+        write_gate(Path(self.run_uri(run_id)), passed=passed)
+
+    def close(self) -> None:
+        self.controller.__exit__(None, None, None)
+
+
+class Fake:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.deployer = FakeDeployer(self.store)
+
+    def run_uri(self, run_id: str) -> str:
+        return self.store.run_uri(SPEC_NAME, run_id)
+
+    def gate(self, run_id: str, passed: bool) -> None:
+        self.store.put(self.store.join(self.run_uri(run_id), "eval/gate.json"),
+                       json.dumps({"runId": run_id, "passed": passed}).encode())
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["local", "kubernetes", "fake"])
+def world(request, env, tmp_path):
+    if request.param == "local":
+        w = Local(env, tmp_path)
+    elif request.param == "kubernetes":
+        w = Kubernetes(env, tmp_path, request.getfixturevalue("fake_kube"))
+    else:
+        w = Fake()
+    yield w
+    w.close()
+
+
+def deploy_request(world, run_id: str, serving_id: str = "s1") -> DeployRequest:
+    corpus = None
+    if isinstance(world, Local):
+        corpus = str(world.env.repo / "corpora" / "kb")
+        assert sorted(p.name for p in Path(corpus).iterdir()) == sorted(CORPUS)
+    return DeployRequest(finetune=finetune(), run_id=run_id, run_uri=world.run_uri(run_id), serving_id=serving_id,
+                         lineage=Lineage(MD5, COMMIT), base_model=str(world.env.base) if isinstance(world, Local) else "hf://x",
+                         corpus_dir=corpus)
+
+
+def test_deployer_promotes_only_a_passed_run_and_is_idempotent(world):
+    deployer = world.deployer
+    assert isinstance(deployer, Deployer)
+    assert deployer.current(SPEC_NAME) is None
+    world.gate(RUN_A, passed=False)
+    refused = deployer.promote(deploy_request(world, RUN_A))
+    assert refused.outcome == "refused" and deployer.current(SPEC_NAME) is None
+    assert [e["kind"] for e in refused.events] == ["deploy.refused"]
+    world.gate(RUN_A, passed=True)
+    promoted = deployer.promote(deploy_request(world, RUN_A))
+    assert promoted.outcome == "promoted" and promoted.serving_run_id == RUN_A, promoted.message
+    assert promoted.events[-1]["kind"] == "deploy.promoted"
+    current = deployer.current(SPEC_NAME)
+    assert current is not None and current.run_id == RUN_A and current.healthy
+    again = deployer.promote(deploy_request(world, RUN_A))
+    assert again.outcome == "unchanged" and again.events == ()
+
+
+def test_deployer_stop_and_rollback(world):
+    deployer = world.deployer
+    for run_id in (RUN_A, RUN_B):
+        world.gate(run_id, passed=True)
+    assert deployer.promote(deploy_request(world, RUN_A)).outcome == "promoted"
+    assert deployer.promote(deploy_request(world, RUN_B, "s2")).serving_run_id == RUN_B
+    back = deployer.rollback(SPEC_NAME)
+    assert back.outcome == "rolled_back" and back.serving_run_id == RUN_A, back.message
+    assert deployer.current(SPEC_NAME).run_id == RUN_A
+    stopped = deployer.stop(SPEC_NAME)
+    assert stopped.outcome == "stopped" and [e["kind"] for e in stopped.events] == ["deploy.stopped"]
+    assert deployer.current(SPEC_NAME) is None
+    assert deployer.stop(SPEC_NAME).events == ()  # nothing left to stop
