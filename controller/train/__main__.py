@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = "LOCAL_RANK" in os.environ
     if worker:
+        # A rank that finished (e.g. checkpointed after a preemption) may get torchrun's SIGTERM
+        # while it tears down; it must still record its code. The trainer installs its own
+        # handler while it runs (controller.train.trainer._Preemption) and restores this one.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
         record_start()
     code = _main(args.config, worker)
     if worker:
