@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from controller import exitcodes
+from controller import labels as L
 from controller.spec.base import RFC1123_LABEL
 from controller.catalog import OperatorConfig
 from controller.errors import PermanentError
@@ -60,14 +61,7 @@ PREEMPTED_EXIT_CODE = exitcodes.PREEMPTED
 resumes, and the attempt does not count against backoffLimit. Any other exit (1 = unexpected,
 75 = temporary, 137 = OOM-killed, ...) counts against backoffLimit. See controller.exitcodes."""
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "ftops"}
-LABEL_PREFIX = "ftops.dev/"
-RESERVED_LABEL_PREFIXES = ("ftops.dev/", "kueue.x-k8s.io/", "app.kubernetes.io/managed-by", "batch.kubernetes.io/",
-                           "jobset.sigs.k8s.io/", "training.kubeflow.org/", "kubernetes.io/", "k8s.io/")
-"""Label keys a spec may not set: ours (lineage), and keys that steer schedulers or controllers
-(a spec label `kueue.x-k8s.io/queue-name` would jump the operator's queue)."""
-
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = {L.MANAGED_BY: L.MANAGED_BY_VALUE}
 
 # Where things live inside the training pod. run.json is rewritten to point here.
 CONFIG_DIR = "/etc/ftops"
@@ -336,8 +330,7 @@ def owner_namespace(finetune: FineTune, operator: OperatorConfig, requested: str
 def _spec_labels(finetune: FineTune) -> dict[str, str]:
     labels = dict(finetune.metadata.labels)
     for key in labels:
-        if key.startswith(RESERVED_LABEL_PREFIXES) or key in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
-                                                              "app.kubernetes.io/component"):
+        if key.startswith(L.RESERVED_PREFIXES) or key in L.RESERVED_KEYS:
             raise RenderError(
                 f"spec '{finetune.name}': metadata.labels key '{key}' is reserved (ftops lineage or a scheduler/controller "
                 "key); choose another key"
@@ -348,25 +341,25 @@ def _spec_labels(finetune: FineTune) -> dict[str, str]:
 def _lineage(finetune: FineTune, run_id: str | None, data_md5: str, git_commit: str, component: str) -> tuple[dict, dict, dict]:
     """(labels, selector labels, annotations) for every object of a run."""
     selector = {
-        "app.kubernetes.io/name": "ftops",
-        "app.kubernetes.io/instance": finetune.name,
-        "app.kubernetes.io/component": component,
-        "ftops.dev/spec": finetune.name,
+        L.NAME: "ftops",
+        L.INSTANCE: finetune.name,
+        L.COMPONENT: component,
+        L.SPEC: finetune.name,
     }
-    labels = {**_spec_labels(finetune), **selector, **MANAGED_BY, "ftops.dev/owner": finetune.metadata.owner}
+    labels = {**_spec_labels(finetune), **selector, **MANAGED_BY, L.OWNER: finetune.metadata.owner}
     annotations = {
-        "ftops.dev/spec": finetune.name,
-        "ftops.dev/git-commit": git_commit,
-        "ftops.dev/data-md5": data_md5,
-        "ftops.dev/template-version": template_version(),
+        L.SPEC: finetune.name,
+        L.GIT_COMMIT: git_commit,
+        L.DATA_MD5: data_md5,
+        L.TEMPLATE_VERSION: template_version(),
     }
     if run_id:
-        labels["ftops.dev/run-id"] = run_label(run_id)
-        annotations["ftops.dev/run-id"] = run_id
+        labels[L.RUN_ID] = run_label(run_id)
+        annotations[L.RUN_ID] = run_id
     if re.fullmatch(r"[0-9a-f]{7,40}", git_commit):
-        labels["ftops.dev/git-commit"] = git_commit
+        labels[L.GIT_COMMIT] = git_commit
     if re.fullmatch(r"[0-9a-f]{32}", data_md5):
-        labels["ftops.dev/data-md5"] = data_md5
+        labels[L.DATA_MD5] = data_md5
     return labels, selector, annotations
 
 
@@ -460,7 +453,7 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
     kind = ("indexed" if flavor == "job" else flavor) if multi else "job"
 
     labels, selector, annotations = _lineage(ft, inp.run_id, inp.data_md5, inp.git_commit, "training")
-    annotations = {**annotations, "ftops.dev/base-model": ft.spec.base_model.uri + (
+    annotations = {**annotations, L.BASE_MODEL: ft.spec.base_model.uri + (
         f"@{ft.spec.base_model.revision}" if ft.spec.base_model.revision else "")}
     job_name = object_name(ft.name, inp.run_id, "train", max_length=52 if kind == "jobset" else MAX_NAME - 4)
     names = {
@@ -474,9 +467,9 @@ def _training_context(inp: RenderInput) -> tuple[str, dict]:
         raise RenderError(f"operator config: cluster.artifactsClaim '{c.artifacts_claim}' is not an RFC 1123 label")
     job_labels = dict(labels)
     if c.kueue_queue:
-        job_labels[QUEUE_LABEL] = c.kueue_queue
-    pod_labels = {**labels, "ftops.dev/role": "trainer"}
-    pod_selector = {"ftops.dev/run-id": run_label(inp.run_id), "ftops.dev/role": "trainer"}
+        job_labels[L.QUEUE] = c.kueue_queue
+    pod_labels = {**labels, L.ROLE: "trainer"}
+    pod_selector = {L.RUN_ID: run_label(inp.run_id), L.ROLE: "trainer"}
 
     gpus = 0 if hw.gpu_type == "cpu" else hw.gpus_per_node
     config_path = f"{CONFIG_DIR}/run.json"
@@ -666,9 +659,9 @@ def _serving_context(inp: ServingInput) -> dict:
         raise RenderError(f"run id '{inp.run_id}' is not 8-64 lowercase hex characters")
     namespace = owner_namespace(ft, op, inp.namespace)
     labels, selector, annotations = _lineage(ft, inp.run_id, inp.data_md5, inp.git_commit, "serving")
-    selector = {**selector, "ftops.dev/track": inp.track}
-    service_selector = {k: v for k, v in selector.items() if k != "ftops.dev/track"}
-    pod_labels = {**labels, "ftops.dev/track": inp.track}
+    selector = {**selector, L.TRACK: inp.track}
+    service_selector = {k: v for k, v in selector.items() if k != L.TRACK}
+    pod_labels = {**labels, L.TRACK: inp.track}
     names = {
         "servingConfig": object_name(ft.name, inp.run_id, "serve"),
         "deployment": object_name(ft.name, None, "serve" if inp.track == "stable" else "canary"),
@@ -823,7 +816,7 @@ def render_for_plan(base: RenderInput | None, head: RenderInput | None) -> str:
 def _without_commit(manifests: list[dict]) -> list[dict]:
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k != "ftops.dev/git-commit" and k != "FTOPS_GIT_COMMIT"}
+            return {k: strip(v) for k, v in node.items() if k != L.GIT_COMMIT and k != "FTOPS_GIT_COMMIT"}
         if isinstance(node, list):
             return [strip(v) for v in node if not (isinstance(v, dict) and v.get("name") == "FTOPS_GIT_COMMIT")]
         return node

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlencode
 
+from controller import labels as L
 from controller.backends.logs import tail_lines
 from controller.errors import PermanentError, TemporaryError
 from controller.seams import Phase, Run, RunNotFound, RunReason, RunState
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from controller.catalog import OperatorConfig
 
 FIELD_MANAGER = "ftops-controller"
-RUN_LABEL = "ftops.dev/run-id"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=ftops"
+RUN_LABEL = L.RUN_ID
+MANAGED_SELECTOR = L.MANAGED_SELECTOR
 
 # apiVersion, kind -> plural (the resources ftops renders).
 PLURALS = {
@@ -367,7 +368,7 @@ class KubernetesBackend:
         label = (meta.get("labels") or {}).get(RUN_LABEL)
         if not label:
             return []
-        return self.list("v1", "Pod", meta.get("namespace"), f"{RUN_LABEL}={label},ftops.dev/role=trainer")["items"]
+        return self.list("v1", "Pod", meta.get("namespace"), f"{RUN_LABEL}={label},{L.ROLE}=trainer")["items"]
 
     def _state_of(self, workload: dict) -> RunState:
         probe = workload_state(workload)

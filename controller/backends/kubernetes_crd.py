@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from controller import labels as L
 from controller.errors import PermanentError, TemporaryError
 from controller.spec.finetune import API_VERSION, KIND, FineTune
 from controller.status import SpecStatus
@@ -39,11 +40,11 @@ PLURAL = "finetunes"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = Path(__file__).resolve().parents[2] / "charts" / "ftops" / "crds" / f"{CRD_NAME}.yaml"
 
-MANAGED_BY = ("app.kubernetes.io/managed-by", "ftops")
-OWNER_LABEL = "ftops.dev/owner"
-SOURCE_ANNOTATION = "ftops.dev/source"
-HASH_ANNOTATION = "ftops.dev/spec-hash"
-READ_ONLY_ANNOTATION = "ftops.dev/read-only"
+MANAGED_BY = (L.MANAGED_BY, L.MANAGED_BY_VALUE)
+OWNER_LABEL = L.OWNER
+SOURCE_ANNOTATION = L.SOURCE
+HASH_ANNOTATION = L.SPEC_HASH
+READ_ONLY_ANNOTATION = L.READ_ONLY
 MIRROR_MANAGER = "ftops-mirror"
 
 # ----------------------------------------------------------------------------- CRD (pure)
@@ -226,8 +227,8 @@ def crd() -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "ftops"},
-                     "annotations": {"ftops.dev/generated-by": "python -m controller.backends.kubernetes_crd"}},
+        "metadata": {"name": CRD_NAME, "labels": {L.PART_OF: "ftops"},
+                     "annotations": {L.GENERATED_BY: "python -m controller.backends.kubernetes_crd"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.status import Reason
 from controller.data.params import DataParams, from_finetune
 from controller.errors import PermanentError
 from controller.source import GitSource
@@ -41,11 +42,11 @@ def data_ready(manifest: dict[str, Any], review: "ReviewStatus") -> DataReady:
     if not readiness["trainable"]:
         return DataReady(False, readiness["reason"], readiness["message"])
     if not manifest["leakCheck"]["passed"]:
-        return DataReady(False, "LeakDetected", "test examples appear in train; see the manifest's leakCheck")
+        return DataReady(False, Reason.LEAK_DETECTED, "test examples appear in train; see the manifest's leakCheck")
     if not review.ready:
         return DataReady(False, review.reason, review.message)
     c = manifest["counts"]
-    return DataReady(True, "DataReady", f"{c['train']} train / {c['test']} test examples, {review.message}")
+    return DataReady(True, Reason.DATA_READY, f"{c['train']} train / {c['test']} test examples, {review.message}")
 
 
 def source_at(repo: str | Path, rev: str, params: DataParams, workdir: str | Path) -> Path:

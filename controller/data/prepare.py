@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.status import Reason
 from controller.data import dedupe
 from controller.data.check import ERROR_KINDS, ScanResult, scan_bytes
 from controller.data.normalize import NORMALIZATION_VERSION
@@ -58,12 +59,12 @@ def size_readiness(n: int, params: DataParams) -> Readiness:
     if n < params.min_examples:
         return Readiness(
             False,
-            "TooFewExamples",
+            Reason.TOO_FEW_EXAMPLES,
             f"{n} examples after cleaning, fewer than the {params.min_examples} required (spec.dataset.minExamples); "
             "add examples (duplicates do not count) before training",
             tuple(warnings),
         )
-    return Readiness(True, "EnoughExamples", f"{n} examples after cleaning", tuple(warnings))
+    return Readiness(True, Reason.ENOUGH_EXAMPLES, f"{n} examples after cleaning", tuple(warnings))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from controller.status import Reason
 from controller.errors import PermanentError
 
 VERDICTS = ("approve", "reject")
@@ -162,10 +163,10 @@ class ReviewStatus:
     @property
     def reason(self) -> str:
         if not self.covered:
-            return "ReviewPending"
+            return Reason.REVIEW_PENDING
         if not self.approved_enough:
-            return "ReviewRejected"
-        return "Reviewed"
+            return Reason.REVIEW_REJECTED
+        return Reason.REVIEWED
 
     @property
     def message(self) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller import labels as L
 from controller.artifacts import open_store
 from controller.clock import SYSTEM_CLOCK, Clock
 from controller.errors import PermanentError, TemporaryError
@@ -63,7 +64,7 @@ def deployment_state(dep: dict | None, replicas: int, run_id: str | None = None)
         if cond.get("type") == "Progressing" and cond.get("status") == "False":
             return RolloutState(False, True, f"{cond.get('reason')}: {cond.get('message', '')}".strip(), ready)
     template = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    if run_id and (template.get("annotations") or {}).get("ftops.dev/run-id") != run_id:
+    if run_id and (template.get("annotations") or {}).get(L.RUN_ID) != run_id:
         return RolloutState(False, False, "the Deployment does not hold this run's pod template", ready)
     if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
         return RolloutState(False, False, "the Deployment controller has not observed the change yet", ready)
@@ -266,7 +267,7 @@ class KubernetesServing:
 
         namespaces = sorted({str(e["namespace"]) for e in history.read(self.store, spec) if e.get("namespace")})
         current = history.serving_run(self.store, spec)
-        selector = f"ftops.dev/spec={spec},app.kubernetes.io/component=serving,app.kubernetes.io/managed-by=ftops"
+        selector = f"{L.SPEC}={spec},{L.COMPONENT}=serving,{L.MANAGED_SELECTOR}"
         deleted = 0
         for namespace in namespaces:
             for api_version, kind in SERVING_KINDS:

@@ -128,6 +128,9 @@ def test_a_bad_data_commit_fails_its_gate_and_the_first_model_keeps_serving(pipe
     assert conditions["GatePassed"]["status"] == "False" and conditions["GatePassed"]["reason"] == "GateFailed"
     assert "task" in conditions["GatePassed"]["message"]
     assert status["servingRunId"] == first and conditions["Deployed"]["reason"] == "PreviousRunServing"
+    from controller.status import Reason
+
+    assert {c["reason"] for c in status["conditions"]} <= Reason.all()  # every reason is a named constant
     serving = LocalServing(home / "store").current(demo.SPEC_NAME)
     assert serving is not None and serving.healthy and serving.run_id == first
     assert "GateFailed" in done.stdout or "Stalled" in done.stdout
