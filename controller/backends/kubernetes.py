@@ -145,7 +145,8 @@ def job_state(job: dict, pods: Sequence[dict] = ()) -> RunState:
     started, finished = status.get("startTime"), status.get("completionTime")
     conds = _true_conditions(job)
     if "Complete" in conds or ("SuccessCriteriaMet" in conds and "Failed" not in conds):
-        return RunState(run_id, Phase.SUCCEEDED, "Complete", conds.get("Complete", conds.get("SuccessCriteriaMet")).get("message", ""),
+        done = conds["Complete"] if "Complete" in conds else conds["SuccessCriteriaMet"]
+        return RunState(run_id, Phase.SUCCEEDED, "Complete", done.get("message", ""),
                         0, started, finished or conds.get("Complete", {}).get("lastTransitionTime"))
     failed = conds.get("Failed") or conds.get("FailureTarget")
     if failed is not None:
@@ -376,6 +377,10 @@ class KubernetesBackend:
             return workload_state(workload, self._pods_of(workload))
         return probe
 
+    def _namespaces(self) -> builtins.list[str | None]:
+        """The namespaces to look in; [None] is every namespace (one cluster-wide request)."""
+        return builtins.list(self.namespaces) if self.namespaces else [None]
+
     def _served_kind(self, api_version: str, kind: str) -> bool:
         return self._served.get((api_version, kind), True)
 
@@ -385,7 +390,7 @@ class KubernetesBackend:
         for api_version, kind in self.workloads:
             if not self._served_kind(api_version, kind):
                 continue
-            for namespace in self.namespaces or [None]:
+            for namespace in self._namespaces():
                 try:
                     items = self.list(api_version, kind, namespace, selector)["items"]
                 except ApiError as err:

@@ -27,12 +27,15 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from controller import labels as L
 from controller.errors import PermanentError, TemporaryError
 from controller.spec.finetune import API_VERSION, KIND, FineTune
 from controller.status import SpecStatus
+
+if TYPE_CHECKING:
+    from controller.backends.kubernetes import KubernetesBackend
 
 GROUP = "ftops.dev"
 VERSION = "v1alpha1"
@@ -96,7 +99,7 @@ def structural(node: dict, defs: dict) -> dict:
         nullable = len(branches) < len(node["anyOf"])
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         if len(branches) == 1:
-            out = structural({**_resolve(branches[0], defs), **rest}, defs)
+            out: dict[str, Any] = structural({**_resolve(branches[0], defs), **rest}, defs)
         else:
             out = {"x-kubernetes-preserve-unknown-fields": True}
             if "description" in node:
@@ -125,7 +128,7 @@ def structural(node: dict, defs: dict) -> dict:
         if "description" in node:
             out["description"] = node["description"]
         return out
-    out: dict[str, Any] = {}
+    out = {}
     for key, value in node.items():
         if key in _KEEP:
             out[key] = copy.deepcopy(value)
@@ -362,7 +365,7 @@ class FineTuneMirror:
     `annotations` go on every CR (e.g. Argo CD's tracking label, so an Application shows the
     FineTunes' health); the mirror's own keys win over them."""
 
-    def __init__(self, backend: Any, namespace_for: Callable[[FineTune], str],
+    def __init__(self, backend: "KubernetesBackend", namespace_for: Callable[[FineTune], str],
                  namespaces: Sequence[str] | None = None, labels: dict[str, str] | None = None,
                  annotations: dict[str, str] | None = None) -> None:
         self.k8s = backend
@@ -477,7 +480,8 @@ class FineTuneMirror:
 
     def _prune(self, wanted: set[tuple[str, str]], result: MirrorResult) -> None:
         selector = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
-        for ns in self.namespaces or [None]:
+        namespaces: list[str | None] = list(self.namespaces) if self.namespaces else [None]
+        for ns in namespaces:
             listed = self.k8s._request("GET", self._path(ns), {"labelSelector": selector})
             for item in listed.get("items", []):
                 meta = item["metadata"]
