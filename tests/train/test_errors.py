@@ -1,6 +1,7 @@
 """Bad input fails before any training starts, with a message that names the file or field and
 says what to do: a bad run.json, missing or invalid data, a pickle-only model, a hub model that is
-not available offline, a template that would never teach the model to stop."""
+not available offline, a template that would never teach the model to stop, an attention kernel or
+precision this device or method cannot do. Each exits 78 (controller.exitcodes.CONFIG_ERROR)."""
 from __future__ import annotations
 
 import json
@@ -123,3 +124,20 @@ def test_qlora_probe_fails_clearly_where_4bit_does_not_work() -> None:
 
     with pytest.raises(PermanentError, match=r"method.type qlora: .* device 'meta'.*method.type: lora"):
         probe_qlora(Quantization(), "meta")
+
+
+def test_attention_kernel_that_cannot_run_here(config, capsys) -> None:
+    err = _fails(_edit(config, **{"training.attention": "flash_attention_2"}), capsys)
+    assert "training.attention: flash_attention_2 needs a CUDA GPU and the flash-attn package" in err
+
+
+def test_precision_that_disagrees_with_the_qlora_compute_dtype(config, capsys) -> None:
+    err = _fails(_edit(config, method={"type": "qlora", **LORA, "quantization": {"computeDtype": "float32"}},
+                       **{"training.precision": "bf16"}), capsys)
+    assert "training.precision: bf16 disagrees with method.quantization.computeDtype float32" in err
+
+
+def test_unknown_precision_names_the_field(config, capsys) -> None:
+    err = _fails(_edit(config, **{"training.precision": "int8"}), capsys)
+    assert str(config) in err and "training.precision" in err
+
