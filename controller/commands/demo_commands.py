@@ -68,7 +68,8 @@ def _ask(url: str) -> dict:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller import demo
     from controller.backends.local import LocalBackend
-    from controller.commands.controller_commands import cmd_audit_verify, cmd_status, cmd_trace
+    from controller.commands.audit_commands import cmd_audit_verify, cmd_trace
+    from controller.commands.status_commands import cmd_status
     from controller.data import dvc
     from controller.reconcile import ControllerConfig, Reconciler
     from controller.serve.deploy import LocalServing

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # fake_d
 from controller import demo  # noqa: E402
 from controller.backends.kubernetes import KubernetesBackend, load_api_client  # noqa: E402
 from controller.backends.kubernetes_crd import CRD_FILE, FineTuneMirror  # noqa: E402
-from controller.commands.controller_commands import ClusterSync  # noqa: E402
+from controller.commands.reconcile_commands import ClusterSync  # noqa: E402
 from controller.errors import TemporaryError  # noqa: E402
 from controller.ledger import Ledger  # noqa: E402
 from controller.reconcile import ControllerConfig, Reconciler  # noqa: E402
