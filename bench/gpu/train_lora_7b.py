@@ -2,9 +2,13 @@
 the same shapes, data, LoRA, precision and packing, in the same run. Prints steady-state tokens/s,
 MFU and peak GPU memory for both, and the ratio (the decision in docs/training.md rests on it).
 
-    python -m bench.gpu.train_lora_7b                 # one H100/H200-class GPU: about 4 minutes
+    python -m bench.gpu.train_lora_7b                 # one H100/H200-class GPU (sized for < 5 minutes)
     python -m bench.gpu.train_lora_7b --toy           # toy shapes on the CPU: proves the script runs
     python -m bench.gpu.train_lora_7b --out FILE      # also write the figures as JSON
+
+Sizing (an estimate: not yet run on a GPU): building and writing the 13.5 GB random model, then
+each side loading it and training 24 steps of ~7,400 tokens at roughly 1 s per step on an H100,
+is 3-4 minutes; `--steps` trades precision of the figures for time.
 
 Nothing is downloaded: the weights are random (throughput does not depend on their values), the
 tokenizer is the tiny kit's (its ~400 ids index a 32,000-row embedding, so the output layer costs
