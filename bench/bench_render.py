@@ -65,12 +65,14 @@ def main() -> None:
     import jinja2
 
     import controller.render as R
+    import controller.render.templates as T
+    from controller.render import training
 
     inputs = _inputs(N_SPECS)
     R.render(inputs[0])  # warm caches (schemas, compiled templates) outside the timings
-    contexts = [R._training_context(inp) for inp in inputs]
+    contexts = [training._training_context(inp) for inp in inputs]
 
-    bare = jinja2.Environment(loader=jinja2.FileSystemLoader(str(R.templates_dir())), trim_blocks=True,
+    bare = jinja2.Environment(loader=jinja2.FileSystemLoader(str(T.templates_dir())), trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True)
     started = time.perf_counter()
     for kind, ctx in contexts:

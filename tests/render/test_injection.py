@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 
 import controller.render as R
+import controller.render.templates as T
+import controller.render.yamlsubset as Y
+from controller.render import serving as serving_render
+from controller.render import training as training_render
 from controller.render import ServingInput, render, render_serving
 from render_sample import COMMIT, DATA_MD5, RUN_ID, finetune, operator, render_input
 
@@ -90,7 +94,7 @@ def _contexts() -> list[tuple[list[str], dict]]:
         ft = finetune(**{"spec.hardware.nodes": nodes, "spec.hardware.gpusPerNode": 2})
         op = operator(trainingFlavor=flavor, kueueQueue="q", priorityClassName="p", serviceAccountName="sa",
                       checkpointStorageClass="sc")
-        kind, ctx = R._training_context(render_input(ft, op))
+        kind, ctx = training_render._training_context(render_input(ft, op))
         out.append((R.training_templates(kind), ctx))
     return out
 
@@ -99,8 +103,8 @@ def _contexts() -> list[tuple[list[str], dict]]:
 def test_payload_in_every_string_of_every_training_template_changes_no_structure(payload):
     for templates, ctx in _contexts():
         for name in templates:
-            plain = R._render_template(name, _mark(ctx, "", [0], keys=True))
-            injected = R._render_template(name, _mark(ctx, payload, [0], keys=True))
+            plain = T.render_template(name, _mark(ctx, "", [0], keys=True))
+            injected = T.render_template(name, _mark(ctx, payload, [0], keys=True))
             assert _strip(injected, payload) == plain, name
             # The payload really reached the output (the test is not vacuous).
             assert any(payload in text for text in _strings(injected)), name
@@ -109,12 +113,12 @@ def test_payload_in_every_string_of_every_training_template_changes_no_structure
 @pytest.mark.parametrize("payload", PAYLOADS[:8], ids=range(8))
 def test_payload_in_every_string_of_the_serving_templates_changes_no_structure(payload):
     inp = render_input()
-    ctx = R._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/x/model",
+    ctx = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/x/model",
                                           data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     captured = {name: ctx for name in R.SERVING_TEMPLATES}
     for name, ctx in captured.items():
-        plain = R._render_template(name, _mark(ctx, "", [0], keys=True))
-        injected = R._render_template(name, _mark(ctx, payload, [0], keys=True))
+        plain = T.render_template(name, _mark(ctx, "", [0], keys=True))
+        injected = T.render_template(name, _mark(ctx, payload, [0], keys=True))
         assert _strip(injected, payload) == plain, name
 
 
@@ -164,15 +168,15 @@ def test_fast_manifest_parser_agrees_with_pyyaml(payload):
     and it must really take the fast path (not silently fall back)."""
     import yaml
 
-    env = R._environment(str(R.templates_dir()))
+    env = T._environment(str(T.templates_dir()))
     inp = render_input()
-    serving = R._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="a/b",
+    serving = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="a/b",
                                               data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     pairs = [(name, ctx) for templates, ctx in _contexts() for name in templates]
     pairs += [(name, serving) for name in R.SERVING_TEMPLATES]
     for name, ctx in pairs:
         text = env.get_template(name).render(**_mark(ctx, payload, [0], keys=True))
-        fast = [d for d in (R._fast_load(chunk) for chunk in R._documents(text)) if d is not None]
+        fast = [d for d in (Y._fast_load(chunk) for chunk in Y._documents(text)) if d is not None]
         assert fast == [d for d in yaml.safe_load_all(text) if d is not None], name
 
 

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 import controller.render as R
+import controller.render.schema as S
+import controller.render.templates as T
 from controller.render import (
     RenderError,
     RenderInput,
@@ -268,14 +270,14 @@ def test_render_is_deterministic_across_processes():
 
 
 def test_template_version_is_a_hash_of_the_templates(tmp_path):
-    src = R.templates_dir()
+    src = T.templates_dir()
     for p in src.glob("*.j2"):
         (tmp_path / p.name).write_bytes(p.read_bytes())
-    assert R._template_version(str(tmp_path)) == template_version()
+    assert T._template_version(str(tmp_path)) == template_version()
     job = tmp_path / "training-job.yaml.j2"
     job.write_bytes(job.read_bytes() + b"{# changed #}\n")
-    R._template_version.cache_clear()
-    assert R._template_version(str(tmp_path)) != template_version()
+    T._template_version.cache_clear()
+    assert T._template_version(str(tmp_path)) != template_version()
     assert re.fullmatch(r"[0-9a-f]{12}", template_version())
 
 
@@ -383,16 +385,16 @@ def test_compiled_schema_checker_agrees_with_jsonschema():
         docs.append(bad)
     checked = 0
     for doc in docs:
-        schema_file = R._BUILTIN[(doc["apiVersion"], doc["kind"])]
+        schema_file = S._BUILTIN[(doc["apiVersion"], doc["kind"])]
         key = f"{doc['apiVersion']}/{doc['kind']}"
-        fast = R._fast_checker(key, schema_file, None)(doc)
-        slow = R._validator_for(key, schema_file).is_valid(doc)
+        fast = S._fast_checker(key, schema_file, None)(doc)
+        slow = S._validator_for(key, schema_file).is_valid(doc)
         assert fast == slow, (doc["kind"], doc["metadata"]["name"])
         checked += 1
     assert checked >= 10
     # And jsonschema itself (not just our wrapper) rejects the strict-schema mutation.
     with pytest.raises(jsonschema.ValidationError):
-        R._validator_for("batch/v1/Job", "job-batch-v1.json").validate(docs[-4])
+        S._validator_for("batch/v1/Job", "job-batch-v1.json").validate(docs[-4])
 
 
 def test_kubernetes_validate_library_agrees_on_rendered_manifests():
@@ -408,7 +410,7 @@ def test_kubernetes_validate_library_agrees_on_rendered_manifests():
 
 def test_every_template_expression_is_quoted():
     """Every `{{ ... }}` ends in `|tojson`: templates never emit a raw value."""
-    for path in sorted(R.templates_dir().glob("*.j2")):
+    for path in sorted(T.templates_dir().glob("*.j2")):
         for expr in re.findall(r"\{\{(.*?)\}\}", path.read_text(), re.S):
             assert re.search(r"\|\s*tojson\s*$", expr.strip()), f"{path.name}: {{{{{expr}}}}} is not quoted"
 
@@ -419,7 +421,7 @@ def test_sandbox_and_strict_undefined(tmp_path):
     (tmp_path / "evil.j2").write_text("{{ ''.__class__.__mro__[1].__subclasses__()|tojson }}")
     (tmp_path / "mutate.j2").write_text("{% set _ = items.append(1) %}{{ items|tojson }}")
     (tmp_path / "missing.j2").write_text("{{ nope|tojson }}")
-    env = R._environment(str(tmp_path))
+    env = T._environment(str(tmp_path))
     with pytest.raises(SecurityError):
         env.get_template("evil.j2").render()
     with pytest.raises(SecurityError):

@@ -1,0 +1,43 @@
+"""Render a FineTune run into Kubernetes manifests (pure: no client, no cluster, no clock).
+
+One module per concern:
+
+* `names`       object names and label values (deterministic RFC 1123, <= 63 characters)
+* `templates`   the sandboxed Jinja environment, the template version hash, rendering one template
+* `yamlsubset`  the fast reader of the YAML subset the templates write (PyYAML as the fallback)
+* `context`     what every object shares: tenancy, lineage, pod paths, resources, secret refs
+* `training`    the training workload of each flavour (+ run.json ConfigMap, checkpoint PVC)
+* `serving`     the serving ConfigMap, Deployment and Service
+* `schema`      validation against the real Kubernetes schemas plus the checks they do not carry
+* `output`      manifests as deterministic YAML text
+* `diff`        what `ftops plan` shows (diff_manifests, render_for_plan)
+
+The output is deterministic: the same inputs give byte-identical YAML (sorted keys, no
+timestamps), so `ftops plan` can diff base against head and a re-render is a no-op apply.
+This module re-exports the public names; callers import from here."""
+from __future__ import annotations
+
+from controller.render.context import (
+    CONFIG_ERROR_EXIT_CODES,
+    PREEMPTED_EXIT_CODE,
+    owner_namespace,
+    pod_run_config,
+    prepared_dir,
+)
+from controller.render.diff import diff_manifests, render_for_plan
+from controller.render.errors import RenderError
+from controller.render.names import MAX_NAME, object_name, run_label
+from controller.render.output import to_yaml
+from controller.render.schema import KUBERNETES_VERSION, manifest_problems, validate_manifests
+from controller.render.serving import ServingInput, render_serving
+from controller.render.templates import SERVING_TEMPLATES, TRAINING_TEMPLATES, template_version
+from controller.render.training import RenderInput, input_for, render, run_config_for, training_templates
+from controller.render.yamlsubset import load_manifests
+
+__all__ = [
+    "CONFIG_ERROR_EXIT_CODES", "KUBERNETES_VERSION", "MAX_NAME", "PREEMPTED_EXIT_CODE", "SERVING_TEMPLATES",
+    "TRAINING_TEMPLATES", "RenderError", "RenderInput", "ServingInput", "diff_manifests", "input_for",
+    "load_manifests", "manifest_problems", "object_name", "owner_namespace", "pod_run_config", "prepared_dir",
+    "render", "render_for_plan", "render_serving", "run_config_for", "run_label", "template_version", "to_yaml",
+    "training_templates", "validate_manifests",
+]
