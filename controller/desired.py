@@ -3,8 +3,11 @@ reconciler share, so what a pull request's plan says will happen on merge is wha
 controller does.
 
 `identities` hashes a spec at a commit into the three identities that decide everything: the
-run (what determines the trained weights), the evaluation (the run plus every gate) and the
-serving (the run plus the serving block and the corpus version). `decide` compares the
+run (what determines the trained weights), the evaluation (the run plus every gate plus the
+serving configuration it is evaluated on: corpus version, retriever, topK, prompt, generation
+limits) and the serving (the run plus the serving block and the corpus version). So a corpus or
+retriever change is Evaluate then Deploy (the existing run is evaluated on what will serve, no
+retraining), and only a replica or rollout change is Deploy alone. `decide` compares the
 identities a spec wants with the ones it had (at the plan's base commit, or in the
 reconciler's last status) and names the action and the steps it runs.
 """
@@ -38,16 +41,17 @@ def identities(state: SpecAtRev, template_version: str, corpus_version: str | No
     if spec is None or state.data is None or not state.data.known:
         return NO_IDENTITIES
     run = run_id(spec, state.data.md5 or "", template_version)
-    return Identities(run, eval_id(run, spec), serving_id(run, spec, corpus_version))
+    return Identities(run, eval_id(run, spec, corpus_version), serving_id(run, spec, corpus_version))
 
 
 class Action(str, enum.Enum):
     TRAIN = "Train"
     """A new run: its inputs changed (or the spec is new)."""
     EVALUATE = "Evaluate"
-    """Same run, changed gates: evaluate and gate again without retraining."""
+    """Same run, changed gates or serving configuration (corpus, retriever, topK, prompt,
+    generation limits): evaluate and gate again on what will serve, without retraining."""
     DEPLOY = "Deploy"
-    """Same run and evaluation, changed serving (settings or corpus): deploy again."""
+    """Same run and evaluation, changed replicas or rollout: deploy again."""
     UPDATE = "Update"
     """Nothing the chain computes changed (labels, owner, budget, hardware placement)."""
     PRUNE = "Prune"

@@ -4,7 +4,9 @@ name, so two specs never share a run's artifacts or history).
 Same inputs -> same run id -> same Job name -> nothing new is created. That is what makes
 the reconciler idempotent and what lets `ftops plan` tell "retrain" from "re-evaluate" from
 "redeploy only" from "no change". Fields that do not change the trained weights (owner,
-labels, budget, GPU type, spot, max hours, evaluation, serving) are deliberately left out.
+labels, budget, GPU type, spot, max hours, evaluation, serving) are deliberately left out, and so
+is the corpus: a fine-tune learns how to read sources (RAFT, spec.training.retrieval), not what
+they say, so a corpus edit re-evaluates the run instead of retraining it.
 """
 from __future__ import annotations
 
@@ -50,14 +52,50 @@ def run_id(spec: FineTune, data_md5: str, template_version: str) -> str:
     return _digest(run_inputs(spec, data_md5, template_version))
 
 
-def eval_id(run: str, spec: FineTune) -> str:
-    """Identity of an evaluation: the run plus every gate setting. A changed threshold re-gates
-    the existing run without retraining."""
-    return _digest({"run": run, "evaluation": spec.spec.evaluation.model_dump(mode="json", by_alias=True)})
+PROMPT_VERSION = "sources-cite-1"
+"""The prompt builder's version (controller.serve.prompt): how retrieved sources are put in front
+of the model and how it is asked to cite them. Bump it with any change to what the model sees, so
+every served spec is evaluated again on the new prompt before it serves with it (a test pins the
+rendered prompt to this version)."""
+
+
+def serving_config(spec: FineTune, corpus_version: str | None) -> dict[str, Any] | None:
+    """What the served system is, besides the weights: the retrieval (corpus version, retriever,
+    topK), the prompt builder and the generation parameters. The evaluation runs exactly this
+    configuration, its report records `serving_config_sha256` of it, and promotion requires the
+    configuration being deployed to have the same hash. Replicas and the rollout strategy are not
+    part of it: they change how many copies serve, not what one answers. None: not served."""
+    serving = spec.spec.serving
+    if serving is None:
+        return None
+    return {
+        "corpus": corpus_version if serving.corpus else None,
+        "retriever": serving.retriever if serving.corpus else None,
+        "topK": serving.top_k if serving.corpus else None,
+        "prompt": PROMPT_VERSION,
+        "generation": {"greedy": True, "maxTokens": serving.max_tokens},
+    }
+
+
+def serving_config_sha256(config: dict[str, Any] | None) -> str | None:
+    """The full sha256 of a serving configuration (None for a spec that is not served)."""
+    if config is None:
+        return None
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def eval_id(run: str, spec: FineTune, corpus_version: str | None = None) -> str:
+    """Identity of an evaluation: the run, every gate setting and the serving configuration it is
+    evaluated on. A changed threshold re-gates the existing run without retraining; a changed
+    corpus, retriever, topK, prompt or generation limit evaluates the existing run again on what
+    will serve (no retraining) before it is redeployed."""
+    return _digest({"run": run, "evaluation": spec.spec.evaluation.model_dump(mode="json", by_alias=True),
+                    "serving": serving_config(spec, corpus_version)})
 
 
 def serving_id(run: str, spec: FineTune, corpus_version: str | None) -> str:
     """Identity of what is served: the run plus the serving settings and the corpus version.
-    A corpus or replica change redeploys without retraining."""
+    A replica or rollout change redeploys alone; a corpus, retriever or limit change also changes
+    the evaluation id (`serving_config`), so it is evaluated before it redeploys."""
     serving = spec.spec.serving.model_dump(mode="json", by_alias=True) if spec.spec.serving else None
     return _digest({"run": run, "serving": serving, "corpus": corpus_version})

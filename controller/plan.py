@@ -247,11 +247,18 @@ def _reason(action: Want, verb: str, diff: list[FieldChange], base: Identities, 
         run_fields = [c for c in diff if _affects_run(c.path)]
         return f"run inputs changed ({_describe(run_fields)}): new run {head.run}"
     if action is Want.EVALUATE:
+        eval_fields = [c for c in diff if c.path.startswith("spec.evaluation")]
+        served = _served_changes(diff, corpus_versions)
         if verb == "Evaluate":
-            eval_fields = [c for c in diff if c.path.startswith("spec.evaluation")]
+            if served and not eval_fields:
+                return (f"serving configuration changed ({_describe(served)}): re-evaluate run {head.run} on what will "
+                        "serve, without retraining")
+            if served:
+                return (f"gates and serving configuration changed ({_describe(eval_fields + served)}): re-evaluate run "
+                        f"{head.run} without retraining")
             return f"gates changed ({_describe(eval_fields)}): re-evaluate run {head.run} without retraining"
         if verb == "Gate":
-            return "decide again with the new thresholds"
+            return "decide again with the new thresholds" if not served else "decide on the hybrid's new report"
         return "keep serving only if the run still passes; otherwise the previous passing run serves"
     if action is Want.DEPLOY:
         serving_fields = [c for c in diff if c.path.startswith("spec.serving")] or [
@@ -259,6 +266,19 @@ def _reason(action: Want, verb: str, diff: list[FieldChange], base: Identities, 
         ]
         return f"serving changed ({_describe(serving_fields)}): redeploy run {head.run} without retraining"
     return f"no retraining: only {_describe(diff)} changed"
+
+
+_SERVED_FIELDS = ("spec.serving.corpus", "spec.serving.retriever", "spec.serving.topK", "spec.serving.maxTokens")
+"""Serving fields that are part of the evaluated serving configuration (controller.identity.serving_config)."""
+
+
+def _served_changes(diff: list[FieldChange], corpus_versions: tuple[str | None, str | None]) -> list[FieldChange]:
+    """The changes that make the served system answer differently: its serving fields, and the
+    corpus content (a new version of the same folder)."""
+    changes = [c for c in diff if c.path.startswith(_SERVED_FIELDS)]
+    if corpus_versions[0] != corpus_versions[1] and corpus_versions[0] is not None:
+        changes.append(FieldChange("corpus", corpus_versions[0], corpus_versions[1]))
+    return changes
 
 
 _RUN_PREFIXES = ("data.", "spec.baseModel.uri", "spec.baseModel.revision", "spec.method", "spec.training",

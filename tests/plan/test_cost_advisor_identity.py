@@ -129,3 +129,26 @@ def test_run_identity_changes_only_with_what_determines_the_result():
     s = spec()
     assert eval_id(base, s) != eval_id(base, spec(spec__evaluation={"task": {"min": 0.99}}))
     assert serving_id(base, s, "c1") != serving_id(base, s, "c2")
+
+
+def test_the_evaluation_id_follows_the_served_configuration_not_the_replicas():
+    """What the served system answers (corpus version, retriever, topK, generation limit) is part of
+    the evaluation; how many replicas serve it is not. Neither retrains."""
+    from controller.identity import serving_config, serving_config_sha256
+
+    served = spec(spec__serving={"corpus": "kb", "retriever": "bm25", "topK": 2})
+    run = run_id(served, "a" * 32, "t1")
+    evaluated = eval_id(run, served, "git:1")
+    assert eval_id(run, served, "git:1") == evaluated
+    for other in (eval_id(run, served, "git:2"),
+                  eval_id(run, spec(spec__serving={"corpus": "kb", "retriever": "dense", "topK": 2}), "git:1"),
+                  eval_id(run, spec(spec__serving={"corpus": "kb", "retriever": "bm25", "topK": 3}), "git:1"),
+                  eval_id(run, spec(spec__serving={"corpus": "kb", "retriever": "bm25", "topK": 2, "maxTokens": 9}), "git:1")):
+        assert other != evaluated
+    scaled = spec(spec__serving={"corpus": "kb", "retriever": "bm25", "topK": 2, "replicas": 3})
+    assert eval_id(run, scaled, "git:1") == evaluated and run_id(scaled, "a" * 32, "t1") == run
+    assert serving_id(run, scaled, "git:1") != serving_id(run, served, "git:1")
+    config = serving_config(served, "git:1")
+    assert config is not None and config["corpus"] == "git:1" and config["topK"] == 2
+    assert serving_config_sha256(config) != serving_config_sha256(serving_config(served, "git:2"))
+    assert serving_config(spec(), "git:1") is None  # not served: nothing to evaluate it on

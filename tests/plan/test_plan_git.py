@@ -131,11 +131,15 @@ def test_gate_change_reevaluates_without_training(history):
     assert "spec.evaluation.task.min 0.9 → 0.95" in p.actions[0].reason
 
 
-def test_corpus_change_redeploys_retriever_only(history):
+def test_corpus_change_reevaluates_the_existing_run_before_it_redeploys(history):
+    """A new document changes what the served system answers, so the run is evaluated again on
+    the new corpus (no retraining) and redeployed only if it still passes."""
     repo, shas = history
     p = only(plan_between(repo, shas["gate"], shas["corpus"]))
-    assert [a.kind for a in p.actions] == ["Redeploy"]
+    assert [a.kind for a in p.actions] == ["Evaluate", "Gate", "Deploy"]
     assert p.run_base == p.run_head
+    assert p.actions[0].reason.startswith("serving configuration changed (corpus git:")
+    assert "without retraining" in p.actions[0].reason
 
 
 def test_label_change_does_not_retrain(history):
