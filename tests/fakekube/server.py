@@ -17,7 +17,12 @@ resourceVersion, relist on 410 Gone). What this server does, as the real API ser
 * watch streams (chunked JSON lines) with ADDED/MODIFIED/DELETED events from a
   resourceVersion, and an ERROR event with code 410 (Expired) once history is compacted;
 * discovery (/version, /api, /apis, /api/v1, /apis/<g>/<v>) so `kubectl --server=` works;
-* pod logs (/pods/<name>/log) from text the test sets.
+* pod logs (/pods/<name>/log) from a kubelet's log source (container, tailLines, previous,
+  follow), or from text the test sets in `logs`;
+* graceful pod deletion: a pod bound to a node (spec.nodeName) and not yet terminal gets a
+  deletionTimestamp and deletionGracePeriodSeconds and stays until its kubelet removes it, as
+  the real API server does; an unbound or terminal pod, or gracePeriodSeconds=0, goes at once.
+  Garbage collection deletes dependents the same way.
 
 Lists ignore `limit` (everything fits in one page). Lists inside objects are atomic for
 server-side apply field ownership (the real server merges some by key).
@@ -63,6 +68,16 @@ class Resource:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
+@dataclass(frozen=True)
+class LogResult:
+    """What a kubelet's log source answers for GET /pods/<name>/log: the text so far, an error
+    the real API server would give (400: container waiting, no previous instance, no container
+    named), and for follow=true an iterator of later chunks that ends when the container does."""
+    text: str = ""
+    error: str | None = None
+    follow: Callable[[], Any] | None = None
+
+
 DEFAULT_RESOURCES = (
     Resource("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",)),
     Resource("", "v1", "ConfigMap", "configmaps", status=False, short_names=("cm",)),
@@ -73,6 +88,7 @@ DEFAULT_RESOURCES = (
     Resource("", "v1", "Pod", "pods", short_names=("po",)),
     Resource("", "v1", "Event", "events", status=False, short_names=("ev",)),
     Resource("apps", "v1", "Deployment", "deployments", short_names=("deploy",)),
+    Resource("apps", "v1", "ReplicaSet", "replicasets", short_names=("rs",)),
     Resource("batch", "v1", "Job", "jobs"),
     Resource("coordination.k8s.io", "v1", "Lease", "leases", status=False),
     Resource("kubeflow.org", "v1", "PyTorchJob", "pytorchjobs"),
@@ -373,6 +389,8 @@ class FakeKube:
         self._history_from = 1  # events after this resourceVersion are kept; a watch from older gets 410
         self._hooks: list[tuple[str, re.Pattern, Callable[[], None]]] = []
         self.logs: dict[tuple[str, str], str] = {}
+        # A kubelet serves real container logs: (namespace, pod, query) -> LogResult; see _pod_log.
+        self.log_source: Callable[[str, str, dict], "LogResult"] | None = None
         self.requests: list[dict] = []
         self._stopping = False
         self._httpd: ThreadingHTTPServer | None = None
@@ -443,6 +461,15 @@ class FakeKube:
         with self._lock:
             self._history_from = self._rv
             self._events.clear()
+            return self._rv
+
+    def wait_for_change(self, after: int, timeout: float) -> int:
+        """Block until the store's resourceVersion passes `after` (any write) or `timeout`
+        seconds pass; returns the current resourceVersion. In-process controllers use it as
+        their watch: they wake on every write and resync level-triggered."""
+        with self._changed:
+            if self._rv <= after and not self._stopping:
+                self._changed.wait(timeout)
             return self._rv
 
     def before_next(self, method: str, path_regex: str, action: Callable[[], None]) -> None:
@@ -648,10 +675,14 @@ class FakeKube:
                                {"name": name, "group": r.group, "kind": r.plural})
             return self._store_update(r, key, old, body, manager, None, subresource, dry_run)
 
-    def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str, status: dict) -> dict:
-        """Merge-patch an object's status (what a controller or kubelet does)."""
+    def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str, status: dict,
+                     manager: str = "kubelet", strategic: bool = False) -> dict:
+        """Merge-patch an object's status (what a controller or kubelet does). `strategic` merges
+        `conditions` by type, as the kubelet's status patches do, so a condition another writer
+        added (DisruptionTarget) survives."""
         r = self.resource_for(api_version, kind)
-        return self._patch(r, namespace, name, "application/merge-patch+json", {"status": status}, "kubelet", "status")
+        ctype = "application/strategic-merge-patch+json" if strategic else "application/merge-patch+json"
+        return self._patch(r, namespace, name, ctype, {"status": status}, manager, "status")
 
     def _patch(self, r: Resource, namespace: str | None, name: str, content_type: str, patch: Any, manager: str | None,
                subresource: str = "", force: bool = False, dry_run: bool = False) -> dict:
@@ -736,8 +767,12 @@ class FakeKube:
                     paths -= set(applied)
         return self._out(r, key, self._objects.get(key, result)) if key in self._objects else result
 
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> dict:
-        return self._delete(self.resource_for(api_version, kind), namespace, name, {"propagationPolicy": propagation})
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background",
+               grace_period: int | None = None) -> dict:
+        options: dict = {"propagationPolicy": propagation}
+        if grace_period is not None:
+            options["gracePeriodSeconds"] = grace_period
+        return self._delete(self.resource_for(api_version, kind), namespace, name, options)
 
     def _delete(self, r: Resource, namespace: str | None, name: str, options: dict, dry_run: bool = False) -> dict:
         with self._lock:
@@ -755,6 +790,9 @@ class FakeKube:
                                f'ResourceVersion in object meta: {obj["metadata"]["resourceVersion"]}')
             if dry_run:
                 return obj
+            grace = self._pod_grace(r, obj, options)
+            if grace is not None:
+                return self._out(r, key, self._mark_terminating(r, key, obj, grace))
             if obj["metadata"].get("finalizers"):
                 if not obj["metadata"].get("deletionTimestamp"):
                     new = copy.deepcopy(obj)
@@ -782,8 +820,45 @@ class FakeKube:
             refs = obj["metadata"].get("ownerReferences") or []
             if any(ref.get("uid") == uid for ref in refs):
                 r = next(x for x in self.resources.values() if x.group == key[0] and x.plural == key[1])
+                grace = self._pod_grace(r, obj, {})
+                if grace is not None:  # the garbage collector deletes a running pod gracefully
+                    self._mark_terminating(r, key, obj, grace)
+                    continue
                 self._remove(r, key, obj)
                 self._cascade(obj["metadata"]["uid"])
+
+    @staticmethod
+    def _pod_grace(r: Resource, obj: dict, options: dict) -> int | None:
+        """The grace period a pod deletion waits for its kubelet, or None to delete at once: the
+        real registry deletes an unbound pod (no nodeName) or a terminal one immediately."""
+        if r.kind != "Pod" or not (obj.get("spec") or {}).get("nodeName"):
+            return None
+        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        grace = options.get("gracePeriodSeconds")
+        if grace is None:
+            grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        try:
+            grace = int(grace)
+        except (TypeError, ValueError):
+            raise ApiError(400, "BadRequest", f"gracePeriodSeconds must be an integer, not {grace!r}") from None
+        if grace <= 0:
+            return None
+        if obj["metadata"].get("deletionTimestamp"):  # already terminating: a shorter grace wins
+            return min(grace, int(obj["metadata"].get("deletionGracePeriodSeconds") or grace))
+        return grace
+
+    def _mark_terminating(self, r: Resource, key: tuple, obj: dict, grace: int) -> dict:
+        if obj["metadata"].get("deletionTimestamp") and obj["metadata"].get("deletionGracePeriodSeconds") == grace:
+            return obj
+        new = copy.deepcopy(obj)
+        when = datetime.now(timezone.utc).timestamp() + grace
+        new["metadata"]["deletionTimestamp"] = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        new["metadata"]["deletionGracePeriodSeconds"] = grace
+        new["metadata"]["resourceVersion"] = self._bump()
+        self._objects[key] = new
+        self._emit("MODIFIED", key, new)
+        return new
 
     # -- watch
 
@@ -1040,8 +1115,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._stream_watch(r, namespace, query)
             return self._send(200, fake._list(r, namespace, query.get("labelSelector", ""), query.get("fieldSelector", "")))
         if method == "GET" and sub == "log":
-            fake._get(r, namespace, name)
-            return self._send(200, fake.logs.get((namespace or "", name), "").encode(), "text/plain")
+            return self._pod_log(namespace or "", name, query)
         if method == "GET":
             return self._send(200, fake._get(r, namespace, name))
         if method == "POST" and name is None:
@@ -1061,8 +1135,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200 if existed else 201, obj)
         if method == "DELETE" and name:
             options = self._decode(body, "application/json") if body else {}
-            if "propagationPolicy" in query:
-                options = {**(options or {}), "propagationPolicy": query["propagationPolicy"]}
+            for param in ("propagationPolicy", "gracePeriodSeconds"):
+                if param in query:
+                    options = {**(options or {}), param: query[param]}
             return self._send(200, fake._delete(r, namespace, name, options or {}, dry_run))
         if method == "DELETE":
             selected = fake._list(r, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
@@ -1070,6 +1145,32 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._delete(r, item["metadata"].get("namespace"), item["metadata"]["name"], {})
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
+    def _pod_log(self, namespace: str, name: str, query: dict) -> None:
+        fake = self.fake
+        pod = fake._get(fake.resource_for("v1", "Pod"), namespace, name)
+        if fake.log_source is None or (namespace, name) in fake.logs:
+            return self._send(200, fake.logs.get((namespace, name), "").encode(), "text/plain")
+        result = fake.log_source(namespace, name, query)
+        if result.error is not None:
+            raise ApiError(400, "BadRequest", result.error)
+        if query.get("follow") not in ("true", "1") or result.follow is None:
+            return self._send(200, result.text.encode(), "text/plain")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in [result.text.encode(), *result.follow()]:
+                if chunk:
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+        del pod
 
     def _stream_watch(self, r: Resource, namespace: str | None, query: dict) -> None:
         self.send_response(200)
