@@ -9,24 +9,32 @@ its manifest (`get_verified`, `fetch`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Iterator, Mapping, cast
 
 from controller.errors import PermanentError, TemporaryError
 from controller.seams.store import MANIFEST, ManifestError, RunManifest
+
+STORE_ENV = "FTOPS_STORE"
+"""The artifact store's URI in a pod (rendered from the operator config's cluster.artifactStore)."""
+INPUTS = "inputs"
+"""`<store>/inputs/<sha256>/`: content-addressed bundles the controller publishes for pods."""
 
 
 class FsspecStore:
     """An ArtifactStore rooted at `root` (a path or a URL fsspec understands)."""
 
-    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, root: str, storage_options: Mapping[str, object] | None = None) -> None:
         from fsspec.core import url_to_fs
 
         try:
-            self.fs, self._root = url_to_fs(root, **(storage_options or {}))
+            self.fs, self._root = url_to_fs(root, **_driver_options(root, storage_options))
         except (ImportError, ValueError) as exc:
             scheme = root.split("://", 1)[0]
             raise PermanentError(f"artifact store {root!r}: no driver for {scheme}:// ({exc}); install the fsspec "
@@ -55,16 +63,16 @@ class FsspecStore:
     def exists(self, uri: str) -> bool:
         try:
             return bool(self.fs.exists(self._path(uri)))
-        except OSError as exc:
-            raise TemporaryError(f"artifact store {self.root}: {exc}") from None
+        except _driver_errors() as exc:  # the store is away (or refuses us)
+            raise _unavailable(self.root, "checking", uri, exc) from None
 
     def get(self, uri: str) -> bytes:
         try:
             return cast(bytes, self.fs.cat_file(self._path(uri)))
         except FileNotFoundError:
             raise
-        except OSError as exc:
-            raise TemporaryError(f"artifact store: reading {uri}: {exc}") from None
+        except _driver_errors() as exc:
+            raise _unavailable(self.root, "reading", uri, exc) from None
 
     def put(self, uri: str, data: bytes) -> None:
         path = self._path(uri)
@@ -79,8 +87,8 @@ class FsspecStore:
                 os.replace(tmp, path)
             else:
                 self.fs.pipe_file(path, data)
-        except OSError as exc:
-            raise TemporaryError(f"artifact store: writing {uri}: {exc}") from None
+        except _driver_errors() as exc:
+            raise _unavailable(self.root, "writing", uri, exc) from None
 
     def open(self, uri: str) -> AbstractContextManager[BinaryIO]:
         return cast(AbstractContextManager[BinaryIO], self.fs.open(self._path(uri), "rb"))
@@ -91,8 +99,8 @@ class FsspecStore:
             found = self.fs.find(base)
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise TemporaryError(f"artifact store: listing {uri}: {exc}") from None
+        except _driver_errors() as exc:
+            raise _unavailable(self.root, "listing", uri, exc) from None
         prefix = (base if self.local else self.fs._strip_protocol(base)).rstrip("/") + "/"
         return sorted(str(p)[len(prefix):] for p in found if str(p).startswith(prefix))
 
@@ -137,9 +145,154 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def open_store(uri: str, storage_options: dict[str, str] | None = None) -> FsspecStore:
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """What a driver raises when the store cannot answer: OSError (fsspec's own and s3fs's
+    translations), and the AWS SDK's connection and client errors it lets through."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _unavailable(root: str, doing: str, uri: str, exc: Exception) -> Exception:
+    """A driver error as the reconciler needs it: the store is away (TemporaryError: back off,
+    delete nothing), or a permission problem only the operator can fix (PermanentError)."""
+    if isinstance(exc, PermissionError):
+        return PermanentError(f"artifact store {root}: {doing} {uri}: access denied ({exc}); check the store "
+                              "credentials (cluster.artifactStore.credentials in the operator config)")
+    return TemporaryError(f"artifact store {root}: {doing} {uri}: {type(exc).__name__}: {exc}")
+
+
+def _driver_options(root: str, options: Mapping[str, object] | None) -> dict[str, object]:
+    """Options for the fsspec driver. For s3:// listings are never cached (a manifest that appears
+    must be seen on the next pass) and the SDK gives up quickly: a store that is down is a
+    TemporaryError the reconciler backs off on, not a pass that hangs in retries. Endpoint and
+    credentials come from the SDK's own environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...,
+    which the chart and the rendered pods fill from Secrets) or from `options`."""
+    merged: dict[str, object] = dict(options or {})
+    if root.startswith(("s3://", "s3a://")):
+        merged.setdefault("config_kwargs", {"connect_timeout": 3, "read_timeout": 30,
+                                            "retries": {"max_attempts": 2, "mode": "standard"}})
+        merged.setdefault("use_listings_cache", False)
+        merged.setdefault("skip_instance_cache", True)
+    return merged
+
+
+def open_store(uri: str, storage_options: Mapping[str, object] | None = None) -> FsspecStore:
     """The artifact store at `uri`: a directory path, or an object-store URL."""
     return FsspecStore(uri, storage_options)
 
 
-__all__ = ["FsspecStore", "open_store"]
+def store_options(endpoint_url: str = "", region: str = "") -> dict[str, object]:
+    """Driver options from the operator config's cluster.artifactStore (endpoint, region)."""
+    client: dict[str, str] = {}
+    if endpoint_url:
+        client["endpoint_url"] = endpoint_url
+    if region:
+        client["region_name"] = region
+    return {"client_kwargs": client} if client else {}
+
+
+# ----------------------------------------------------------------------------- bundles for pods
+
+
+def bundle_manifest(files: Mapping[str, str]) -> tuple[str, bytes]:
+    """(key, manifest bytes) of a bundle holding `files` (relative path -> sha256). The key is
+    the sha256 of the sorted listing, so the same content always lands at the same URI and a
+    bundle is uploaded once, whoever publishes it."""
+    listing = json.dumps(sorted(files.items()), separators=(",", ":")).encode()
+    key = hashlib.sha256(listing).hexdigest()[:32]
+    manifest = {"runId": key, "kind": "InputBundle", "files": {rel: {"sha256": sha} for rel, sha in sorted(files.items())}}
+    return key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _walk_files(src: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        if path.is_file() and not path.is_symlink() and not any(part.startswith(".git") for part in rel.split("/")):
+            yield rel, path
+
+
+def publish(store: FsspecStore, files: Mapping[str, Path]) -> str:
+    """Upload `files` (relative path -> local file) as a content-addressed bundle and return
+    its URI. The manifest goes last, so a bundle whose manifest exists is complete; one already
+    published is not uploaded again."""
+    sums = {rel: _sha256(path) for rel, path in files.items()}
+    key, manifest = bundle_manifest(sums)
+    uri = store.join(store.join(store.root, INPUTS), key)
+    if store.exists(store.join(uri, MANIFEST)):
+        return uri
+    for rel, path in sorted(files.items()):
+        store.put(store.join(uri, rel), path.read_bytes())
+    store.put(store.join(uri, MANIFEST), manifest)
+    return uri
+
+
+def publish_dir(store: FsspecStore, src: Path) -> str:
+    """A directory (without .git) as a bundle: see `publish`."""
+    return publish(store, dict(_walk_files(src)))
+
+
+def upload_dir(store: FsspecStore, src: Path, uri: str) -> RunManifest:
+    """Upload a finished run directory to `uri`, manifest.json last: a run whose manifest is in
+    the store is finished, so no reader ever sees a manifest before the files it lists. Every
+    file the manifest lists must be there with its sha256 (checked before anything is uploaded)."""
+    raw = (src / MANIFEST).read_bytes()
+    manifest = RunManifest.parse(raw, str(src / MANIFEST))
+    for rel in manifest.files:
+        manifest.verify(rel, (src / rel).read_bytes(), str(src / rel))
+    for rel, path in _walk_files(src):
+        if rel != MANIFEST:
+            store.put(store.join(uri, rel), path.read_bytes())
+    store.put(store.join(uri, MANIFEST), raw)
+    return manifest
+
+
+def fetch_bundle(store: FsspecStore, uri: str, dest: Path) -> Path:
+    """A published bundle (or a run) into `dest`, every file verified against its manifest."""
+    manifest = store.manifest(uri)
+    if manifest is None:
+        raise TemporaryError(f"{uri}: no manifest.json; the bundle is not published (yet)")
+    return store.fetch(uri, dest, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m controller.artifacts fetch URI DEST [URI DEST ...]`: a pod's init container
+    materialises its inputs, verified (exit 75 when the store is away, 78 when a file does not
+    match its manifest)."""
+    import argparse
+
+    from controller import exitcodes
+
+    parser = argparse.ArgumentParser(prog="python -m controller.artifacts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="fetch bundles or runs from the store, verified")
+    fetch.add_argument("pairs", nargs="+", metavar="URI DEST")
+    args = parser.parse_args(argv)
+    if len(args.pairs) % 2:
+        print("error: fetch takes URI DEST pairs", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    try:
+        for uri, dest in zip(args.pairs[::2], args.pairs[1::2]):
+            store = open_store(os.environ.get(STORE_ENV) or uri)
+            fetch_bundle(store, uri, Path(dest))
+            print(json.dumps({"event": "fetched", "uri": uri, "dest": dest}), flush=True)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    except (TemporaryError, PermanentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.TEMPORARY
+    return exitcodes.OK
+
+
+__all__ = ["FsspecStore", "bundle_manifest", "fetch_bundle", "open_store", "publish", "publish_dir", "store_options",
+           "upload_dir"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

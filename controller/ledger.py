@@ -327,19 +327,44 @@ class Ledger:
                 f"but the ledger ends at #{checked} (if that anchor was not taken from this ledger, verify against one that was)"),
                 len(anchors))
         if check_artifacts:
+            stores: dict[str, Any] = {}
             for event in self.events(kind="run.finished"):
+                root = event.payload.get("outputDir")
+                if not root:
+                    continue
                 for rel, expected in (event.payload.get("artifacts") or {}).items():
-                    root = event.payload.get("outputDir")
-                    if not root:
-                        continue
-                    path = Path(root) / rel
-                    if not path.exists():
-                        return VerifyResult(False, checked, event.seq, f"artifact {path} recorded in record {event.seq} is missing",
+                    where, actual = _artifact_sha256(str(root), rel, stores)
+                    if actual is None:
+                        return VerifyResult(False, checked, event.seq, f"artifact {where} recorded in record {event.seq} is missing",
                                             len(anchors))
-                    if sha256_file(path) != expected:
+                    if actual != expected:
                         return VerifyResult(False, checked, event.seq,
-                                            f"artifact {path} no longer matches the sha256 recorded in record {event.seq}", len(anchors))
+                                            f"artifact {where} no longer matches the sha256 recorded in record {event.seq}", len(anchors))
         return VerifyResult(True, checked, anchors=len(anchors))
+
+
+def _artifact_sha256(root: str, rel: str, stores: dict[str, Any]) -> tuple[str, str | None]:
+    """(where, sha256 or None when missing) of a run's file: a local directory, or an object-store
+    URI (s3://...), read through the artifact store in chunks. A store that cannot be reached
+    raises TemporaryError: "could not check" is not "does not match"."""
+    if "://" not in root:
+        path = Path(root) / rel
+        return str(path), sha256_file(path) if path.exists() else None
+    import hashlib
+
+    from controller.artifacts import open_store
+
+    store = stores.get(root)
+    if store is None:
+        store = stores[root] = open_store(root)
+    uri = store.join(root, rel)
+    if not store.exists(uri):
+        return uri, None
+    digest = hashlib.sha256()
+    with store.open(uri) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return uri, digest.hexdigest()
 
 
 def open_ledger(path: str | Path) -> Ledger:
