@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,28 @@ _ROLE_BITS = {"system": 1, "user": 2, "assistant": 4}
 _PLAIN_STEPS = {state: {role: _ROLE_BITS[role] for role in FOLLOWS[state] if role in _ROLE_BITS} for state in ("", *_ROLE_BITS)}
 """controller.chat.FOLLOWS for plain text messages: for the previous role (`""` at the start),
 each role that may come next and its bit (for the no-system / no-user warnings)."""
+_UNSEEN = -1
+
+
+def _plain_order(roles: tuple[str, ...]) -> int | None:
+    """The role bits of a role sequence that `controller.chat.FOLLOWS` allows for plain text
+    messages and that ends with the assistant's answer; None for any other sequence (the full
+    check then says what is wrong). Memoised per sequence in `_scan_lines`: a file has few."""
+    state, bits = "", 0
+    for role in roles:
+        bit = _PLAIN_STEPS[state].get(role) if role.__class__ is str else None
+        if bit is None:
+            return None
+        bits |= bit
+        state = role
+    return bits if state == "assistant" else None
 
 
 def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issue]]:
-    """The hot loop. Plain examples (only role + content strings) are validated, normalised and
-    measured in one pass over their messages; anything else takes the full check."""
+    """The hot loop. A plain example (only role + content strings, in an order the chat format
+    allows) is validated, normalised and measured in one pass: its role sequence is looked up
+    once per distinct sequence (`_plain_order`), and only content that normalisation changes is
+    written back. Anything else takes the full check (`validate_example`)."""
     issues: list[Issue] = []
     records: list[Record] = []
     append = records.append
@@ -165,7 +183,8 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
     decode_error = orjson.JSONDecodeError
     sha256 = hashlib.sha256
     norm_text = normalize_text
-    steps = _PLAIN_STEPS
+    orders: dict[tuple[str, ...], int | None] = {}
+    order_of = orders.get
     for lineno, raw in enumerate(lines, first):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
@@ -180,33 +199,35 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
         if obj.__class__ is dict and len(obj) == 1:
             messages = obj.get("messages")
             if messages.__class__ is list and messages:
-                roles = chars = 0
-                role = ""
-                normalized = []
-                for m in messages:
-                    if m.__class__ is not dict or len(m) != 2:
-                        break
-                    step = steps[role]
-                    role = m.get("role")
-                    content = m.get("content")
-                    if role.__class__ is not str or content.__class__ is not str:
-                        break
-                    bit = step.get(role)
-                    if bit is None:  # an unknown role, or one that may not come here
-                        break
-                    text = content.strip() if content.isascii() and content.isprintable() else norm_text(content)
-                    if not text:
-                        break
-                    normalized.append(text)
-                    chars += len(text)
-                    roles |= bit
-                else:
-                    if role == "assistant":  # an example ends with the assistant's answer
-                        for m, text in zip(messages, normalized):
-                            m["content"] = text
-                        if not roles & 1:
+                try:
+                    roles = tuple([m["role"] for m in messages])
+                    roles_bits = order_of(roles, _UNSEEN)
+                    if roles_bits == _UNSEEN:
+                        roles_bits = orders[roles] = _plain_order(roles)
+                except (KeyError, TypeError):  # a message that is not a mapping with a role, or an unhashable role
+                    roles_bits = None
+                if roles_bits is not None:
+                    chars = 0
+                    changed = None
+                    for m in messages:
+                        content = m.get("content")
+                        if content.__class__ is not str or len(m) != 2:
+                            break
+                        text = content.strip() if content.isascii() and content.isprintable() else norm_text(content)
+                        if not text:
+                            break
+                        if text is not content and text != content:
+                            if changed is None:
+                                changed = []
+                            changed.append((m, text))
+                        chars += len(text)
+                    else:
+                        if changed is not None:
+                            for m, text in changed:
+                                m["content"] = text
+                        if not roles_bits & 1:
                             issues.append(Issue(lineno, "missing_system", "messages", _NO_SYSTEM, "warning"))
-                        if not roles & 2:
+                        if not roles_bits & 2:
                             issues.append(Issue(lineno, "missing_user", "messages", _NO_USER, "warning"))
                         canon = dumps(obj, option=sort_keys)
                         append(Record(lineno, canon, sha256(canon).hexdigest(), chars // 4 + 4 * len(messages) + 1))
@@ -220,13 +241,28 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
     return records, issues
 
 
-def _scan_chunk(bounds: tuple[int, int, int]) -> tuple[list[tuple], list[tuple]]:
+def _scan_chunk(bounds: tuple[int, int, int]) -> tuple[bytes, bytes, bytes, list[tuple]]:
+    """One worker's share, packed for the trip back: a few large bytes objects pickle many times
+    faster than one object per record. Canonical JSON never holds a raw newline, so the records'
+    bytes travel newline-joined; hashes as one ASCII string; lines and token estimates as int32."""
     start, end, first = bounds
     lines = _SHARED[start:end].split(b"\n")
     records, issues = _scan_lines(lines, first)
-    # Plain tuples pickle several times faster than dataclass instances.
-    return ([(r.line, r.canonical, r.hash, r.est_tokens) for r in records],
-            [(i.line, i.kind, i.field, i.message, i.severity) for i in issues])
+    numbers = array("i", [r.line for r in records])
+    numbers.extend(r.est_tokens for r in records)
+    return (b"\n".join([r.canonical for r in records]), "".join([r.hash for r in records]).encode("ascii"),
+            numbers.tobytes(), [(i.line, i.kind, i.field, i.message, i.severity) for i in issues])
+
+
+def _unpack_chunk(canon: bytes, hashes: bytes, numbers_bytes: bytes) -> list[Record]:
+    numbers = array("i")
+    numbers.frombytes(numbers_bytes)
+    n = len(numbers) // 2
+    if n == 0:
+        return []
+    text = hashes.decode("ascii")
+    return [Record(line, c, text[64 * k : 64 * k + 64], est)
+            for k, (line, c, est) in enumerate(zip(numbers[:n], canon.split(b"\n"), numbers[n:]))]
 
 
 def _chunks(data: bytes, n: int) -> list[tuple[int, int, int]]:
@@ -301,8 +337,8 @@ def _scan_into(result: ScanResult, body: bytes, path: str, progress: bool, worke
                 from controller.data.progress import bar
 
                 parts = bar(parts, total=len(pieces), desc=f"check {Path(path).name}", unit="chunk")
-            for recs, isss in parts:
-                result.records.extend(Record(*r) for r in recs)
+            for canon, hashes, numbers, isss in parts:
+                result.records.extend(_unpack_chunk(canon, hashes, numbers))
                 result.issues.extend(Issue(*i) for i in isss)
     finally:
         _SHARED = b""

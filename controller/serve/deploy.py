@@ -33,7 +33,7 @@ from pathlib import Path
 
 from controller.artifacts import open_store
 from controller.errors import PermanentError
-from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, Serving
+from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, JsonValue, Serving
 from controller.serve import history
 from controller.serve.config import ServeConfig, write_config
 from controller.serve.gatecheck import GateNotPassed, gate_decision
@@ -41,7 +41,7 @@ from controller.status import Reason
 
 
 def event(kind: str, spec: str, run_id: str | None, backend: str, serving: str | None, previous: str | None,
-          reason: str, message: str = "", **extra: object) -> DeployEvent:
+          reason: str, message: str = "", **extra: JsonValue) -> DeployEvent:
     return {"kind": kind, "spec": spec, "runId": run_id, "servingRunId": serving, "previousRunId": previous,
             "backend": backend, "time": history.now(), "reason": reason, "message": message, **extra}
 
@@ -125,8 +125,7 @@ class LocalServing:
         return bool(code == 200 and body and body.get("runId") == cur["runId"] and _alive(cur["pid"]))
 
     # ---------------------------------------------------------------- process management
-    def _start(self, spec: str, config: ServeConfig) -> tuple[int, Path]:
-        run_id = config.run_id
+    def _start(self, spec: str, run_id: str, config: ServeConfig) -> tuple[int, Path]:
         state = self._dir(spec) / run_id
         state.mkdir(parents=True, exist_ok=True)
         endpoint = state / "endpoint.json"
@@ -250,16 +249,16 @@ class LocalServing:
         events = [history.append(self.store, spec, event(
             "deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
             f"starting run {run_id} beside {prev_id or 'nothing'}", runDir=str(run_dir)))]
-        pid, state = self._start(spec, config)
+        pid, state = self._start(spec, run_id, config)
         ready, why, url = self._wait_ready(pid, state, run_id, timeout or self.ready_timeout)
-        if not ready:
+        if not ready or url is None:  # ready means /readyz answered at `url`
             self._stop(pid)
             serving = prev_id if previous and previous["healthy"] else None
             msg = f"run {run_id} failed readiness ({why}); {'run ' + serving + ' keeps serving' if serving else 'nothing serves'}"
             events.append(history.append(self.store, spec, event(
                 "deploy.rolled_back", spec, run_id, self.name, serving, prev_id, Reason.ROLLED_BACK, msg,
                 automatic=True, runDir=str(run_dir))))
-            return DeployResult("rolled_back", serving, tuple(events), previous["url"] if serving else None, msg)
+            return DeployResult("rolled_back", serving, tuple(events), previous["url"] if previous and serving else None, msg)
         _write_json(self._dir(spec) / "current.json", {"runId": run_id, "pid": pid, "url": url, "runDir": str(run_dir),
                                                        "since": history.now(), "configKey": key,
                                                        "servingId": serving_id})
@@ -297,7 +296,7 @@ def serving_key(config: ServeConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _readyz_field(url: str, key: str):
+def _readyz_field(url: str, key: str) -> JsonValue:
     code, body = _get_json(f"{url}/readyz")
     return body.get(key) if code == 200 and body else None
 

@@ -16,19 +16,32 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from controller.errors import PermanentError
 from controller.serve.corpus import CHUNKER_VERSION, MAX_CHARS, OVERLAP, Chunk, corpus_version, dvc_md5, load_chunks
-from controller.serve.retrievers import BM25Retriever, DenseRetriever, Hit, HybridRetriever
+from controller.serve.retrievers import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Retriever
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
+
+
+class TextEncoder(Protocol):
+    """What dense retrieval needs of an embedding model (controller.serve.embed.Encoder; a test's
+    small stand-in): unit-length float32 rows, and a version that changes with the model."""
+
+    version: str
+
+    def encode(self, texts: list[str]) -> "NDArray[np.float32]": ...
 
 
 @dataclass
 class CorpusIndex:
     chunks: list[Chunk]
-    retriever: Any
+    retriever: Retriever
     info: dict = field(default_factory=dict)
 
     @property
@@ -45,16 +58,18 @@ def _needs(kind: str) -> tuple[bool, bool]:
     return kind in ("bm25", "hybrid"), kind in ("dense", "hybrid")
 
 
-def _retriever(kind: str, bm25: BM25Retriever | None, dense: DenseRetriever | None):
-    if kind == "bm25":
+def _retriever(kind: str, bm25: BM25Retriever | None, dense: DenseRetriever | None) -> Retriever:
+    if kind == "bm25" and bm25 is not None:
         return bm25
-    if kind == "dense":
+    if kind == "dense" and dense is not None:
         return dense
-    return HybridRetriever(bm25, dense)
+    if kind == "hybrid" and bm25 is not None and dense is not None:
+        return HybridRetriever(bm25, dense)
+    raise ValueError(f"retriever {kind} without its structures (bm25: {bm25 is not None}, dense: {dense is not None})")
 
 
-def load_or_build(corpus_dir: str | Path, kind: str, cache_dir: str | Path, encoder_factory=None,
-                  max_chars: int = MAX_CHARS, overlap: int = OVERLAP) -> CorpusIndex:
+def load_or_build(corpus_dir: str | Path, kind: str, cache_dir: str | Path,
+                  encoder_factory: Callable[[], TextEncoder] | None = None, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) -> CorpusIndex:
     """The index for the corpus as it is now; built (and stored) only when its version is new.
     `encoder_factory()` returns a controller.serve.embed.Encoder (dense/hybrid only)."""
     import numpy as np
@@ -63,7 +78,7 @@ def load_or_build(corpus_dir: str | Path, kind: str, cache_dir: str | Path, enco
     need_bm25, need_dense = _needs(kind)
     version = corpus_version(corpus_dir, max_chars, overlap)
     target = Path(cache_dir) / version
-    encoder = None
+    encoder: TextEncoder | None = None
     if need_dense:
         from controller.serve.embed import Encoder
 
@@ -83,7 +98,7 @@ def load_or_build(corpus_dir: str | Path, kind: str, cache_dir: str | Path, enco
     chunks = [Chunk.from_dict(json.loads(line)) for line in (target / "chunks.jsonl").read_text().splitlines() if line]
     bm25 = BM25Retriever.load(target / "bm25") if need_bm25 else None
     dense = None
-    if need_dense:
+    if encoder is not None:  # need_dense
         if info.get("encoder") != encoder.version:
             _build_into(corpus_dir, target, version, want | have, encoder, max_chars, overlap)  # encoder changed
             info = _read_json(info_path) or info
@@ -93,7 +108,7 @@ def load_or_build(corpus_dir: str | Path, kind: str, cache_dir: str | Path, enco
     return CorpusIndex(chunks, _retriever(kind, bm25, dense), info)
 
 
-def _build_into(corpus_dir: Path, target: Path, version: str, structures: set[str], encoder,
+def _build_into(corpus_dir: Path, target: Path, version: str, structures: set[str], encoder: TextEncoder | None,
                 max_chars: int, overlap: int) -> None:
     import numpy as np
 
@@ -112,9 +127,18 @@ def _build_into(corpus_dir: Path, target: Path, version: str, structures: set[st
         }
         if "bm25" in structures:
             BM25Retriever.build([c.text for c in chunks]).save(tmp / "bm25")
-        if "dense" in structures:
+        if "dense" in structures and encoder is not None:
             np.save(tmp / "embeddings.npy", encoder.encode([c.text for c in chunks]), allow_pickle=False)
             info["encoder"] = encoder.version
+        elif "dense" in structures:
+            # BM25 added to an index that has embeddings, with no encoder loaded (retriever bm25):
+            # keep them; the same corpus version means the same chunks in the same order.
+            old_info = _read_json(target / "index.json") or {}
+            if (target / "embeddings.npy").is_file() and old_info.get("encoder"):
+                shutil.copy2(target / "embeddings.npy", tmp / "embeddings.npy")
+                info["encoder"] = old_info["encoder"]
+            else:
+                info["structures"] = sorted(structures - {"dense"})
         info["buildSeconds"] = round(time.monotonic() - started, 3)
         (tmp / "index.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if target.exists():

@@ -22,7 +22,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator
 
 from controller.errors import PermanentError
 from controller.fsutil import sha256_file
@@ -110,7 +110,7 @@ class LoadedModel:
             return new[:-1], "stop"
         return new, "length"
 
-    def stream(self, ids: list[int], max_new_tokens: int) -> Iterator[str | tuple[list[int], str]]:
+    def stream(self, ids: list[int], max_new_tokens: int) -> Generator[str | tuple[list[int], str], None, None]:
         """Yields text deltas as tokens are generated, then one final (token ids, finish reason)."""
         import torch
 
@@ -222,7 +222,9 @@ def load_run(run_dir: str | Path, base_uri: str | None = None, base_revision: st
         except Exception as exc:
             raise PermanentError(f"{run_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
         gen_dir = model_dir
-    model.to(device).eval()
+    # transformers declares PreTrainedModel.to with functools.wraps(torch.nn.Module.to), which mypy
+    # reads as an unbound function whose first argument is `self`; the call itself is the usual one.
+    model.to(device).eval()  # type: ignore[arg-type]
     model.config.use_cache = True
     eos = set()
     recorded_eos = (prov.get("specialTokens") or {}).get("eos_token") or {}

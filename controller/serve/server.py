@@ -29,11 +29,18 @@ import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator
 
 from controller.serve.config import ServeConfig
 from controller.serve.prompt import citations, with_context
-from controller.serve.validation import MAX_BODY_BYTES, RequestError, parse_chat_request
+from controller.serve.validation import MAX_BODY_BYTES, ChatRequest, RequestError, parse_chat_request
+
+if TYPE_CHECKING:  # loaded lazily: /healthz answers before torch is imported
+    from controller.serve.corpus import Chunk
+    from controller.serve.index import CorpusIndex
+    from controller.serve.model import LoadedModel
+
+    Hits = list[tuple[Chunk, float]]
 
 MAX_IN_FLIGHT = 16
 DRAIN_LIMIT = 16 << 20
@@ -70,8 +77,8 @@ class RagServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = _Metrics()
-        self.model = None
-        self.index = None
+        self.model: LoadedModel | None = None
+        self.index: CorpusIndex | None = None
         self.error: str | None = None
         self.ready = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
@@ -85,11 +92,11 @@ class RagServer:
         from controller.serve.model import load_run
 
         cfg = self.config
-        self.model = load_run(cfg.run_dir, cfg.base_uri, cfg.base_revision, cfg.device)
-        if cfg.run_id and cfg.run_id != self.model.run_id:
+        model = self.model = load_run(cfg.run_dir, cfg.base_uri, cfg.base_revision, cfg.device)
+        if cfg.run_id and cfg.run_id != model.run_id:
             from controller.errors import PermanentError
 
-            raise PermanentError(f"serve config names run {cfg.run_id} but {cfg.run_dir} holds run {self.model.run_id}")
+            raise PermanentError(f"serve config names run {cfg.run_id} but {cfg.run_dir} holds run {model.run_id}")
         self.reload_index()
         self.ready.set()
         self.metrics.ready.set(1)
@@ -101,7 +108,7 @@ class RagServer:
             return False
         from controller.serve.index import load_or_build
 
-        new = load_or_build(cfg.corpus_dir, cfg.retriever, index_cache_dir(cfg))
+        new = load_or_build(cfg.corpus_dir, cfg.retriever, index_cache_dir(cfg, cfg.corpus_dir))
         with self._index_lock:
             old = self.index
             self.index = new
@@ -113,7 +120,7 @@ class RagServer:
     def _load_in_background(self) -> None:
         try:
             self.load()
-            _log("ready", runId=self.model.run_id, corpusVersion=self.index.version if self.index else None,
+            _log("ready", runId=self.loaded().run_id, corpusVersion=self.index.version if self.index else None,
                  port=self.port)
         except BaseException as exc:  # noqa: BLE001 - any load failure means "not ready, exit"
             self.error = f"{type(exc).__name__}: {exc}"
@@ -127,20 +134,21 @@ class RagServer:
     def _safe_reload(self) -> None:
         try:
             if self.reload_index():
-                _log("index-reloaded", corpusVersion=self.index.version)
+                _log("index-reloaded", corpusVersion=self.index.version if self.index else None)
         except Exception as exc:  # a bad corpus edit keeps the last good index serving
             _log("index-reload-failed", error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ http
-    def bind(self) -> None:
+    def bind(self) -> ThreadingHTTPServer:
         handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = ThreadingHTTPServer((self.config.host, self.config.port), handler)
-        self.httpd.daemon_threads = True
+        httpd = self.httpd = ThreadingHTTPServer((self.config.host, self.config.port), handler)
+        httpd.daemon_threads = True
         if self.config.endpoint_file:
             path = Path(self.config.endpoint_file)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"host": self.config.host, "port": self.port, "pid": os.getpid()}) + "\n")
             tmp.replace(path)
+        return httpd
 
     @property
     def port(self) -> int:
@@ -152,9 +160,8 @@ class RagServer:
 
     def start(self, load: bool = True) -> "RagServer":
         """Listen in a background thread; load the model in another unless `load` is False."""
-        if self.httpd is None:
-            self.bind()
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        httpd = self.httpd or self.bind()
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
         if load:
             threading.Thread(target=self._load_in_background, daemon=True).start()
         return self
@@ -165,7 +172,13 @@ class RagServer:
             threading.Thread(target=self.httpd.shutdown, daemon=True).start()
 
     # ------------------------------------------------------------------ chat
-    def retrieve(self, query: str) -> list:
+    def loaded(self) -> LoadedModel:
+        """The model; only asked for once `ready` is set (requests before that get a 503)."""
+        if self.model is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self.model
+
+    def retrieve(self, query: str) -> Hits:
         with self._index_lock:
             index = self.index
         if index is None:
@@ -175,48 +188,52 @@ class RagServer:
         self.metrics.retrieval.observe(time.perf_counter() - started)
         return hits
 
-    def prepare(self, request) -> tuple[list[int], list]:
+    def prepare(self, request: ChatRequest) -> tuple[list[int], Hits]:
         """Prompt ids with as many retrieved chunks as fit the model's context (best first)."""
+        model = self.loaded()
         hits = self.retrieve(request.query)
-        budget = self.model.max_positions - request.max_tokens
+        budget = model.max_positions - request.max_tokens
         while True:
-            ids = self.model.prompt_ids(with_context(request.messages, hits))
+            ids = model.prompt_ids(with_context(request.messages, hits))
             if len(ids) <= budget or not hits:
                 break
             hits = hits[:-1]
         if len(ids) > budget:
             raise RequestError(400, f"the prompt is {len(ids)} tokens and max_tokens {request.max_tokens}; together they "
-                                    f"exceed the model's context of {self.model.max_positions}", "messages",
+                                    f"exceed the model's context of {model.max_positions}", "messages",
                                "context_length_exceeded")
         return ids, hits
 
-    def completion(self, request) -> dict:
+    def completion(self, request: ChatRequest) -> dict[str, Any]:
+        model = self.loaded()
         ids, hits = self.prepare(request)
-        new, finish = self.model.generate(ids, request.max_tokens)
+        new, finish = model.generate(ids, request.max_tokens)
         self.metrics.prompt_tokens.inc(len(ids))
         self.metrics.completion_tokens.inc(len(new))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.config.model_name, "system_fingerprint": self.model.run_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.model.decode(new)},
+            "model": self.config.model_name, "system_fingerprint": model.run_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": model.decode(new)},
                          "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": len(new), "total_tokens": len(ids) + len(new)},
             "citations": citations(hits),
         }
 
-    def stream_events(self, request):
+    def stream_events(self, request: ChatRequest) -> Generator[dict[str, Any], None, None]:
+        model = self.loaded()
         ids, hits = self.prepare(request)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.config.model_name, "system_fingerprint": self.model.run_id}
+                "model": self.config.model_name, "system_fingerprint": model.run_id}
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
                "citations": citations(hits)}
-        stream = self.model.stream(ids, request.max_tokens)
+        stream = model.stream(ids, request.max_tokens)
         try:
             yield from self._stream_chunks(stream, base, ids, request)
         finally:
             stream.close()  # a client that left stops the generation (controller.serve.model)
 
-    def _stream_chunks(self, stream, base: dict, ids: list[int], request):
+    def _stream_chunks(self, stream: Iterator[str | tuple[list[int], str]], base: dict[str, Any], ids: list[int],
+                       request: ChatRequest) -> Iterator[dict[str, Any]]:
         for item in stream:
             if isinstance(item, tuple):
                 new, finish = item
@@ -229,19 +246,19 @@ class RagServer:
             else:
                 yield {**base, "choices": [{"index": 0, "delta": {"content": item}, "finish_reason": None}]}
 
-    def models(self) -> dict:
+    def models(self) -> dict[str, Any]:
         run_id = self.model.run_id if self.model else self.config.run_id
         return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": self.created,
                                             "owned_by": "ftops", "runId": run_id}]}
 
 
-def index_cache_dir(cfg: ServeConfig) -> str:
-    """Where corpus indexes are kept: the configured folder, else `.ftops-index/` beside the corpus
-    when that is writable, else the temp dir (a serving pod's root filesystem is read-only; /tmp
-    is its emptyDir)."""
+def index_cache_dir(cfg: ServeConfig, corpus_dir: str) -> str:
+    """Where `corpus_dir`'s indexes are kept: the configured folder, else `.ftops-index/` beside
+    the corpus when that is writable, else the temp dir (a serving pod's root filesystem is
+    read-only; /tmp is its emptyDir)."""
     if cfg.index_cache:
         return cfg.index_cache
-    corpus = Path(cfg.corpus_dir).resolve()
+    corpus = Path(corpus_dir).resolve()
     if os.access(corpus.parent, os.W_OK):
         return str(corpus.parent / ".ftops-index" / corpus.name)
     import tempfile
@@ -326,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.app.metrics.requests.labels(label, str(self._code)).inc()
             self.app.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
-    def _safe(self, fn) -> None:
+    def _safe(self, fn: Callable[[], None]) -> None:
         try:
             fn()
         except (BrokenPipeError, ConnectionResetError, socket.timeout, ValueError):
@@ -360,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif path == "/readyz":
             if app.ready.is_set():
-                self._send(200, {"status": "ready", "runId": app.model.run_id,
+                self._send(200, {"status": "ready", "runId": app.loaded().run_id,
                                  "corpusVersion": app.index.version if app.index else None})
             else:
                 self._send(503, {"status": "loading" if app.error is None else "failed", "error": app.error})
@@ -380,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not app.ready.is_set():
             raise RequestError(503, "the model is still loading; retry when /readyz is 200", type_="server_error",
                                code="not_ready")
-        if request.model not in (None, app.config.model_name, app.model.run_id):
+        if request.model not in (None, app.config.model_name, app.loaded().run_id):
             raise RequestError(404, f"model '{request.model}' is not served here; this server serves "
                                     f"'{app.config.model_name}' (GET /v1/models)", "model", "model_not_found")
         if not app._slots.acquire(blocking=False):
@@ -396,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
             app.metrics.in_flight.dec()
             app._slots.release()
 
-    def _stream(self, request) -> None:
+    def _stream(self, request: ChatRequest) -> None:
         events = self.app.stream_events(request)
         first = next(events)  # validation/context errors surface here, before any bytes are sent
         self.send_response(200)
@@ -422,7 +439,11 @@ class _Handler(BaseHTTPRequestHandler):
             _log("stream-error", error=f"{type(exc).__name__}: {exc}")
             err = RequestError(500, "internal error while generating; see the server log", type_="server_error")
             self._safe(lambda: chunk(f"data: {json.dumps(err.body())}\n\n".encode()))
-        self._safe(lambda: (chunk(b"data: [DONE]\n\n"), chunk(b"")))
+        def done() -> None:
+            chunk(b"data: [DONE]\n\n")
+            chunk(b"")  # the chunked encoding's last, empty chunk
+
+        self._safe(done)
 
 
 def _log(event: str, **fields: Any) -> None:
@@ -434,7 +455,7 @@ def run_forever(config: ServeConfig) -> int:
     SIGHUP re-checks the corpus and swaps in a new index when its version changed."""
     server = RagServer(config)
     try:
-        server.bind()
+        httpd = server.bind()
     except OSError as exc:
         print(f"error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
@@ -448,5 +469,5 @@ def run_forever(config: ServeConfig) -> int:
     while not stop.wait(0.5):
         pass
     _log("stopping", port=server.port)
-    server.httpd.shutdown()
+    httpd.shutdown()
     return 0

@@ -61,6 +61,7 @@ def parse_chat_request(body: bytes, max_tokens_limit: int, default_max_tokens: i
     problems = check_messages(messages, "request")
     if problems:
         raise RequestError(400, problems[0].message, problems[0].field)
+    assert isinstance(messages, list)  # check_messages found nothing wrong, so it is a list
     clean = [{"role": m["role"], "content": content_text(m["content"])} for m in messages]
     total = sum(len(m["content"]) for m in clean)
     if total > MAX_CONTENT_CHARS:
