@@ -6,31 +6,34 @@ import argparse
 import json
 from pathlib import Path
 
-from controller.commands._common import _common
+from controller.commands._observed import gate_lines, metrics_text, summary
 from controller.errors import FtopsError
+from controller.output import add_output_flag, dump, fmt
+from controller.settings import uses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     trace = sub.add_parser("trace", help="from a spec, run, artifact sha256, data md5 or commit to its whole chain")
-    _common(trace)
+    uses(trace, "home")
     trace.add_argument("query")
-    trace.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output_flag(trace)
     trace.set_defaults(func=cmd_trace)
 
     audit = sub.add_parser("audit", help="check or export the audit ledger")
+    uses(audit, "home")  # `ftops audit --home H verify` (the README's own order) works too
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="re-check the hash chain, the anchors and every recorded artifact hash")
-    _common(verify)
+    uses(verify, "home")
     verify.add_argument("--anchor", action="append", default=[], metavar="FILE",
                         help="an anchor kept outside the ledger (`audit checkpoint --out`), repeatable; "
                              "every ledgerHead in <home>/status/*.json is checked too")
     verify.set_defaults(func=cmd_audit_verify)
     checkpoint = audit_sub.add_parser("checkpoint", help="the ledger's head (seq, hash) for an auditor to keep")
-    _common(checkpoint)
+    uses(checkpoint, "home")
     checkpoint.add_argument("--out", metavar="FILE", help="write the anchor to this file (atomically) instead of stdout")
     checkpoint.set_defaults(func=cmd_audit_checkpoint)
     export = audit_sub.add_parser("export", help="in-toto provenance statements, one per model")
-    _common(export)
+    uses(export, "home")
     export.add_argument("--out", help="write to this file instead of stdout")
     export.set_defaults(func=cmd_audit_export)
 
@@ -49,42 +52,44 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from controller.ledger import trace
 
     result = trace(_ledger(args.home), args.query)
-    if args.output == "json":
-        print(json.dumps(result.to_dict(), indent=2))
+    format_ = fmt(args)
+    if format_ in ("json", "yaml"):
+        print(dump(result.to_dict(), format_))
+        return 0
+    if format_ == "name":
+        for chain in result.runs:
+            print(f"run/{chain['runId']}")
         return 0
     print(f"{args.query}: matched as {result.matched}")
     for chain in result.runs:
         print(f"\nrun {chain['runId']} of spec {chain['spec']}")
         for label, key in (("requested by", "requestedBy"), ("data", "data"), ("submitted", "submitted"),
                            ("finished", "finished"), ("evaluated", "evaluation"), ("gate", "gate")):
+            print(f"  {label:<13} {_describe(key, chain.get(key))}")
             record = chain.get(key)
-            print(f"  {label:<13} {_describe(key, record)}")
+            if key == "gate" and record is not None:
+                for verdict, metric, kind, value, threshold in gate_lines(record["payload"]):
+                    print(f"  {'':<13}   {verdict}  {metric:<28} {kind:<9} value {value:>8}  threshold {threshold:>8}")
         for d in chain["deployments"]:
-            print(f"  {'deployment':<13} #{d['seq']} {d['kind']} at {d['time']}")
+            print(f"  {'deployment':<13} #{d['seq']} {d['time']}: {summary(d['kind'], d['payload'])}")
     return 0
 
 
 def _describe(key: str, record: dict | None) -> str:
+    """One chain link for people: the record's number and what it says, metrics whole (the
+    full records are in `-o json`)."""
     if record is None:
         return "-"
-    p = record["payload"]
     seq = f"#{record['seq']}"
+    p = record["payload"]
     if key == "requestedBy":
-        return f"{seq} commit {p.get('commit', '')[:12]} by {p.get('author')} <{p.get('email')}>: {p.get('message', '').splitlines()[0] if p.get('message') else ''}"
-    if key == "data":
-        counts = p.get("counts") or {}
-        review = p.get("review") or {}
-        return (f"{seq} {p.get('path')} md5 {p.get('md5')} ({counts.get('train', '?')} train / {counts.get('test', '?')} test; "
-                f"review {review.get('approved', '?')}/{review.get('reviewed', '?')} approved)")
-    if key == "submitted":
-        return f"{seq} {p.get('backend')} job {p.get('job')} image {p.get('image')}"
+        return (f"{seq} commit {p.get('commit', '')[:12]} by {p.get('author')} <{p.get('email')}>: "
+                f"{p.get('message', '').splitlines()[0] if p.get('message') else ''}")
     if key == "finished":
-        return f"{seq} {len(p.get('artifacts') or {})} artifacts, manifest sha256 {str(p.get('manifestSha256'))[:16]}…"
+        return f"{seq} {len(p.get('artifacts') or {})} artifacts, manifest sha256 {p.get('manifestSha256')}"
     if key == "evaluation":
-        return f"{seq} report sha256 {str(p.get('reportSha256'))[:16]}… {json.dumps(p.get('metrics'))[:100]}"
-    if key == "gate":
-        return f"{seq} {'passed' if p.get('passed') else 'failed'}"
-    return seq
+        return f"{seq} report sha256 {p.get('reportSha256')}: {metrics_text(p.get('metrics') or {})}"
+    return f"{seq} {summary(record['kind'], p)}"
 
 
 def _status_anchors(home: str) -> dict:

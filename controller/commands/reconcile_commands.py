@@ -10,17 +10,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.commands._common import _common
 from controller.commands.status_commands import _table
+from controller.settings import require_repo, uses
 
 
 def _controller_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--repo", required=True, help="the GitOps repository: a local path or a git URL")
+    """--home, --repo, --backend, --kubeconfig and --operator-config are global settings
+    (controller.settings: flag, FTOPS_* variable or config file); a repository is required."""
+    uses(p, "home", "repo", "backend", "kubeconfig", "operator_config")
     p.add_argument("--rev", default="main", help="branch, tag or commit to reconcile (default: main)")
-    p.add_argument("--backend", choices=("local", "kubernetes"), default="local")
-    p.add_argument("--kubeconfig", help="kubeconfig for --backend kubernetes (default: in-cluster, then ~/.kube/config)")
-    p.add_argument("--operator-config", help="operator config (GPU catalog, prices, tenancy, cluster defaults)")
     p.add_argument("--max-concurrent-runs", type=int, default=2)
     p.add_argument("--max-runs-per-owner", type=int, default=1)
     p.add_argument("--allow-delete-all", action="store_true", help="confirm a commit that deletes every spec")
@@ -34,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     reconcile.add_argument("--once", action="store_true", help="one pass, then exit (default)")
     reconcile.add_argument("--until-settled", type=float, metavar="SECONDS",
                            help="repeat passes until nothing is waiting, or SECONDS pass")
-    reconcile.set_defaults(func=cmd_reconcile)
+    reconcile.set_defaults(func=_needs_repo("reconcile", cmd_reconcile))
 
     ctl = sub.add_parser("controller", help="reconcile forever, polling git (and watching a local repo with --watch)")
     _controller_args(ctl)
@@ -50,7 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     ctl.add_argument("--retry-period", type=float, default=2)
     ctl.add_argument("--watch-namespace", action="append", default=[], help="restrict to these namespaces (repeatable)")
     ctl.add_argument("--mirror-finetunes", action="store_true", help="mirror specs into FineTune CRs with their status")
-    ctl.set_defaults(func=cmd_controller)
+    ctl.set_defaults(func=_needs_repo("controller", cmd_controller))
+
+
+def _needs_repo(command: str, func):
+    """`func`, once the global settings name a repository (flag, FTOPS_REPO or config file)."""
+    def run(args: argparse.Namespace) -> int:
+        require_repo(args, command)
+        return func(args)
+
+    return run
 
 
 # ----------------------------------------------------------------------------- running

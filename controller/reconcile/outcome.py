@@ -29,6 +29,10 @@ from controller.status import (
 )
 
 STALL_HINT = "fix the spec or data; the controller retries when they change"
+WAITING_FOR_PEOPLE = {Reason.REVIEW_PENDING: "waiting for a reviewer; the controller continues when the reviews change"}
+"""Stalls that wait for a person, not for a fix: the spec is parked the same way (nothing is
+retried until its inputs change), but the hint says who acts, so `ftops status` and `describe`
+show a review as waiting, not as an error."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,9 @@ def compute(step: Step, result: StepResult | BaseException, conditions: tuple[Co
         return Outcome(own("False", result.reason, result.message), False, result.after, None, result.records)
     if isinstance(result, Stalled):
         stalled = set_condition(own("False", result.reason, result.message),
-                                Condition(STALLED, "True", result.reason, f"{result.message} ({STALL_HINT})", revision))
+                                Condition(STALLED, "True", result.reason,
+                                          f"{result.message} ({WAITING_FOR_PEOPLE.get(result.reason, STALL_HINT)})",
+                                          revision))
         record = LedgerRecord("spec.stalled", run_id, {"commit": revision, "reason": result.reason, "error": result.message},
                               key=f"{spec}:{content_key}")
         return Outcome(stalled, False, None,
