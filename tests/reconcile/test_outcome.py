@@ -85,6 +85,16 @@ def test_a_stall_remembers_the_content_it_stalled_on():
     assert "retries when they change" in message
 
 
+def test_a_stall_that_waits_for_a_reviewer_says_so_and_parks_the_same_way():
+    out = outcome(Stalled(Reason.REVIEW_PENDING, "12 of 400 examples reviewed"), name="data")
+    stalled = next(c for c in out.conditions if c.type == STALLED)
+    assert stalled.message == "12 of 400 examples reviewed (waiting for a reviewer; the controller continues when the reviews change)"
+    assert "fix the spec" not in stalled.message
+    assert out.state == SpecState(stalled_key=KEY, reason=Reason.REVIEW_PENDING, last_error="12 of 400 examples reviewed")
+    gate = next(c for c in outcome(Stalled(Reason.GATE_FAILED, "task 0.5 < 0.9")).conditions if c.type == STALLED)
+    assert gate.message.endswith("(fix the spec or data; the controller retries when they change)")
+
+
 def test_a_step_without_a_condition_only_sets_stalled():
     out = outcome(PermanentError("observe broke"), name="observe")
     assert set(conds(out)) == {STALLED}
