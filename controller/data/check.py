@@ -302,17 +302,34 @@ def scan_bytes(data: bytes, path: str = "<data>", progress: bool = False, worker
     """Check every line of `data` and normalise + hash the valid examples.
 
     Large inputs are split at line boundaries over `workers` forked processes (two by default:
-    the machines this runs on are small and shared); results are identical either way."""
-    result = ScanResult(path=path, md5=hashlib.md5(data).hexdigest(), size=len(data), lines=0)
-    body = data[:-1] if data.endswith(b"\n") else data  # the final newline ends a line, it is not one
-    result.lines = body.count(b"\n") + 1 if body else 0
-    if not body:
-        return result
-    workers = default_workers() if workers is None else workers
-    from controller.data.progress import gc_paused
+    the machines this runs on are small and shared); results are identical either way. In one
+    process the md5 (what DVC pins) is computed on a thread meanwhile: hashlib releases the GIL
+    on large inputs, so it costs the scan nothing on a machine with a second core. (Workers are
+    forked, so then it is computed first: no thread runs while a process forks.)"""
+    import threading
 
-    with gc_paused():
-        return _scan_into(result, body, path, progress, workers)
+    body = data[:-1] if data.endswith(b"\n") else data  # the final newline ends a line, it is not one
+    lines = body.count(b"\n") + 1 if body else 0
+    workers = default_workers() if workers is None else workers
+    parallel = workers > 1 and lines >= PARALLEL_MIN_LINES
+    digest: list[str] = []
+    md5 = threading.Thread(target=lambda: digest.append(hashlib.md5(data).hexdigest()), daemon=True)
+    if parallel:
+        md5.run()
+    else:
+        md5.start()
+    result = ScanResult(path=path, md5="", size=len(data), lines=lines)
+    try:
+        if body:
+            from controller.data.progress import gc_paused
+
+            with gc_paused():
+                _scan_into(result, body, path, progress, workers if parallel else 1)
+    finally:
+        if not parallel:
+            md5.join()
+    result.md5 = digest[0]
+    return result
 
 
 def _scan_into(result: ScanResult, body: bytes, path: str, progress: bool, workers: int) -> ScanResult:
