@@ -126,7 +126,10 @@ class FakeCluster:
         return self
 
     def stop(self) -> None:
-        for c in (self.deployments, self.replicasets, self.jobsets, self.jobs):
+        controllers = (self.deployments, self.replicasets, self.jobsets, self.jobs)
+        for c in controllers:
+            c._stop.set()
+        for c in controllers:
             c.stop()
         self.services.close()
         self.kubelet.stop()

@@ -91,6 +91,7 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
+        self.fake.notify()
         if self._thread is not None:
             self._thread.join(10)
 

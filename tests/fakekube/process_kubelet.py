@@ -306,6 +306,7 @@ class ProcessKubelet:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.fake.notify()
         for t in self._threads:
             t.join(10)
         with self._lock:
@@ -477,10 +478,10 @@ class ProcessKubelet:
                        "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
             if self._unschedulable.get(meta["uid"]) != message:
                 self._unschedulable[meta["uid"]] = message
+                self._event(pod, "Warning", "FailedScheduling", message, component="default-scheduler")
                 self._patch_pod_status(meta["namespace"], meta["name"], {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
                      "lastProbeTime": None, "lastTransitionTime": now_iso()}]})
-                self._event(pod, "Warning", "FailedScheduling", message, component="default-scheduler")
             return
         self._unschedulable.pop(meta["uid"], None)
         try:

@@ -29,6 +29,7 @@ server-side apply field ownership (the real server merges some by key).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -367,6 +368,16 @@ def _fields_v1(paths: set[tuple]) -> dict:
     return tree
 
 
+def _normalize(r: Resource, obj: dict) -> None:
+    """What the real API server does to some kinds on every write: a Secret's stringData is
+    merged into data (base64) and never stored."""
+    if r.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+        data = dict(obj.get("data") or {})
+        for k, v in obj.pop("stringData").items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        obj["data"] = data
+
+
 # ----------------------------------------------------------------------------- server
 
 
@@ -471,6 +482,11 @@ class FakeKube:
             if self._rv <= after and not self._stopping:
                 self._changed.wait(timeout)
             return self._rv
+
+    def notify(self) -> None:
+        """Wake every wait_for_change (a controller that is stopping)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def before_next(self, method: str, path_regex: str, action: Callable[[], None]) -> None:
         """Run `action` once, just before the next request matching method and path is handled
@@ -589,6 +605,7 @@ class FakeKube:
             if meta.get("resourceVersion"):
                 raise ApiError(400, "BadRequest", "resourceVersion should not be set on objects to be created")
             meta.pop("managedFields", None)
+            _normalize(r, obj)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = _now()
             meta["generation"] = 1
@@ -624,6 +641,7 @@ class FakeKube:
                     new["status"] = copy.deepcopy(old["status"])
                 else:
                     new.pop("status", None)
+        _normalize(r, new)
         meta = new.setdefault("metadata", {})
         for k in ("uid", "creationTimestamp", "namespace", "name"):
             if k in old["metadata"]:
@@ -998,6 +1016,98 @@ class FakeKube:
                                        short_names=tuple(names.get("shortNames") or ())))
 
 
+# ----------------------------------------------------------------------------- server-side printing
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "<unknown>"
+    secs = max(0, int(time.time() - datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size * 2:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def pod_status_text(pod: dict) -> str:
+    """The STATUS column of `kubectl get pods`, computed as the API server's pod printer does."""
+    st = pod.get("status") or {}
+    reason = st.get("reason") or st.get("phase") or "Pending"
+    inits = st.get("initContainerStatuses") or []
+    n_init = len((pod.get("spec") or {}).get("initContainers") or [])
+    for i, cs in enumerate(inits):
+        state = cs.get("state") or {}
+        term, wait = state.get("terminated"), state.get("waiting")
+        if term and term.get("exitCode") == 0:
+            continue
+        if term:
+            reason = "Init:" + (term.get("reason") or f"ExitCode:{term.get('exitCode')}")
+        elif wait and wait.get("reason") not in (None, "", "PodInitializing"):
+            reason = "Init:" + wait["reason"]
+        else:
+            reason = f"Init:{i}/{n_init}"
+        return reason
+    running = False
+    for cs in reversed(st.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if (state.get("waiting") or {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif state.get("terminated"):
+            t = state["terminated"]
+            reason = t.get("reason") or (f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t.get('exitCode')}")
+        elif state.get("running") and cs.get("ready"):
+            running = True
+    if reason == "Completed" and running:
+        reason = "Running"
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        reason = "Terminating"
+    return reason
+
+
+def as_table(r: Resource, items: list[dict], rv: str) -> dict:
+    """A meta.k8s.io/v1 Table, which `kubectl get` asks for (as=Table) and prints as is."""
+    def col(name: str, type_: str = "string", fmt: str = "") -> dict:
+        return {"name": name, "type": type_, "format": fmt, "description": name, "priority": 0}
+
+    if r.kind == "Pod":
+        columns = [col("Name", fmt="name"), col("Ready"), col("Status"), col("Restarts", "string"), col("Age")]
+
+        def cells(o: dict) -> list:
+            css = (o.get("status") or {}).get("containerStatuses") or []
+            ready = sum(1 for c in css if c.get("ready"))
+            total = len((o.get("spec") or {}).get("containers") or [])
+            restarts = sum(int(c.get("restartCount", 0)) for c in css)
+            return [o["metadata"]["name"], f"{ready}/{total}", pod_status_text(o), str(restarts), _age(o["metadata"].get("creationTimestamp"))]
+    elif r.kind == "Job":
+        columns = [col("Name", fmt="name"), col("Status"), col("Completions"), col("Age")]
+
+        def cells(o: dict) -> list:
+            st = o.get("status") or {}
+            conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+            status = ("Complete" if conds.get("Complete") == "True" else "Failed" if conds.get("Failed") == "True"
+                      else "Suspended" if conds.get("Suspended") == "True" else "Running")
+            return [o["metadata"]["name"], status, f"{st.get('succeeded', 0)}/{(o.get('spec') or {}).get('completions', 1)}",
+                    _age(o["metadata"].get("creationTimestamp"))]
+    elif r.kind == "Deployment":
+        columns = [col("Name", fmt="name"), col("Ready"), col("Up-to-date", "integer"), col("Available", "integer"), col("Age")]
+
+        def cells(o: dict) -> list:
+            st = o.get("status") or {}
+            return [o["metadata"]["name"], f"{st.get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}",
+                    st.get("updatedReplicas", 0), st.get("availableReplicas", 0), _age(o["metadata"].get("creationTimestamp"))]
+    else:
+        columns = [col("Name", fmt="name"), col("Age")]
+
+        def cells(o: dict) -> list:
+            return [o["metadata"]["name"], _age(o["metadata"].get("creationTimestamp"))]
+
+    rows = [{"cells": cells(o), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                           "metadata": {k: v for k, v in o["metadata"].items() if k != "managedFields"}}}
+            for o in items]
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+            "columnDefinitions": columns, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 
@@ -1113,11 +1223,17 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and name is None:
             if query.get("watch") in ("1", "true", "True"):
                 return self._stream_watch(r, namespace, query)
-            return self._send(200, fake._list(r, namespace, query.get("labelSelector", ""), query.get("fieldSelector", "")))
+            listed = fake._list(r, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
+            if "as=Table" in self.headers.get("Accept", ""):
+                return self._send(200, as_table(r, listed["items"], listed["metadata"]["resourceVersion"]))
+            return self._send(200, listed)
         if method == "GET" and sub == "log":
             return self._pod_log(namespace or "", name, query)
         if method == "GET":
-            return self._send(200, fake._get(r, namespace, name))
+            obj = fake._get(r, namespace, name)
+            if not sub and "as=Table" in self.headers.get("Accept", ""):
+                return self._send(200, as_table(r, [obj], obj["metadata"]["resourceVersion"]))
+            return self._send(200, obj)
         if method == "POST" and name is None:
             obj = fake._create(r, self._decode(body, ctype), namespace, manager, dry_run)
             if r.kind == "CustomResourceDefinition" and not dry_run:
