@@ -1,3 +1,5 @@
-"""Test support: a fake Kubernetes API server (server.py), a fake kubelet that moves Job status
-along (kubelet.py) and pytest fixtures (fixtures.py). Generic over group/version/resource so
-other areas (Leases for leader election, a FineTune CRD) can use it too."""
+"""Test support: a Kubernetes cluster for tests. A fake API server (server.py); a process
+kubelet that really runs the pods it holds (process_kubelet.py, sandbox.py, netns.py); the Job,
+JobSet, Deployment and ReplicaSet controllers around it (controllers.py); FakeCluster to hold
+them together (cluster.py); moto's S3 for object storage (s3.py); the scripted FakeKubelet for
+unit tests (kubelet.py); pytest fixtures (fixtures.py). README.md is the contract."""
