@@ -69,6 +69,9 @@ class DataVersion:
     source: str  # "dvc" | "git" | "missing" | "invalid"
     pointer_blob: str | None = None
     error: str | None = None
+    tokens: int | None = None
+    """Tokens of the valid examples as `ftops data version` counted them (`meta.ftops.tokens`),
+    with the same counter `ftops data check` uses; None when the pointer does not record it."""
 
     @property
     def known(self) -> bool:
@@ -378,6 +381,12 @@ class GitTreeView:
         entry = self.entries["/".join(parts)]
         return "dir" if entry.kind == "tree" else "file"
 
+    def data_problem(self, rel: str) -> str | None:
+        entry = self.entries.get(rel + ".dvc")
+        if entry is None or entry.kind != "blob":
+            return None
+        return parse_dvc_pointer(rel, self.source.read_blobs([entry.sha])[entry.sha], entry.sha).error
+
 
 class WorkingTreeView:
     """RepoView over a directory on disk (for `ftops validate PATH` before committing)."""
@@ -396,6 +405,11 @@ class WorkingTreeView:
             return "dir"
         return "file" if real.exists() else "missing"
 
+    def data_problem(self, rel: str) -> str | None:
+        if self.kind(rel + ".dvc") != "file":
+            return None
+        return parse_dvc_pointer(rel, (self.root / (rel + ".dvc")).read_bytes()).error
+
 
 # ----------------------------------------------------------------------------- specs at a revision
 
@@ -413,8 +427,9 @@ class SpecCache:
     def checked(self, loaded: LoadedSpec, view: "GitTreeView") -> LoadedSpec:
         """`check_against_repo`, cached on the tree entries it depends on: the entries of every
         path the spec names, their .dvc pointers and every folder on the way (a symlink there
-        changes the answer). Unchanged entries, unchanged answer, whatever the commit."""
-        if loaded.spec is None:
+        changes the answer). Unchanged entries, unchanged answer, whatever the commit. A spec
+        that failed the schema check is checked too (every mistake is reported at once)."""
+        if loaded.located is None:
             return loaded
         paths = self._paths.get(id(loaded))
         if paths is None:
@@ -528,11 +543,13 @@ def parse_dvc_pointer(path: str, content: bytes, blob: str | None = None) -> Dat
         size = out.get("size")
         meta = ((doc.get("meta") or {}).get("ftops") or {}) if isinstance(doc.get("meta"), dict) else {}
         examples = meta.get("examples") if isinstance(meta, dict) else None
+        tokens = meta.get("tokens") if isinstance(meta, dict) else None
     except (yaml.YAMLError, AttributeError, IndexError, TypeError):
         return DataVersion(path, None, None, None, "invalid", blob, f"{path}.dvc is not a valid DVC pointer file: re-create it with `ftops data version`")
     if not isinstance(md5, str) or not re.match(r"^[0-9a-f]{32}(\.dir)?$", md5):
         return DataVersion(path, None, None, None, "invalid", blob, f"{path}.dvc has no valid md5 under outs: re-create it with `ftops data version`")
-    return DataVersion(path, md5, size if isinstance(size, int) else None, examples if isinstance(examples, int) else None, "dvc", blob)
+    return DataVersion(path, md5, size if isinstance(size, int) else None, examples if isinstance(examples, int) else None, "dvc", blob,
+                       tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None)
 
 
 def corpus_version(source: GitSource, sha: str, path: str) -> str | None:

@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from controller.errors import FtopsError
 from controller.exitcodes import FAILURE, OK, USAGE
+from controller.output import add_output_flag, console, dump, fmt
+from controller.settings import uses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Exit codes: 0 valid, 1 invalid, 2 usage error.",
     )
     validate.add_argument("path", nargs="?", help="a spec file, a specs/ folder or a repo root (default: .)")
-    validate.add_argument("--rev", help="validate the specs committed at this git revision instead of files on disk")
-    validate.add_argument("--repo", default=".", help="the GitOps repository (path or URL) for --rev (default: .)")
-    validate.add_argument("--output", "-o", choices=("text", "json"), default="text")
-    validate.add_argument("--operator-config", help="operator config overriding the shipped GPU catalog and prices")
+    validate.add_argument("--rev", help="validate the specs committed at this git revision (of --repo, default .) "
+                                        "instead of files on disk")
+    add_output_flag(validate)
+    uses(validate, "repo", "operator_config")
     # These two run in CI: a repository, revision or operator config that cannot be read (any
     # FtopsError, which cli.main prints) exits USAGE, so "the specs are invalid" (1) is its own answer.
     validate.set_defaults(func=cmd_validate, error_exit=USAGE)
@@ -79,37 +82,74 @@ def validate_paths(path: Path, gpu_types: list[str]) -> list:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every issue of every spec, like a compiler: `file:line:col: severity: field: message`, the
+    source line and a caret; paths relative to the current directory. `-o json|yaml` lists the
+    issues (`file` relative to the repository, `path` as shown), `-o name` the invalid files."""
     from controller.catalog import load_operator_config
 
     operator = load_operator_config(args.operator_config)
     gpu_types = sorted(operator.gpus)
     if args.rev:
         if args.path:
-            print("error: give either PATH or --rev, not both", file=sys.stderr)
-            return USAGE
+            raise FtopsError("give either PATH or --rev, not both")
         from controller.source import GitSource, load_specs_at
 
-        source = GitSource(args.repo)
+        source = GitSource(getattr(args, "repo", None) or ".")
         source.refresh()
         sha = source.resolve(args.rev)
         results = [s.loaded for s in load_specs_at(source, sha, gpu_types=gpu_types).values()]
+        shown = {r.file: f"{args.rev}:{r.file}" for r in results}  # a file at a revision, as git names it
     else:
         path = Path(args.path or ".")
         if not path.exists():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return USAGE
+            raise FtopsError(f"{path} does not exist")
         results = validate_paths(path, gpu_types)
-    issues = [issue for result in results for issue in result.issues]
-    if args.output == "json":
-        print(json.dumps([i.to_dict() for i in issues], indent=2))
+        root = _find_repo_root(path.resolve())
+        shown = {r.file: _from_cwd(root / r.file) for r in results}
+    issues = [(result, issue) for result in results for issue in result.issues]
+    format_ = fmt(args)
+    if format_ in ("json", "yaml"):
+        print(dump([{**i.to_dict(), "path": shown.get(r.file, r.file)} for r, i in issues], format_))
+    elif format_ == "name":
+        for result in results:
+            if not result.ok:
+                print(shown.get(result.file, result.file))
     else:
-        for issue in issues:
-            print(issue.format())
-        errors = sum(1 for i in issues if i.severity == "error")
+        _print_issues(issues, shown)
+        errors = sum(1 for _, i in issues if i.severity == "error")
         warnings = len(issues) - errors
         bad = sum(1 for r in results if not r.ok)
         print(f"{len(results)} spec(s): {len(results) - bad} valid, {bad} invalid; {errors} error(s), {warnings} warning(s)")
     return OK if all(r.ok for r in results) else FAILURE
+
+
+def _from_cwd(path: Path) -> str:
+    """`path` as the person typing sees it: relative to the current directory when inside it."""
+    import os
+
+    try:
+        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _print_issues(issues: list, shown: dict[str, str]) -> None:
+    """Compiler-style: the location and message (red error, yellow warning on a terminal), the
+    source line and a caret under the wrong part."""
+    from rich.text import Text
+
+    from controller.spec.load import render
+
+    out = console()
+    for result, issue in issues:
+        head, *source = render(issue, result.source, shown.get(result.file, result.file)).split("\n")
+        where, _, rest = head.partition(f" {issue.severity}:")
+        text = Text(where + " ", style="bold")
+        text.append(f"{issue.severity}:", style="red bold" if issue.severity == "error" else "yellow bold")
+        text.append(rest)
+        out.print(text)
+        for k, line in enumerate(source):
+            out.print(Text(line, style="green" if k == len(source) - 1 else ""))  # the caret line
 
 
 # ----------------------------------------------------------------------------- schema

@@ -3,6 +3,13 @@
 Every problem becomes a `SpecIssue` naming the file, line, column and field path (in the
 YAML's own camelCase) with a message that says what to write instead. Loading never stops at
 the first problem in a file, and one bad file never hides another: callers collect issues.
+
+Like a compiler, one run reports every mistake of every kind: refused YAML constructs, the
+schema, the name against the file name, the GPU catalog, the repository paths and the data
+versions they point at. The checks after the schema read the YAML's own data, so they run even
+when the schema check failed (a typo elsewhere does not hide a missing dataset). `render`
+prints an issue with its source line and a caret under the part that is wrong, and enum values
+and GPU types that are close to a known one get a "did you mean".
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from controller.spec.base import check_repo_path
 from controller.spec.finetune import FineTune
 from controller.spec.yamlsafe import (
     YAML11_BOOLS,
@@ -39,14 +47,39 @@ class SpecIssue:
     message: str
     severity: Severity = "error"
     column: int = 1
+    """Where the wrong part starts: the value for a wrong value, the key for a wrong key."""
+    length: int = 1
+    """How many characters from `column` are wrong (what the caret underlines)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def format(self) -> str:
-        where = f"{self.file}:{self.line}"
+    def format(self, file: str | None = None) -> str:
+        """`file:line:col: severity: field: message` (as compilers print it); `file` overrides
+        the path shown (e.g. relative to the current directory)."""
+        where = f"{file or self.file}:{self.line}:{self.column}"
         field = f" {self.field}:" if self.field else ""
         return f"{where}: {self.severity}:{field} {self.message}"
+
+
+def render(issue: SpecIssue, source: str | None, file: str | None = None) -> str:
+    """The issue, then its source line and a caret under the wrong part:
+
+        specs/triage.yaml:16:5: error: spec.training.epocs: unknown field 'epocs'. Did you mean 'epochs'?
+           16 |     epocs: 3
+              |     ^~~~~
+    """
+    head = issue.format(file)
+    lines = source.splitlines() if source else []
+    if not 1 <= issue.line <= len(lines):
+        return head
+    text = lines[issue.line - 1].expandtabs(1)
+    number = str(issue.line)
+    gutter = " " * (len(number) + 4)
+    start = max(1, min(issue.column, len(text) + 1))
+    width = max(1, min(issue.length, max(1, len(text) - start + 1)))
+    caret = " " * (start - 1) + "^" + "~" * (width - 1)
+    return f"{head}\n   {number} | {text}\n{gutter}| {caret}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,8 @@ class LoadedSpec:
     spec: FineTune | None
     issues: tuple[SpecIssue, ...]
     located: Located | None = dc_field(default=None, compare=False, repr=False)
+    source: str | None = dc_field(default=None, compare=False, repr=False)
+    """The file's text, for `render` (its source lines under each issue)."""
 
     @property
     def ok(self) -> bool:
@@ -75,6 +110,11 @@ class RepoView(Protocol):
     git revision). `kind` reports 'escapes' when a symlink on the way leads outside the repo."""
 
     def kind(self, rel: str) -> PathKind: ...
+
+    def data_problem(self, rel: str) -> str | None:
+        """What is wrong with the data version the DVC pointer `rel`.dvc records (no md5, not a
+        pointer file), or None when it is usable."""
+        ...
 
 
 # ----------------------------------------------------------------------------- field paths
@@ -195,7 +235,8 @@ def _message(err: dict, path: Path_, located: Located, data: Any) -> str:
     if kind == "union_tag_not_found":
         return "needs `type:` set to one of lora, qlora, full"
     if kind == "union_tag_invalid":
-        return f"type '{err.get('ctx', {}).get('tag')}' is not a method: write one of lora, qlora, full"
+        tag = str(err.get("ctx", {}).get("tag"))
+        return f"type '{tag}' is not a method: write one of lora, qlora, full.{did_you_mean(tag, METHODS)}".rstrip(".")
     if kind == "string_type" and scalar is not None and scalar.plain:
         value = _value_at(data, path)
         what = "a boolean" if isinstance(value, bool) else "nothing (null)" if value is None else f"the number {value!r}"
@@ -206,11 +247,40 @@ def _message(err: dict, path: Path_, located: Located, data: Any) -> str:
     if kind in ("float_type", "int_type", "bool_type") and scalar is not None and not scalar.plain:
         return f"{msg.lower()}, but the value is quoted: remove the quotes around {raw!r}"
     if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected}" + (f", not '{raw}'" if raw is not None else "")
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        hint = did_you_mean(raw, re.findall(r"'([^']*)'", expected)) if raw is not None else ""
+        return f"must be one of {expected}" + (f", not '{raw}'" if raw is not None else "") + (f".{hint}" if hint else "")
     if kind in ("int_from_float", "int_type") and isinstance(_value_at(data, path), float):
         return f"must be a whole number, not {raw}"
     return msg[0].lower() + msg[1:] if msg else kind
+
+
+METHODS = ("lora", "qlora", "full")
+
+
+def did_you_mean(typed: str, known: typing.Iterable[str], cutoff: float = 0.6) -> str:
+    """` Did you mean 'hybrid'?` for a value close to a known one (a prefix counts: a100 ->
+    a100-40gb), else ''."""
+    options = sorted(set(known))
+    close = sorted(o for o in options if typed and o.startswith(typed) and o != typed) or \
+        difflib.get_close_matches(typed, options, n=1, cutoff=cutoff)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _span(located: Located, path: Path_, at_value: bool) -> tuple[int, int, int]:
+    """(line, column, length) of what is wrong at `path`: its value when `at_value` and the value
+    is a scalar on the key's line, else its key (or its nearest ancestor's, for a missing key)."""
+    line = located.line_of(path)
+    scalar = located.scalars.get(tuple(path))
+    if at_value and scalar is not None and scalar.line == line:
+        return line, scalar.column, max(1, len(scalar.raw) + (0 if scalar.plain else 2))
+    probe = tuple(path)
+    while probe and probe not in located.columns:
+        probe = probe[:-1]
+    if not probe:
+        return line, 1, 1
+    key = probe[-1]
+    return located.lines.get(probe, line), located.columns[probe], len(str(key)) if isinstance(key, str) else 1
 
 
 def _value_at(data: Any, path: Path_) -> Any:
@@ -248,14 +318,16 @@ def _credential_issues(data: Any, located: Located, file: str, path: Path_ = ())
         for key, value in data.items():
             child = path + (key,)
             if _CREDENTIAL_KEY.match(str(key)) and isinstance(value, (str, int, float)) and value not in ("", None):
+                line, column, length = _span(located, child, at_value=False)
                 found.append(
                     SpecIssue(
                         file,
-                        located.line_of(child),
+                        line,
                         format_path(child),
                         "looks like a literal credential (value not shown). Remove it from the spec and the git history, "
                         "store it in a Kubernetes Secret, and reference it: `secretRef: {name: <secret>, key: <key>}`",
-                        column=located.column_of(child),
+                        column=column,
+                        length=length,
                     )
                 )
             else:
@@ -266,14 +338,16 @@ def _credential_issues(data: Any, located: Located, file: str, path: Path_ = ())
     elif isinstance(data, str):
         for pattern, what in _CREDENTIAL_VALUE:
             if pattern.search(data):
+                line, column, length = _span(located, path, at_value=True)
                 found.append(
                     SpecIssue(
                         file,
-                        located.line_of(path),
+                        line,
                         format_path(path),
                         f"contains what looks like {what} (value not shown). Never commit credentials: store it in a "
                         "Kubernetes Secret and reference it with `secretRef: {name: <secret>, key: <key>}`",
-                        column=located.column_of(path),
+                        column=column,
+                        length=length,
                     )
                 )
                 break
@@ -298,6 +372,7 @@ def _yaml11_warnings(located: Located, file: str, skip: set[Path_]) -> list[Spec
                     f"tools such as PyYAML: write '{scalar.raw}' in quotes, or true/false if you meant a boolean",
                     "warning",
                     scalar.column,
+                    len(scalar.raw),
                 )
             )
         elif YAML11_EXPONENT_STRING.match(scalar.raw):
@@ -311,6 +386,7 @@ def _yaml11_warnings(located: Located, file: str, skip: set[Path_]) -> list[Spec
                     f"a string: write {mantissa}.0e{exponent} so every tool agrees",
                     "warning",
                     scalar.column,
+                    len(scalar.raw),
                 )
             )
     return warnings
@@ -319,33 +395,46 @@ def _yaml11_warnings(located: Located, file: str, skip: set[Path_]) -> list[Spec
 # ----------------------------------------------------------------------------- repo checks
 
 
-def _repo_path_fields(spec: FineTune) -> list[tuple[Path_, str, tuple[str, ...]]]:
-    """(field path, repo path, acceptable kinds) for every field that names a file in the repo."""
-    s = spec.spec
+def _text(data: Any, *path: str | int) -> str | None:
+    """The string at `path` in the YAML data, or None (absent, not a string)."""
+    value = _value_at(data, tuple(path))
+    return value if isinstance(value, str) else None
+
+
+def _lexically_ok(rel: str) -> bool:
+    try:
+        check_repo_path(rel)
+    except ValueError:
+        return False  # the schema check reports it
+    return True
+
+
+def _repo_path_fields(data: Any) -> list[tuple[Path_, str, tuple[str, ...]]]:
+    """(field path, repo path, acceptable kinds) for every field that names a file in the repo,
+    read from the YAML data itself, so the checks run even when the schema check failed."""
     out: list[tuple[Path_, str, tuple[str, ...]]] = []
-    if s.base_model.kind == "path":
-        out.append((("spec", "baseModel", "uri"), s.base_model.uri, ("dir",)))
-    out.append((("spec", "dataset", "path"), s.dataset.path, ("file", "dvc")))
-    if s.dataset.review.file:
-        out.append((("spec", "dataset", "review", "file"), s.dataset.review.file, ("file", "missing")))
-    fmt = s.evaluation.format
-    if fmt is not None and fmt.schema_path:
-        out.append((("spec", "evaluation", "format", "schemaPath"), fmt.schema_path, ("file",)))
-    if s.evaluation.regression.suite != "default":
-        out.append((("spec", "evaluation", "regression", "suite"), s.evaluation.regression.suite, ("file", "dvc")))
-    for index, ref in enumerate(s.evaluation.compare.models):
-        if ref.path:
-            out.append((("spec", "evaluation", "compare", "models", index, "path"), ref.path, ("dir",)))
-    if s.evaluation.bias is not None:
-        out.append((("spec", "evaluation", "bias", "path"), s.evaluation.bias.path, ("file", "dvc")))
-    if s.serving is not None and s.serving.corpus:
-        out.append((("spec", "serving", "corpus"), s.serving.corpus, ("dir", "dvc")))
+
+    def add(path: Path_, kinds: tuple[str, ...], skip: tuple[str, ...] = ()) -> None:
+        rel = _text(data, *path)
+        if rel is not None and rel not in skip and "://" not in rel and _lexically_ok(rel):
+            out.append((path, rel, kinds))
+
+    add(("spec", "baseModel", "uri"), ("dir",))
+    add(("spec", "dataset", "path"), ("file", "dvc"))
+    add(("spec", "dataset", "review", "file"), ("file", "missing"))
+    add(("spec", "evaluation", "format", "schemaPath"), ("file",))
+    add(("spec", "evaluation", "regression", "suite"), ("file", "dvc"), skip=("default",))
+    models = _value_at(data, ("spec", "evaluation", "compare", "models"))
+    for index in range(len(models) if isinstance(models, list) else 0):
+        add(("spec", "evaluation", "compare", "models", index, "path"), ("dir",))
+    add(("spec", "evaluation", "bias", "path"), ("file", "dvc"))
+    add(("spec", "serving", "corpus"), ("dir", "dvc"))
     return out
 
 
 def _path_problem(rel: str, acceptable: tuple[str, ...], repo: RepoView) -> str | None:
     """What is wrong with a repo path that a spec names, or None. A DVC-tracked file or folder
-    counts as present when its `.dvc` pointer is committed."""
+    counts as present when its `.dvc` pointer is committed and records a version."""
     kind = repo.kind(rel)
     if kind == "escapes":
         return f"'{rel}' goes through a symlink that leads outside the repository: commit the real file instead"
@@ -354,7 +443,7 @@ def _path_problem(rel: str, acceptable: tuple[str, ...], repo: RepoView) -> str 
     if "dvc" in acceptable:
         dvc_kind = repo.kind(rel + ".dvc")
         if dvc_kind == "file":
-            return None
+            return repo.data_problem(rel)
         if dvc_kind == "escapes":
             return f"'{rel}.dvc' goes through a symlink that leads outside the repository"
     if kind == "missing":
@@ -364,12 +453,15 @@ def _path_problem(rel: str, acceptable: tuple[str, ...], repo: RepoView) -> str 
     return f"'{rel}' is a {kind}, expected a {want}"
 
 
-def _repo_issues(spec: FineTune, located: Located, file: str, repo: RepoView) -> list[SpecIssue]:
+def _repo_issues(data: Any, located: Located, file: str, repo: RepoView, flagged: set[Path_]) -> list[SpecIssue]:
     issues = []
-    for path, rel, acceptable in _repo_path_fields(spec):
+    for path, rel, acceptable in _repo_path_fields(data):
+        if path in flagged:
+            continue
         problem = _path_problem(rel, acceptable, repo)
         if problem:
-            issues.append(SpecIssue(file, located.line_of(path), format_path(path), problem, column=located.column_of(path)))
+            line, column, length = _span(located, path, at_value=True)
+            issues.append(SpecIssue(file, line, format_path(path), problem, column=column, length=length))
     return issues
 
 
@@ -394,66 +486,68 @@ def parse_spec(text: str, file: str, gpu_types: typing.Collection[str] | None = 
     try:
         located = load_located(text)
     except YamlProblem as exc:
-        return LoadedSpec(file, None, (SpecIssue(file, exc.line, format_path(exc.path), exc.message, column=exc.column),))
+        issue = SpecIssue(file, exc.line, format_path(exc.path), exc.message, column=exc.column, length=exc.length)
+        return LoadedSpec(file, None, (issue,), source=text)
+    issues: list[SpecIssue] = [SpecIssue(file, p.line, format_path(p.path), p.message, column=p.column, length=p.length)
+                               for p in located.problems]
     data = located.data
     if not isinstance(data, dict):
         what = "empty" if data is None else f"a {type(data).__name__}"
-        return LoadedSpec(
-            file,
-            None,
-            (SpecIssue(file, 1, "", f"a spec must be a mapping with apiVersion, kind, metadata and spec; this file is {what}"),),
-        )
+        issues.append(SpecIssue(file, 1, "", f"a spec must be a mapping with apiVersion, kind, metadata and spec; this file is {what}"))
+        return _result(file, None, issues, located, text)
 
-    issues: list[SpecIssue] = _credential_issues(data, located, file)
-    secret_paths = {tuple(_split(i.field)) for i in issues}
+    credentials = _credential_issues(data, located, file)
+    issues.extend(credentials)
+    secret_paths = {tuple(_split(i.field)) for i in credentials}
 
     spec: FineTune | None = None
     try:
         spec = FineTune.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False):
-            path, _ = _data_path(err["loc"], data)
+            path, exists = _data_path(err["loc"], data)
             if any(path[: len(s)] == s for s in secret_paths):
                 continue  # already reported, and its message must not echo the value
-            issues.append(
-                SpecIssue(
-                    file,
-                    located.line_of(path),
-                    format_path(path),
-                    _message(err, path, located, data),
-                    column=located.column_of(path),
-                )
-            )
-    if spec is not None:
-        issues.extend(_semantic_issues(spec, located, file, gpu_types))
+            if any(path[: len(a)] == a for a in located.aliased):
+                continue  # the value was an alias (reported): nothing is known about it
+            at = path + ("type",) if err["type"] == "union_tag_invalid" else path  # point at `type: dora`
+            line, column, length = _span(located, at, at_value=exists and err["type"] != "extra_forbidden")
+            issues.append(SpecIssue(file, line, format_path(path), _message(err, path, located, data),
+                                    column=column, length=length))
+    flagged = {tuple(_split(i.field)) for i in issues}
+    issues.extend(_semantic_issues(data, located, file, gpu_types, flagged))
     # A YAML 1.1 trap that already caused an error is explained there; warn about the rest.
     warnings = _yaml11_warnings(located, file, secret_paths | {tuple(_split(i.field)) for i in issues})
-    return _result(file, spec, issues + warnings, located)
+    return _result(file, spec, issues + warnings, located, text)
 
 
 def repo_paths(loaded: LoadedSpec) -> tuple[str, ...]:
     """Every repository path the repo checks of `loaded` look at (each named path and its .dvc
     pointer): their tree entries decide the outcome, so callers can cache on them."""
-    if loaded.spec is None:
+    if loaded.located is None or not isinstance(loaded.located.data, dict):
         return ()
-    return tuple(p for _, rel, _ in _repo_path_fields(loaded.spec) for p in (rel, rel + ".dvc"))
+    return tuple(p for _, rel, _ in _repo_path_fields(loaded.located.data) for p in (rel, rel + ".dvc"))
 
 
 def check_against_repo(loaded: LoadedSpec, repo: RepoView) -> LoadedSpec:
     """Add the checks that depend on the repository: referenced files exist (directly or through a
-    committed .dvc pointer) and no symlink on the way leads outside the repo."""
-    if loaded.spec is None or loaded.located is None:
+    committed .dvc pointer that records a version) and no symlink on the way leads outside the
+    repo. They read the YAML data, so a spec that failed the schema check gets them too."""
+    located = loaded.located
+    if located is None or not isinstance(located.data, dict):
         return loaded
-    extra = _repo_issues(loaded.spec, loaded.located, loaded.file, repo)
+    flagged = {tuple(_split(i.field)) for i in loaded.issues if i.severity == "error"}
+    extra = _repo_issues(located.data, located, loaded.file, repo, flagged)
     if not extra:
         return loaded
-    return _result(loaded.file, loaded.spec, list(loaded.issues) + extra, loaded.located)
+    return _result(loaded.file, loaded.spec, list(loaded.issues) + extra, located, loaded.source)
 
 
-def _result(file: str, spec: FineTune | None, issues: list[SpecIssue], located: Located) -> LoadedSpec:
-    ordered = sorted(issues, key=lambda i: (i.line, i.column, i.severity))
+def _result(file: str, spec: FineTune | None, issues: list[SpecIssue], located: Located, source: str | None) -> LoadedSpec:
+    # Problems with the YAML itself (no field) come first on their line, then by column.
+    ordered = sorted(issues, key=lambda i: (i.line, bool(i.field), i.column, i.severity))
     valid = not any(i.severity == "error" for i in ordered)
-    return LoadedSpec(file, spec if valid else None, tuple(ordered), located)
+    return LoadedSpec(file, spec if valid else None, tuple(ordered), located, source)
 
 
 def _split(field: str) -> list[str | int]:
@@ -463,37 +557,29 @@ def _split(field: str) -> list[str | int]:
     return parts
 
 
-def _semantic_issues(
-    spec: FineTune, located: Located, file: str, gpu_types: typing.Collection[str] | None
-) -> list[SpecIssue]:
+def _semantic_issues(data: Any, located: Located, file: str, gpu_types: typing.Collection[str] | None,
+                     flagged: set[Path_]) -> list[SpecIssue]:
+    """The name against the file name, and the GPU type against the operator's catalog, read
+    from the YAML data (so they are checked even when the schema check failed elsewhere)."""
     issues: list[SpecIssue] = []
     stem = PurePosixPath(file).name
     for suffix in (".yaml", ".yml"):
         stem = stem.removesuffix(suffix)
-    if stem != spec.metadata.name:
-        path = ("metadata", "name")
-        issues.append(
-            SpecIssue(
-                file,
-                located.line_of(path),
-                "metadata.name",
-                f"'{spec.metadata.name}' does not match the file name: rename the file to specs/{spec.metadata.name}.yaml "
-                f"or set name: {stem}",
-                column=located.column_of(path),
-            )
-        )
-    if gpu_types is not None and spec.spec.hardware.gpu_type not in gpu_types:
-        path = ("spec", "hardware", "gpuType")
-        typed = spec.spec.hardware.gpu_type
-        close = sorted(g for g in gpu_types if g.startswith(typed)) or difflib.get_close_matches(typed, list(gpu_types), n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        issues.append(
-            SpecIssue(
-                file,
-                located.line_of(path),
-                "spec.hardware.gpuType",
-                f"'{spec.spec.hardware.gpu_type}' is not in the operator's GPU catalog.{hint} Known: {', '.join(sorted(gpu_types))}",
-                column=located.column_of(path),
-            )
-        )
+    name = _text(data, "metadata", "name")
+    path: Path_ = ("metadata", "name")
+    if name is not None and name != stem and path not in flagged:
+        line, column, length = _span(located, path, at_value=True)
+        issues.append(SpecIssue(
+            file, line, "metadata.name",
+            f"'{name}' does not match the file name: rename the file to specs/{name}.yaml or set name: {stem}",
+            column=column, length=length))
+    gpu = _text(data, "spec", "hardware", "gpuType")
+    path = ("spec", "hardware", "gpuType")
+    if gpu_types is not None and gpu is not None and gpu not in gpu_types and path not in flagged:
+        line, column, length = _span(located, path, at_value=True)
+        hint = did_you_mean(gpu, gpu_types, cutoff=0.5)
+        issues.append(SpecIssue(
+            file, line, "spec.hardware.gpuType",
+            f"'{gpu}' is not in the operator's GPU catalog.{hint} Known: {', '.join(sorted(gpu_types))}",
+            column=column, length=length))
     return issues

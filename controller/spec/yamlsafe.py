@@ -9,6 +9,12 @@ Specs are written by people and reviewed in pull requests, so the loader is stri
   `no` stays the string "no" and `1e-4` is the number 0.0001. Where a YAML 1.1 reader (PyYAML,
   many CI tools) would read the same text differently, the loader remembers the raw text so
   validation can explain the trap instead of failing cryptically.
+
+Like a compiler, the loader reports every refused construct of a document at once
+(`Located.problems`) and goes on building the rest: an alias is never expanded (its value is
+None, and its path is in `Located.aliased` so nothing is said about what it would have held),
+a duplicate key keeps its first value, a tag is ignored. Only text that is not YAML at all stops
+it (`YamlProblem` is raised then).
 """
 from __future__ import annotations
 
@@ -68,6 +74,10 @@ class Located:
     lines: dict[Path_, int] = field(default_factory=dict)
     columns: dict[Path_, int] = field(default_factory=dict)
     scalars: dict[Path_, Scalar] = field(default_factory=dict)
+    problems: list["YamlProblem"] = field(default_factory=list)
+    """Refused constructs (anchors, aliases, tags, duplicate keys, more documents), in order."""
+    aliased: set[Path_] = field(default_factory=set)
+    """Paths whose value was an alias, so is unknown (None stands in)."""
 
     def line_of(self, path: Path_) -> int:
         """Line of `path`, or of its nearest ancestor that exists (a missing key is reported
@@ -89,14 +99,16 @@ class Located:
 
 
 class YamlProblem(Exception):
-    """A YAML document that is not plain, safe spec data."""
+    """A YAML document that is not plain, safe spec data. `length` is how many characters of
+    the line the problem covers (what a caret underlines)."""
 
-    def __init__(self, message: str, line: int, column: int = 1, path: Path_ = ()) -> None:
+    def __init__(self, message: str, line: int, column: int = 1, path: Path_ = (), length: int = 1) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
         self.column = column
         self.path = path
+        self.length = length
 
 
 def resolve_plain(text: str) -> Any:
@@ -125,32 +137,40 @@ def resolve_plain(text: str) -> Any:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
 
 
-def _problem(message: str, mark, path: Path_ = ()) -> YamlProblem:
-    return YamlProblem(message, mark.line + 1, mark.column + 1, path)
+def _problem(message: str, mark, path: Path_ = (), length: int = 1) -> YamlProblem:
+    return YamlProblem(message, mark.line + 1, mark.column + 1, path, length)
 
 
-def _check_event(event: yaml.Event) -> None:
-    """Refuse anchors, aliases and custom tags. Checked on the event stream, before anything is
+def _span(event: yaml.Event) -> int:
+    """Characters the event covers on its first line (at least 1)."""
+    start, end = event.start_mark, event.end_mark
+    return max(1, end.column - start.column) if end.line == start.line else 1
+
+
+def _check_event(event: yaml.Event, located: Located) -> None:
+    """Record anchors, aliases and custom tags. Checked on the event stream, before anything is
     built, so an alias bomb ("billion laughs") never expands."""
     if isinstance(event, yaml.AliasEvent):
-        raise _problem(f"YAML alias '*{event.anchor}' is not allowed in specs: write the value out in full", event.start_mark)
+        located.problems.append(_problem(f"YAML alias '*{event.anchor}' is not allowed in specs: write the value out in full",
+                                         event.start_mark, length=len(event.anchor or "") + 1))
+        return
     anchor = getattr(event, "anchor", None)
     if anchor is not None:
-        raise _problem(
-            f"YAML anchor '&{anchor}' is not allowed in specs: write values out in full so reviewers see them", event.start_mark
-        )
+        located.problems.append(_problem(
+            f"YAML anchor '&{anchor}' is not allowed in specs: write values out in full so reviewers see them",
+            event.start_mark, length=len(anchor) + 1))
     tag = getattr(event, "tag", None)
     if tag is not None and tag != "!" and tag not in _ALLOWED_TAGS:
-        raise _problem(
+        located.problems.append(_problem(
             f"YAML tag '{tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed in specs: remove it and write a plain value",
-            event.start_mark,
-        )
+            event.start_mark, length=len(tag.replace("tag:yaml.org,2002:", "!!"))))
 
 
 def load_located(text: str) -> Located:
     """Parse one YAML document into plain Python data with positions, in one pass over the
     parser's events (no composer: it would expand aliases and resolve with YAML 1.1 rules).
-    Raises YamlProblem."""
+    Refused constructs are collected in `problems`; raises YamlProblem only for text that is
+    not YAML at all."""
     located = Located(data=None)
     try:
         events = iter(yaml.parse(text, Loader=_Loader))
@@ -159,7 +179,9 @@ def load_located(text: str) -> Located:
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
-                    raise _problem("more than one YAML document ('---'): put each FineTune in its own file", event.start_mark)
+                    located.problems.append(_problem(
+                        "more than one YAML document ('---'): put each FineTune in its own file", event.start_mark, length=3))
+                    break
                 first = next(events)
                 if isinstance(first, yaml.DocumentEndEvent):
                     continue
@@ -176,24 +198,45 @@ def load_located(text: str) -> Located:
     return located
 
 
+def _skip(event: yaml.Event, events) -> None:
+    """Consume the rest of a node whose value is not kept (a duplicate key's, a complex key)."""
+    if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+        depth = 1
+        for inner in events:
+            if isinstance(inner, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+            elif isinstance(inner, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+                if depth == 0:
+                    return
+
+
 def _build(event: yaml.Event, events, path: Path_, located: Located) -> Any:
-    _check_event(event)
+    _check_event(event, located)
+    if isinstance(event, yaml.AliasEvent):
+        located.aliased.add(path)
+        return None
     if isinstance(event, yaml.MappingStartEvent):
         result: dict[str, Any] = {}
         for key_event in events:
             if isinstance(key_event, yaml.MappingEndEvent):
                 return result
-            _check_event(key_event)
+            _check_event(key_event, located)
             if not isinstance(key_event, yaml.ScalarEvent):
-                raise _problem("mapping keys must be plain words", key_event.start_mark, path)
+                located.problems.append(_problem("mapping keys must be plain words", key_event.start_mark, path))
+                _skip(key_event, events)
+                _skip(next(events), events)
+                continue
             key = key_event.value
             child = path + (key,)
             if key in result:
-                raise _problem(
+                located.problems.append(_problem(
                     f"duplicate key '{key}' (first set on line {located.lines.get(child, '?')}): keep one",
-                    key_event.start_mark,
-                    child,
-                )
+                    key_event.start_mark, child, length=len(key)))
+                value_event = next(events)
+                _check_event(value_event, located)
+                _skip(value_event, events)
+                continue
             located.lines[child] = key_event.start_mark.line + 1
             located.columns[child] = key_event.start_mark.column + 1
             result[key] = _build(next(events), events, child, located)
