@@ -145,10 +145,10 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
+def _driver_errors() -> tuple[type[Exception], ...]:
     """What a driver raises when the store cannot answer: OSError (fsspec's own and s3fs's
     translations), and the AWS SDK's connection and client errors it lets through."""
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    errors: list[type[Exception]] = [OSError, TimeoutError]
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 

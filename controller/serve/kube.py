@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import labels as L
 from controller.artifacts import open_store
@@ -41,6 +41,10 @@ from controller.serve.deploy import event, rollback_target
 from controller.serve.gatecheck import GateNotPassed, gate_decision
 from controller.spec.finetune import FineTune
 from controller.status import Reason
+
+if TYPE_CHECKING:
+    from controller.backends.kubernetes import KubernetesBackend
+    from controller.catalog import OperatorConfig
 
 SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"))
 """What a spec's serving renders to, and what `stop` removes (found by the spec's labels)."""
@@ -84,7 +88,7 @@ class KubernetesServing:
 
     name = "kubernetes"
 
-    def __init__(self, kube: Any, operator: Any, state: str | Path, ready_timeout: float = 900,
+    def __init__(self, kube: "KubernetesBackend", operator: "OperatorConfig", state: str | Path, ready_timeout: float = 900,
                  poll_interval: float = 1.0, namespace: str | None = None, artifacts: ArtifactStore | None = None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.kube = kube
@@ -97,13 +101,19 @@ class KubernetesServing:
         self.clock = clock
 
     # ---------------------------------------------------------------- rendering
-    def manifests(self, finetune, run_id: str, data_md5: str, git_commit: str, track: str = "stable",
+    def manifests(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, track: str = "stable",
                   replicas: int | None = None) -> list[dict]:
         from controller.render import ServingInput, render_serving
 
         return render_serving(ServingInput(
             finetune=finetune, run_id=run_id, adapter_uri=f"{finetune.name}/{run_id}", data_md5=data_md5,
             git_commit=git_commit, operator=self.operator, replicas=replicas, track=track, namespace=self.namespace))
+
+    def _previous_manifests(self, finetune: FineTune, prev: dict[str, Any], replicas: int | None = None) -> list[dict]:
+        """The run that served before (`prev`: the event that made it serve), rendered again from
+        the lineage recorded with it."""
+        return self.manifests(finetune, str(prev["servingRunId"]), prev.get("dataMd5", ""), prev.get("gitCommit", ""),
+                              "stable", replicas=replicas)
 
     @staticmethod
     def _deployment(manifests: list[dict]) -> dict:
@@ -180,13 +190,12 @@ class KubernetesServing:
         events = [self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id,
                                            Reason.ROLLING_OUT, f"{strategy} rollout of run {run_id}", strategy=strategy,
                                            **lineage))]
-        if strategy == "canary":
+        if strategy == "canary" and prev is not None:  # a canary needs a previous run (strategy above)
             n = min(serving.replicas - 1, max(1, math.ceil(serving.replicas * serving.rollout.canary_percent / 100)))
             canary = self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=n)
             self._apply(canary)
             state = self.wait(self._deployment(canary), n, run_id, timeout)
-            previous_stable = self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""),
-                                             "stable", replicas=serving.replicas - n)
+            previous_stable = self._previous_manifests(finetune, prev, replicas=serving.replicas - n)
             if state.ready:
                 # The stable side gives up the canary's share, so the canary takes canaryPercent of
                 # the replicas (and of the traffic) while it is observed.
@@ -194,7 +203,7 @@ class KubernetesServing:
                 state = self._stays_ready(self._deployment(canary), n, run_id, serving.rollout.stable_seconds)
             if not state.ready:
                 self._scale_canary_down(finetune, run_id, data_md5, git_commit)
-                self._apply(self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""), "stable"))
+                self._apply(self._previous_manifests(finetune, prev))
                 msg = f"canary of run {run_id} failed ({state.message}); run {prev_id} keeps serving"
                 events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, prev_id, prev_id,
                                                        Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
@@ -209,7 +218,7 @@ class KubernetesServing:
             self._scale_canary_down(finetune, run_id, data_md5, git_commit)
         if not state.ready:
             if prev:
-                self._apply(self.manifests(finetune, prev_id, prev.get("dataMd5", ""), prev.get("gitCommit", ""), "stable"))
+                self._apply(self._previous_manifests(finetune, prev))
                 back = self.wait(stable_dep, serving.replicas, prev_id, timeout)
                 serving_now = prev_id if back.ready else None
             else:
@@ -224,10 +233,10 @@ class KubernetesServing:
         events.append(self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **lineage)))
         return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, tuple(events), message=msg)
 
-    def _scale_canary_down(self, finetune, run_id: str, data_md5: str, git_commit: str) -> None:
+    def _scale_canary_down(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str) -> None:
         self._apply([self._deployment(self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=0))])
 
-    def _previous(self, spec: str) -> dict | None:
+    def _previous(self, spec: str) -> dict[str, Any] | None:
         """The last event that made a run serve (it carries the lineage needed to re-render it)."""
         current = history.serving_run(self.store, spec)
         if current is None:
