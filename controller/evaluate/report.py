@@ -75,13 +75,18 @@ class Report:
         return self.path
 
 
-def record_gate(store: "ArtifactStore", run_uri: str, report: dict, gate: dict) -> None:
+def record_gate(store: "ArtifactStore", run_uri: str, report: dict, gate: dict, serving_run_uri: str | None = None) -> None:
     """Write the gate decision beside the report it was made from (eval/gate.json: the only thing
-    serving trusts), the PR-sized report.md with the gate lines, and both into the run's manifest
-    (the sha256 of every file under eval/, and `evaluation.gate`), through the artifact store."""
+    serving trusts), the PR-sized report.md with the gate lines, the pictures (chart.png: each
+    gated metric against its threshold and the run at `serving_run_uri`; loss.png) and all of
+    them into the run's manifest (the sha256 of every file under eval/, and `evaluation.gate`),
+    through the artifact store."""
+    from controller.evaluate.chart import write_pictures
+
     gate_bytes = (json.dumps(gate, indent=2, sort_keys=True) + "\n").encode("utf-8")
     store.put(store.join(run_uri, "eval/gate.json"), gate_bytes)
     store.put(store.join(run_uri, "eval/report.md"), render_markdown(report, gate).encode("utf-8"))
+    write_pictures(store, run_uri, report, gate, serving_run_uri)
     manifest_uri = store.join(run_uri, "manifest.json")
     manifest = json.loads(store.get(manifest_uri))
     files = {rel: entry for rel, entry in (manifest.get("files") or {}).items() if not rel.startswith("eval/")}

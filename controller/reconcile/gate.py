@@ -24,7 +24,9 @@ def run(ctx: SpecContext, deps: Deps) -> StepResult:
     import json
 
     if current is None or json.loads(current) != gate:
-        record_gate(deps.store, ctx.run_uri, report.data, gate)
+        serving = ctx.serving.run_id if ctx.serving is not None and ctx.serving.run_id != ctx.run_id else None
+        record_gate(deps.store, ctx.run_uri, report.data, gate,  # the chart puts the serving run beside this one
+                    serving_run_uri=deps.store.run_uri(ctx.name, serving) if serving else None)
     record = LedgerRecord("gate.decided", ctx.run_id, {"evalId": ctx.eval_id, **gate}, key=f"{ctx.run_id}:{ctx.eval_id}")
     if decision.passed:
         return Done(f"run {ctx.run_id}: {decision.message()}", records=(record,))

@@ -137,6 +137,13 @@ def test_describe_shows_conditions_in_pipeline_order_the_gate_metric_by_metric_a
     assert f"Serving:      {built.first_run}" in out
     assert "gate.decided" in out.split("Events")[1] and "gate failed: task accuracy (exact_match) 0.4100" in out
     assert "Next:         nothing until the spec or its inputs change (GateFailed)" in out
+    artifacts = dict(line.split(None, 1) if not line.startswith("  loss") else ("loss curve", line.split(None, 2)[2])
+                     for line in out.split("Artifacts:\n")[1].split("Events")[0].strip().splitlines()
+                     if not line.strip().startswith("serving"))
+    run_dir = built.home / "store" / "triage" / built.second_run
+    assert artifacts["report"] == str(run_dir / "eval" / "report.md")
+    assert artifacts["chart"] == str(run_dir / "eval" / "chart.png") and (run_dir / "eval" / "chart.png").is_file()
+    assert artifacts["loss curve"] == str(run_dir / "eval" / "loss.png")
 
     code, out, _ = ftops("describe", "triage", "-o", "json", "--home", built.home)
     details = json.loads(out)

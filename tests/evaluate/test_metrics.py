@@ -7,7 +7,7 @@ from controller.evaluate import metrics as M
 from controller.evaluate.contamination import overlap, train_index
 from controller.evaluate.datasets import read_examples, suite_path
 from controller.evaluate.reference import secret_env_name
-from controller.evaluate.run import regression_item_score
+from controller.evaluate.suites.regression import item_score as regression_item_score
 from controller.tiny import task
 
 
@@ -70,16 +70,3 @@ def test_contamination_finds_planted_copies_and_reports_overlap() -> None:
 def test_secret_env_names_are_stable() -> None:
     assert secret_env_name("openai", "api-key") == "FTOPS_SECRET_OPENAI_API_KEY"
     assert secret_env_name("big-model.prod", "token") == "FTOPS_SECRET_BIG_MODEL_PROD_TOKEN"
-
-
-def test_chart_series_puts_every_model_on_every_metric_it_has() -> None:
-    from controller.evaluate.chart import chart_series
-
-    data = {
-        "compare": {"metric": "exact_match", "models": {"fine-tuned": {"score": 0.9}, "base": {"score": 0.2}, "big": {"score": 0.95}}},
-        "regression": {"base": 0.6, "fineTuned": 0.55},
-        "bias": {"groups": {"a": {"score": 0.9}, "b": {"score": 0.5}}},
-    }
-    metrics, series = chart_series(data)
-    assert metrics == ["task (exact_match, A/B inputs)", "regression suite", "bias: a", "bias: b"]
-    assert series == {"fine-tuned": [0.9, 0.55, 0.9, 0.5], "base": [0.2, 0.6, None, None], "big": [0.95, None, None, None]}
