@@ -1,12 +1,18 @@
-"""Cost estimate for one training run (pure).
+"""Cost estimates for what a merge runs (pure): a training run, an evaluation, a rollout.
 
-tokens x epochs / (throughput x GPUs) -> GPU-hours -> dollars, from the operator's tables
-(controller/defaults/operator.yaml, calibrated to the seed's cost table). Every number that
-went in is returned as an assumption, so a reviewer can see why the estimate is what it is.
+Training: tokens x epochs / (throughput x GPUs) -> GPU-hours -> dollars, from the operator's
+tables (controller/defaults/operator.yaml, calibrated to the seed's cost table). Evaluation:
+the tokens the evaluator generates over (test split, regression suite, comparison samples) at
+forward-only throughput on one GPU. A rollout runs neither. `change_cost` prices what one
+decision of controller.desired runs: a new run costs its training and its evaluation, a changed
+gate or served configuration only the evaluation, a replica change nothing but the rollout.
+Every number that went in is returned as an assumption, so a reviewer can see why the estimate
+is what it is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from controller.catalog import OperatorConfig
 from controller.spec.finetune import FineTune
@@ -36,8 +42,13 @@ def training_precision(spec: FineTune) -> str:
     return "fp32" if s.hardware.gpu_type == "cpu" else "bf16"
 
 
+Phase = Literal["training", "evaluation", "rollout"]
+
+
 @dataclass(frozen=True)
 class CostEstimate:
+    """What one phase (training, evaluation, rollout) is estimated to cost, and why."""
+
     usd: float
     usd_low: float
     usd_high: float
@@ -46,9 +57,11 @@ class CostEstimate:
     training_tokens: float
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    phase: Phase = "training"
 
     def to_dict(self) -> dict:
         return {
+            "phase": self.phase,
             "usd": round(self.usd, 2),
             "usdLow": round(self.usd_low, 2),
             "usdHigh": round(self.usd_high, 2),
@@ -61,9 +74,11 @@ class CostEstimate:
 
 
 def estimate(
-    spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None = None
+    spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None = None,
+    tokens_counted_by: str = "counted",
 ) -> CostEstimate | None:
-    """Estimate one run's cost, or None when the dataset's size is unknown."""
+    """Estimate one training run's cost, or None when the dataset's size is unknown.
+    `tokens_counted_by` says where a given `data_tokens` came from (shown as an assumption)."""
     s = spec.spec
     method = s.method.type
     gpu = s.hardware.gpu_type
@@ -75,7 +90,7 @@ def estimate(
         data_tokens = int(data_bytes / operator.bytes_per_token)
         assumptions.append(f"dataset ≈ {data_tokens:,} tokens ({data_bytes:,} bytes at {operator.bytes_per_token:g} bytes/token)")
     else:
-        assumptions.append(f"dataset = {data_tokens:,} tokens (counted)")
+        assumptions.append(f"dataset = {data_tokens:,} tokens ({tokens_counted_by})")
     train_share = 1 - s.dataset.test_fraction
     training_tokens = data_tokens * train_share * s.training.epochs
     assumptions.append(
@@ -110,11 +125,7 @@ def estimate(
         f"price ${price:.2f}/GPU-hour ({gpu}{', spot' if s.hardware.spot else ''}) × {gpu_hours:,.1f} GPU-hours"
     )
     usd = gpu_hours * price
-    if wall_hours > s.hardware.max_hours:
-        warnings.append(
-            f"estimated {wall_hours:,.1f} h exceeds hardware.maxHours {s.hardware.max_hours:g}: the Job would be stopped "
-            "before it finishes; raise maxHours, add GPUs or reduce epochs"
-        )
+    warnings.extend(max_hours_warnings(wall_hours, s.hardware.max_hours))
     needed = params * (operator.bytes_per_parameter[method]
                        + (FP32_EXTRA_BYTES_PER_PARAMETER[method] if precision == "fp32" else 0.0))
     available = gpu_type.memory_gib * s.hardware.gpus_per_node if method == "full" else gpu_type.memory_gib
@@ -124,3 +135,148 @@ def estimate(
             f"{' per node' if method == 'full' else ' per GPU'}: pick a larger GPU, more GPUs, or qlora"
         )
     return CostEstimate(usd, usd * LOW, usd * HIGH, gpu_hours, wall_hours, training_tokens, assumptions, warnings)
+
+
+def max_hours_warnings(wall_hours: float, max_hours: float) -> list[str]:
+    """hardware.maxHours is the Job's deadline (activeDeadlineSeconds), so it is compared with
+    the training run's wall time: the point estimate, and the top of the range (LOW-HIGH)."""
+    if wall_hours > max_hours:
+        return [f"estimated {wall_hours:,.1f} h of training exceeds hardware.maxHours {max_hours:g}: the Job would be stopped "
+                "before it finishes; raise maxHours, add GPUs or reduce epochs"]
+    if wall_hours * HIGH > max_hours:
+        return [f"estimated {wall_hours:,.1f} h of training fits hardware.maxHours {max_hours:g}, but the top of the range "
+                f"({wall_hours * HIGH:,.1f} h) does not: a slow run would be stopped before it finishes"]
+    return []
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+FORWARD_SPEEDUP = 3.0
+"""Generation runs forward passes only; a training step is a forward and a backward pass (about
+twice the forward's compute), so tokens flow about three times faster than the training table's."""
+EVAL_OVERHEAD_HOURS = 0.1
+"""Loading the fine-tuned and the base model and warming up, per evaluation (6 minutes)."""
+REGRESSION_SUITE_EXAMPLES = 30
+"""controller/defaults/regression.jsonl (the shipped suite); a repo suite is assumed the same size."""
+TOKENS_PER_EXAMPLE_UNKNOWN = 1000
+"""Mean tokens per example when the example count is unknown (the seed's reference workload)."""
+
+
+def evaluation_estimate(spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None = None,
+                        examples: int | None = None, tokens_counted_by: str = "counted") -> CostEstimate | None:
+    """One evaluation of an existing run on its test split, the regression suite and the A/B
+    comparison, on one GPU of the spec's type. None when the dataset's size is unknown."""
+    s = spec.spec
+    gpu = s.hardware.gpu_type
+    assumptions: list[str] = []
+    if data_tokens is None:
+        if data_bytes is None:
+            return None
+        data_tokens = int(data_bytes / operator.bytes_per_token)
+        assumptions.append(f"dataset ≈ {data_tokens:,} tokens ({data_bytes:,} bytes at {operator.bytes_per_token:g} bytes/token)")
+    else:
+        assumptions.append(f"dataset = {data_tokens:,} tokens ({tokens_counted_by})")
+    per_example = data_tokens / examples if examples else TOKENS_PER_EXAMPLE_UNKNOWN
+    if not examples:
+        assumptions.append(f"example count unknown: {TOKENS_PER_EXAMPLE_UNKNOWN:,} tokens per example assumed")
+    test_tokens = data_tokens * s.dataset.test_fraction
+    compare = s.evaluation.compare
+    local_refs = [m.name for m in compare.models if m.path is not None]
+    remote_refs = [m.name for m in compare.models if m.endpoint is not None]
+    # fine-tuned: test split + regression suite + comparison samples; base: regression + comparison;
+    # each local reference model: the comparison samples.
+    regression = REGRESSION_SUITE_EXAMPLES * per_example
+    samples = compare.samples * per_example
+    tokens = test_tokens + 2 * regression + (2 + len(local_refs)) * samples
+    assumptions.append(
+        f"generated over ≈ {tokens:,.0f} tokens: the test split ({s.dataset.test_fraction:.2f} × {data_tokens:,}), the "
+        f"regression suite ({REGRESSION_SUITE_EXAMPLES} examples, fine-tuned and base) and {compare.samples} comparison samples "
+        f"(fine-tuned, base{''.join(', ' + n for n in local_refs)}) at {per_example:,.0f} tokens per example"
+    )
+    if remote_refs:
+        assumptions.append(f"reference endpoints ({', '.join(remote_refs)}) are billed by their provider, not priced here")
+    if s.evaluation.bias is not None:
+        assumptions.append(f"bias set ({s.evaluation.bias.path}) not counted: its size is read when the evaluation runs")
+    params = s.base_model.parameters_billions or DEFAULT_PARAMETERS_B
+    row = "qlora" if s.method.type == "qlora" else "lora"
+    per_gpu_7b = operator.throughput7b.get(row, {}).get(gpu)
+    gpu_type = operator.gpus.get(gpu)
+    if per_gpu_7b is None or gpu_type is None:
+        return CostEstimate(0, 0, 0, 0, 0, tokens, assumptions,
+                            [f"no throughput for {row} on {gpu} in the operator's table: evaluation cost not estimated"], "evaluation")
+    per_gpu = per_gpu_7b * DEFAULT_PARAMETERS_B / params * FORWARD_SPEEDUP
+    wall_hours = tokens / per_gpu / 3600 + EVAL_OVERHEAD_HOURS
+    assumptions.append(
+        f"forward-only throughput {per_gpu:,.1f} tokens/s on one {gpu} ({FORWARD_SPEEDUP:g} × the {row} training rate at "
+        f"{params:g}B), plus {EVAL_OVERHEAD_HOURS:g} h to load the models"
+    )
+    assumptions.append(f"price ${gpu_type.usd_per_hour:.2f}/GPU-hour ({gpu}, on demand) × {wall_hours:,.2f} GPU-hours")
+    usd = wall_hours * gpu_type.usd_per_hour
+    return CostEstimate(usd, usd * LOW, usd * HIGH, wall_hours, wall_hours, tokens, assumptions, [], "evaluation")
+
+
+def rollout_estimate(spec: FineTune) -> CostEstimate:
+    """A rollout (new serving settings or corpus, same run and evaluation) trains and evaluates
+    nothing: its one-off cost is nil. What serving costs per hour is the operator's, not the plan's."""
+    serving = spec.spec.serving
+    replicas = serving.replicas if serving is not None else 0
+    return CostEstimate(0, 0, 0, 0, 0, 0, [
+        f"a rollout starts {replicas} replica(s) of the existing run beside the serving ones until they are ready; "
+        "no training or evaluation runs"], [], "rollout")
+
+
+# ----------------------------------------------------------------------------- a decision's cost
+
+
+@dataclass(frozen=True)
+class ChangeCost:
+    """What a decision of controller.desired runs, phase by phase."""
+
+    phases: tuple[CostEstimate, ...]
+    what: str
+    """Which phases run and why, in a few words ("new run: training + evaluation")."""
+
+    @property
+    def usd(self) -> float:
+        return sum(p.usd for p in self.phases)
+
+    @property
+    def usd_low(self) -> float:
+        return sum(p.usd_low for p in self.phases)
+
+    @property
+    def usd_high(self) -> float:
+        return sum(p.usd_high for p in self.phases)
+
+    @property
+    def training(self) -> CostEstimate | None:
+        return next((p for p in self.phases if p.phase == "training"), None)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for p in self.phases for w in p.warnings]
+
+    def to_dict(self) -> dict:
+        return {"what": self.what, "usd": round(self.usd, 2), "usdLow": round(self.usd_low, 2),
+                "usdHigh": round(self.usd_high, 2), "phases": [p.to_dict() for p in self.phases]}
+
+
+def change_cost(action: str, spec: FineTune, operator: OperatorConfig, data_bytes: int | None,
+                data_tokens: int | None = None, examples: int | None = None,
+                tokens_counted_by: str = "counted") -> ChangeCost | None:
+    """The cost of `action` (a controller.desired.Action value: Train, Evaluate, Deploy, Update,
+    None, Prune) for `spec`. None when a phase that runs cannot be sized (dataset size unknown)."""
+    if action == "Train":
+        train = estimate(spec, operator, data_bytes, data_tokens, tokens_counted_by)
+        evaluation = evaluation_estimate(spec, operator, data_bytes, data_tokens, examples, tokens_counted_by)
+        if train is None or evaluation is None:
+            return None
+        return ChangeCost((train, evaluation), "new run: training, then its evaluation")
+    if action == "Evaluate":
+        evaluation = evaluation_estimate(spec, operator, data_bytes, data_tokens, examples, tokens_counted_by)
+        if evaluation is None:
+            return None
+        return ChangeCost((evaluation,), "same run: evaluation only, no training")
+    if action == "Deploy":
+        return ChangeCost((rollout_estimate(spec),), "same run and evaluation: rollout only")
+    return ChangeCost((), "nothing runs")

@@ -5,6 +5,11 @@ them (the chat template, special tokens and all), so that is what is counted whe
 is on disk. Without it (an hf:// model not in the local cache, an s3:// model, the benchmark) the
 counts are estimates of about four characters a token, and every report says which it is.
 
+`count` is the one token counter: `ftops data check`, `ftops data version` (the count recorded in
+the .dvc meta) and `ftops plan` (the cost estimate) all call it, with the tokenizer
+`tokenizer_for` finds for the spec's base model, so the same file gives the same count wherever
+it is shown. The training-token estimate they print is `training_tokens` of that count.
+
 The tokenizer is loaded with `local_files_only=True` and never with `trust_remote_code`.
 """
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, Sequence
 from controller.data.check import Issue, Record
 
 ESTIMATE = "estimate (characters / 4)"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""A model folder without any of these has no tokenizer to load (transformers is not imported to learn that)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,81 @@ def stats(lengths: Sequence[int], method: str) -> TokenStats:
     p95 = ordered[min(len(ordered) - 1, max(0, math.ceil(0.95 * len(ordered)) - 1))]
     total = sum(ordered)
     return TokenStats(len(ordered), ordered[0], total / len(ordered), p95, ordered[-1], total, method)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens of every record, how they were counted, and the length warnings found on the way."""
+
+    lengths: list[int]
+    method: str
+    issues: list[Issue]
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def estimated(self) -> bool:
+        return self.method == ESTIMATE
+
+    def stats(self) -> "TokenStats":
+        return stats(self.lengths, self.method)
+
+
+def method_name(tokenizer_name: str | None) -> str:
+    return f"tokenizer ({tokenizer_name or 'base model'}) with chat template"
+
+
+def count(records: Sequence[Record], tokenizer=None, tokenizer_name: str | None = None,
+          max_seq_length: int | None = None, progress: bool = False) -> TokenCount:
+    """The one token counter. With a tokenizer: each record rendered with the chat template, plus
+    the exact `too_long` and `assistant_truncated` warnings (`measure`). Without: the estimate
+    each record carries (controller.data.check), and `too_long` warnings that say they are
+    estimated."""
+    if tokenizer is not None:
+        lengths, issues = measure(records, tokenizer, max_seq_length or 10**9, progress=progress)
+        return TokenCount(lengths, method_name(tokenizer_name), issues)
+    lengths = [r.est_tokens for r in records]
+    issues = []
+    if max_seq_length is not None:
+        issues = [Issue(r.line, "too_long", "messages", f"about {r.est_tokens} tokens (estimated), over maxSeqLength "
+                        f"{max_seq_length}; give --base-model for the exact count and truncation", "warning")
+                  for r in records if r.est_tokens > max_seq_length]
+    return TokenCount(lengths, ESTIMATE, issues)
+
+
+def tokenizer_for(base_model_uri: str | None, revision: str | None, repo_root: str | Path | None,
+                  explicit: str | None = None, required: bool = False):
+    """(tokenizer, name, note) for counting a spec's data: an explicit model folder must load;
+    the spec's base model is tried best effort (note says why the counts are estimates instead).
+    A local folder without tokenizer files, or an hf:// model not in the local hub cache, is
+    recognised without importing transformers."""
+    from controller.errors import FtopsError
+
+    if explicit:
+        return load_tokenizer(explicit), explicit, None
+    location = model_location(base_model_uri, repo_root)
+    if not location:
+        return None, None, "no local base model: token counts are estimates"
+    if not _may_have_tokenizer(location, base_model_uri or ""):
+        return None, None, f"no tokenizer files for {base_model_uri} on this machine: token counts are estimates"
+    try:
+        return load_tokenizer(location, revision), location, None
+    except FtopsError as exc:
+        if required:
+            raise
+        return None, None, f"tokenizer not available ({str(exc).split(';')[0]}): token counts are estimates"
+
+
+def _may_have_tokenizer(location: str, uri: str) -> bool:
+    if uri.startswith("hf://"):
+        import os
+
+        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+        return (hub / ("models--" + location.replace("/", "--"))).is_dir()
+    folder = Path(location)
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def training_tokens(total_tokens: int, train_share: float, epochs: float) -> int:
