@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controller.output import MACHINE, add_output_flag, dump
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="Check, prepare, review and version training data.")
@@ -62,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ver.add_argument("--repo", help="Repository root (default: the git top level of the target).")
     ver.add_argument("--remote", help="Configure this remote (local directory, or s3://... with dvc-s3 installed) as the default.")
     ver.add_argument("--no-push", action="store_true", help="Only dvc add (the pointer must not be committed before a push).")
-    ver.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_flag(ver)
     ver.set_defaults(func=cmd_version)
 
     pl = sub.add_parser("pull", help="Pull a dataset as pinned at an exact git revision, verified, into a new file.")
@@ -79,7 +81,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-length", type=int, help="Token limit (default: spec, else 2048).")
     p.add_argument("--epochs", type=float, help="Epochs for the training-token estimate (default: spec, else 3).")
     p.add_argument("--test-fraction", type=float, help="Held-out share for the training-token estimate (default: spec, else 0.15).")
-    p.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_flag(p)
 
 
 def _param_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +93,7 @@ def _param_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--complexity", choices=("simple", "moderate", "complex"), help="Task complexity (default: spec, else simple).")
     p.add_argument("--reviews", help="Reviews file (default: spec.dataset.review.file, else reviews/<spec>.jsonl).")
     p.add_argument("--base-model", help="Local model directory whose tokenizer and chat template count tokens.")
-    p.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_flag(p)
 
 
 # ---------------------------------------------------------------- spec -> parameters
@@ -210,8 +212,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         "maxSeqLength": params.max_seq_length,
         "issues": [i.to_dict() for i in scan.issues],
     }
-    if args.output == "json":
-        print(json.dumps(report, indent=2))
+    if args.output in MACHINE:  # -o json|yaml
+        print(dump(report, args.output))
     else:
         shown: dict[str, int] = {}
         for issue in scan.issues:
@@ -255,8 +257,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     tok, tok_name, note = _tokenizer(args.base_model, params, root, required=False)
     result = prepare(source, workdir, params, tokenizer=tok, tokenizer_name=tok_name, progress=interactive())
     m = result.manifest
-    if args.output == "json":
-        print(json.dumps({"dir": str(result.dir), **m}, indent=2))
+    if args.output in MACHINE:  # -o json|yaml
+        print(dump({"dir": str(result.dir), **m}, args.output))
     else:
         c = m["counts"]
         print(f"{source}: {c['examples']} examples, {c['exactDuplicates']} exact and {c['nearDuplicates']} near duplicate(s) dropped "
@@ -305,8 +307,8 @@ def cmd_review_sample(args: argparse.Namespace) -> int:
     reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
     out = Path(args.out) if args.out else workdir / "review" / params.spec_name / result.manifest["source"]["md5"]
     jpath, cpath, todo = export_sample(kept, params.review_sample_fraction, out, reviews)
-    if args.output == "json":
-        print(json.dumps({"jsonl": str(jpath), "csv": str(cpath), "needVerdict": todo}))
+    if args.output in MACHINE:  # -o json|yaml
+        print(dump({"jsonl": str(jpath), "csv": str(cpath), "needVerdict": todo}, args.output))
     else:
         print(f"review sample ({params.review_sample_fraction:.0%} of {len(kept)} examples): {jpath} and {cpath}")
         print(f"{todo} example(s) still need a verdict. Add one line per verdict to {params.reviews_path}:")
@@ -320,8 +322,8 @@ def cmd_review_status(args: argparse.Namespace) -> int:
     params, root, _, _, kept = _kept_examples(args)
     reviews = load_reviews(_reviews_path(params, root), params.reviews_path)
     status = review_status([h for _, h, _ in kept], reviews, params.review_sample_fraction, params.review_min_approval)
-    if args.output == "json":
-        print(json.dumps({"reviews": params.reviews_path, **status.to_dict()}, indent=2))
+    if args.output in MACHINE:  # -o json|yaml
+        print(dump({"reviews": params.reviews_path, **status.to_dict()}, args.output))
     else:
         print(f"{params.spec_name}: {'ready' if status.ready else 'not ready'} [{status.reason}]: {status.message}")
         lines = {h: line for line, h, _ in kept}
@@ -408,9 +410,9 @@ def cmd_version(args: argparse.Namespace) -> int:
         rel = str(absolute)  # the adapter makes it repo-relative (and refuses paths outside the repo)
     meta = version_meta(root / rel, params, root)
     result = dvc.version(root, rel, remote_url=args.remote, meta=meta, push=not args.no_push)
-    if args.output == "json":
-        print(json.dumps({"path": result.path, "dvcFile": str(result.dvc_file), "md5": result.md5, "size": result.size,
-                          "remote": result.remote, "pushed": result.pushed, "meta": result.meta}, indent=2))
+    if args.output in MACHINE:  # -o json|yaml
+        print(dump({"path": result.path, "dvcFile": str(result.dvc_file), "md5": result.md5, "size": result.size,
+                          "remote": result.remote, "pushed": result.pushed, "meta": result.meta}, args.output))
     else:
         print(f"{result.path}: md5 {result.md5}, {result.size} bytes, {meta['examples']} examples -> {result.dvc_file.name}"
               + (f", pushed to '{result.remote}'" if result.pushed else " (not pushed: do not commit the pointer yet)"))

@@ -1,5 +1,8 @@
 """`ftops eval RUN_DIR --spec SPEC`: evaluate a finished run, write eval/, run the gate.
 
+`-o json|yaml` prints the gate decision (what eval/gate.json holds); the text form lists it
+metric by metric. chart.png and loss.png are drawn beside the report.
+
 Exit 0 when the gate passes, 1 when it fails or the evaluation could not run (the reason is
 printed, and a crashed report plus a failing eval/gate.json are still written, so the run's
 record says why). Heavy imports happen inside the command function only."""
@@ -9,6 +12,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from controller.output import MACHINE, add_output_flag, dump, fmt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", metavar="PATH", help="Train split, for the contamination report.")
     p.add_argument("--run-config", metavar="RUN_JSON", help="Take --test/--train from this run.json (data.test, data.train).")
     p.add_argument("--repo-root", metavar="DIR", help="Root for the spec's repo paths (bias set, suites, local models); default: current directory.")
-    p.add_argument("--output", metavar="DIR", help="Where to write the report (default: RUN_DIR/eval).")
+    p.add_argument("--out", metavar="DIR", help="Where to write the report (default: RUN_DIR/eval).")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="Where to run the models.")
     p.add_argument("--batch-size", type=int, default=16, help="Prompts per generation batch (default 16).")
     p.add_argument("--max-new-tokens", type=int, default=None, help="Cap on generated tokens (default: from the reference answers).")
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a shared CPU).")
     p.add_argument("--gate-only", action="store_true", help="Do not evaluate: apply the gate to the existing report.")
-    p.add_argument("--json", action="store_true", help="Print the gate decision as JSON.")
+    add_output_flag(p)  # -o json|yaml: the gate decision (what eval/gate.json holds)
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     p.set_defaults(func=_eval)
 
@@ -63,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     manifest = read_manifest(run_dir)  # a run that is not finished is refused before anything is written
     run_id = manifest["runId"]
-    out_dir = Path(args.output) if args.output else run_dir / "eval"
+    out_dir = Path(args.out) if args.out else run_dir / "eval"
 
     if args.gate_only:
         try:
@@ -81,9 +86,29 @@ def _eval(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "gate.json").write_text(json.dumps(gate, indent=2, sort_keys=True) + "\n")
         (out_dir / "report.md").write_text(render_markdown(report.to_dict(), gate))
+        _pictures(run_dir, out_dir, report.to_dict(), gate)
         record_in_manifest(run_dir, out_dir / "report.json", gate=gate)
-    print(json.dumps(gate, indent=2, sort_keys=True) if args.json else decision.format())
+    format_ = fmt(args)
+    if format_ in MACHINE:
+        print(dump(gate, format_))
+    elif format_ == "name":
+        print(f"run/{run_id}")
+    else:
+        print(decision.format())
     return 0 if decision.passed else 1
+
+
+def _pictures(run_dir: Path, out_dir: Path, report: dict, gate: dict) -> None:
+    """chart.png with the gate's thresholds (no serving run here: this command serves nothing)
+    and loss.png from the run's metrics.jsonl, beside the report."""
+    if report.get("status") != "completed":
+        return
+    from controller.evaluate.chart import loss_points, render_loss, write_chart
+
+    write_chart(report, out_dir / "chart.png", gate)
+    metrics = run_dir / "metrics.jsonl"
+    points = loss_points(metrics.read_bytes()) if metrics.is_file() else []
+    (out_dir / "loss.png").write_bytes(render_loss(points, str(report.get("runId")), spec=report.get("specName")))
 
 
 def _evaluate(args, run_dir: Path, spec, out_dir: Path, run_id: str, manifest: dict):

@@ -10,14 +10,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from controller import exitcodes
+from controller.output import MACHINE, add_output_flag, dump, fmt
+from controller.settings import uses
 
-DEFAULT_STORE = os.environ.get("FTOPS_STORE", "artifacts")
+
+def _store(args: argparse.Namespace) -> str:
+    """The artifact store: --store, $FTOPS_STORE, else the controller home's (`<home>/store`)."""
+    from controller.home import Home
+
+    return args.store or os.environ.get("FTOPS_STORE") or str(Home(Path(args.home)).store)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,12 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deploy = subparsers.add_parser(
         "deploy", help="Promote a run to serving (local backend) once its gate passed.",
         description="Start the run's server beside the serving one; switch when it is ready, otherwise keep the old "
-                    "one and report the automatic rollback. Prints the transition events as JSON.")
+                    "one and report the automatic rollback. Prints the outcome; -o json prints the transition events.")
     deploy.add_argument("spec", help="The FineTune spec file.")
     deploy.add_argument("--run", required=True, help="Run directory in the store.")
-    deploy.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
+    deploy.add_argument("--store", help="Artifact store (default $FTOPS_STORE, else <home>/store).")
     deploy.add_argument("--corpus", help="Corpus folder (default: spec.serving.corpus, relative to the repository).")
     deploy.add_argument("--timeout", type=float, default=300, help="Seconds the new version has to become ready.")
+    add_output_flag(deploy)
+    uses(deploy, "home")
     deploy.set_defaults(func=_deploy)
 
     rollback = subparsers.add_parser(
@@ -53,12 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Back to the run that served before the current one, or to --to RUN (a prefix is enough).")
     rollback.add_argument("spec", help="Spec name or spec file.")
     rollback.add_argument("--to", help="Run id to return to (must have served before and passed its gate).")
-    rollback.add_argument("--store", default=DEFAULT_STORE, help="Artifact store (default $FTOPS_STORE or ./artifacts).")
+    rollback.add_argument("--store", help="Artifact store (default $FTOPS_STORE, else <home>/store).")
     rollback.add_argument("--timeout", type=float, default=300, help="Seconds the version has to become ready.")
-    rollback.add_argument("--backend", choices=("local", "kubernetes"), default="local",
-                          help="Where the spec is served (default local).")
-    rollback.add_argument("--kubeconfig", help="kubeconfig for --backend kubernetes (default: in-cluster, then ~/.kube/config).")
-    rollback.add_argument("--operator-config", help="Operator config for --backend kubernetes (default $FTOPS_OPERATOR_CONFIG).")
+    add_output_flag(rollback)
+    uses(rollback, "home", "backend", "kubeconfig", "operator_config")  # --backend kubernetes: the spec's Deployment
     rollback.set_defaults(func=_rollback)
 
 
@@ -130,8 +136,8 @@ def _deploy(args: argparse.Namespace) -> int:
     from controller.serve.deploy import LocalServing
 
     config = config_from_spec(args.spec, args.run, args.corpus)
-    result = LocalServing(args.store, ready_timeout=args.timeout).deploy(config)
-    print(json.dumps(result.to_dict(), indent=2))
+    result = LocalServing(_store(args), ready_timeout=args.timeout).deploy(config)
+    _print_result(args, result)
     return exitcodes.OK if result.outcome in ("promoted", "unchanged") else exitcodes.FAILURE
 
 
@@ -144,10 +150,23 @@ def _rollback(args: argparse.Namespace) -> int:
     else:
         if name.endswith((".yaml", ".yml")) and Path(name).is_file():
             name = _load_spec(name)[0].name
-        result = LocalServing(args.store, ready_timeout=args.timeout).rollback(name, args.to)
-    print(json.dumps(result.to_dict(), indent=2))
+        result = LocalServing(_store(args), ready_timeout=args.timeout).rollback(name, args.to)
+    _print_result(args, result)
     ok = result.serving_run_id and result.outcome in ("rolled_back", "unchanged")
     return exitcodes.OK if ok else exitcodes.FAILURE
+
+
+def _print_result(args: argparse.Namespace, result) -> None:
+    """What a deploy or rollback did: one line for people, the result and its events with -o json|yaml."""
+    format_ = fmt(args)
+    if format_ in MACHINE:
+        print(dump(result.to_dict(), format_))
+    elif format_ == "name":
+        print(f"run/{result.serving_run_id}" if result.serving_run_id else "")
+    else:
+        where = f" at {result.url}" if result.url else ""
+        print(f"{result.outcome}: {'run ' + result.serving_run_id if result.serving_run_id else 'nothing'} serves"
+              f"{where}{': ' + result.message if result.message else ''}")
 
 
 def _rollback_kubernetes(args: argparse.Namespace):
@@ -162,4 +181,4 @@ def _rollback_kubernetes(args: argparse.Namespace):
         name = _load_spec(name)[0].name
     operator = load_operator_config(args.operator_config)
     kube = KubernetesBackend(kubeconfig=args.kubeconfig, operator=operator)
-    return KubernetesServing(kube, operator, args.store, ready_timeout=args.timeout).rollback(name, args.to)
+    return KubernetesServing(kube, operator, _store(args), ready_timeout=args.timeout).rollback(name, args.to)

@@ -223,7 +223,7 @@ def test_cli_refuses_an_unfinished_run_and_records_a_crashed_eval(well_run, tmp_
 
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "-m", "controller.cli", "eval", str(well_run.run_dir), "--spec", str(spec_file),
-                           "--test", str(well_run.test), "--repo-root", str(tmp_path), "--output", str(out)],
+                           "--test", str(well_run.test), "--repo-root", str(tmp_path), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "evaluation.bias.path: 'bias/missing.jsonl' not found" in proc.stderr
@@ -267,7 +267,7 @@ def test_gate_only_refuses_a_report_of_another_run(well_run, tmp_path: Path) -> 
         "runId": "99999999ffff", "status": "completed",
         "metrics": {"task.exact_match": 1.0, "regression.drop": 0.0, "compare.fine-tuned.score": 1.0, "compare.base.score": 0.0}}))
     spec_file = write_spec(tmp_path / "specs", "    task: {metric: exact_match, min: 0.5}")
-    proc = subprocess.run([sys.executable, "-m", "controller.cli", "eval", str(run_dir), "--spec", str(spec_file), "--gate-only", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "controller.cli", "eval", str(run_dir), "--spec", str(spec_file), "--gate-only", "-o", "json"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     decision = json.loads(proc.stdout)

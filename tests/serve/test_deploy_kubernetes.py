@@ -131,7 +131,7 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(spec_text(replicas=4, rollout="{strategy: canary, canaryPercent: 25, stableSeconds: 1}"))
     kubeconfig = serving.store.parent / "kubeconfig"
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", str(spec_file), "--to", RUN_A[:6],
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "-o", "json", "rollback", str(spec_file), "--to", RUN_A[:6],
                           "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--store", str(serving.store),
                           "--timeout", "30"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr

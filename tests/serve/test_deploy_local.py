@@ -105,7 +105,7 @@ def test_rollout_failing_readiness_keeps_the_old_version_then_rollback_to(env, s
     assert again.run_id == RUN_B and again.healthy
 
     # `ftops rollback SPEC --to A` from the command line.
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", SPEC_NAME, "--to", RUN_A[:8],
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "-o", "json", "rollback", SPEC_NAME, "--to", RUN_A[:8],
                           "--store", str(serving.store)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
