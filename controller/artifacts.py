@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping, cast
 
 from controller.errors import PermanentError, TemporaryError
-from controller.seams.store import MANIFEST, ManifestError, RunManifest
+from controller.seams.store import MANIFEST, ArtifactStore, ManifestError, RunManifest
 
 STORE_ENV = "FTOPS_STORE"
 """The artifact store's URI in a pod (rendered from the operator config's cluster.artifactStore)."""
@@ -217,7 +217,7 @@ def _walk_files(src: Path) -> Iterator[tuple[str, Path]]:
             yield rel, path
 
 
-def publish(store: FsspecStore, files: Mapping[str, Path]) -> str:
+def publish(store: ArtifactStore, files: Mapping[str, Path]) -> str:
     """Upload `files` (relative path -> local file) as a content-addressed bundle and return
     its URI. The manifest goes last, so a bundle whose manifest exists is complete; one already
     published is not uploaded again."""
@@ -232,12 +232,12 @@ def publish(store: FsspecStore, files: Mapping[str, Path]) -> str:
     return uri
 
 
-def publish_dir(store: FsspecStore, src: Path) -> str:
+def publish_dir(store: ArtifactStore, src: Path) -> str:
     """A directory (without .git) as a bundle: see `publish`."""
     return publish(store, dict(_walk_files(src)))
 
 
-def upload_dir(store: FsspecStore, src: Path, uri: str) -> RunManifest:
+def upload_dir(store: ArtifactStore, src: Path, uri: str) -> RunManifest:
     """Upload a finished run directory to `uri`, manifest.json last: a run whose manifest is in
     the store is finished, so no reader ever sees a manifest before the files it lists. Every
     file the manifest lists must be there with its sha256 (checked before anything is uploaded)."""
@@ -252,7 +252,7 @@ def upload_dir(store: FsspecStore, src: Path, uri: str) -> RunManifest:
     return manifest
 
 
-def fetch_bundle(store: FsspecStore, uri: str, dest: Path) -> Path:
+def fetch_bundle(store: ArtifactStore, uri: str, dest: Path) -> Path:
     """A published bundle (or a run) into `dest`, every file verified against its manifest."""
     manifest = store.manifest(uri)
     if manifest is None:

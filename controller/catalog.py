@@ -51,6 +51,30 @@ class SecretEnv(_Model):
     key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
 
 
+class ArtifactStoreConfig(_Model):
+    """Where runs, evaluation reports and the pods' inputs live in a cluster: one bucket prefix.
+
+    Credentials never appear here: `credentials` names Secrets (in each tenant namespace) whose
+    keys become the pods' environment (AWS_ACCESS_KEY_ID, ...); the controller gets the same
+    variables from the chart's `artifactStore.existingSecret`."""
+
+    uri: str = Field(default="s3://ftops-artifacts", description="s3://bucket/prefix (or gs://, az://).")
+    endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, Ceph); empty: the provider's.")
+    region: str = Field(default="", description="Bucket region (AWS_REGION); empty: the SDK's default.")
+    credentials: tuple[SecretEnv, ...] = Field(default=(), description="Env vars for the store, from Secrets.")
+
+
+class ModelCacheConfig(_Model):
+    """Base models materialised once per cache (a PVC per tenant namespace), keyed by uri@revision,
+    verified by sha256, mounted read-only by training, evaluation and serving pods."""
+
+    claim: str = Field(default="ftops-model-cache", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    storage: str = "200Gi"
+    storage_class: str = ""
+    access_modes: tuple[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"], ...] = ("ReadWriteMany",)
+    hf_token: SecretEnv | None = Field(default=None, description="HF_TOKEN for gated hub models, from a Secret.")
+
+
 class ClusterDefaults(_Model):
     image: str
     priority_class_name: str = ""
@@ -61,7 +85,8 @@ class ClusterDefaults(_Model):
     checkpoint_storage: str = "50Gi"
     ttl_seconds_after_finished: int = 86400
     backoff_limit: int = 3
-    training_flavor: Literal["job", "pytorchjob", "jobset"] = "job"
+    training_flavor: Literal["job", "jobset", "trainjob"] = "job"
+    training_runtime: str = Field(default="ftops-torch", description="ClusterTrainingRuntime a TrainJob refers to.")
     # Added for the Kubernetes backend (templates/); every field keeps a working default.
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account_name: str = ""
@@ -71,9 +96,10 @@ class ClusterDefaults(_Model):
     cpu_only_cpu: str = "4"
     cpu_only_memory: str = "16Gi"
     shm_size: str = "16Gi"
-    artifacts_claim: str = Field(default="ftops-artifacts", description="PVC (in each tenant namespace) holding run artifacts.")
-    git_repo: str = Field(default="", description="Git URL the data-pull init container clones; empty: the image's default.")
-    data_credentials: tuple[SecretEnv, ...] = Field(default=(), description="Env vars for DVC/git remotes, from Secrets.")
+    artifact_store: ArtifactStoreConfig = Field(default_factory=ArtifactStoreConfig)
+    model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    ephemeral_storage: str = Field(default="20Gi", description="Scratch per pod (inputs, outputs before upload).")
+    eval_gpus: int = Field(default=1, ge=0, le=16, description="GPUs of an evaluation Job (0 for gpuType cpu).")
     serving_port: int = Field(default=8000, ge=1, le=65535)
     serving_cpu: str = "2"
     serving_memory: str = "8Gi"

@@ -1,5 +1,14 @@
 """The kubernetes backend: applies a run's rendered manifests with the official client and
-watches the workload (Job, or a PyTorchJob / JobSet) until it finishes.
+watches the workload (a Job, a JobSet or a Kubeflow Trainer v2 TrainJob) until it finishes.
+
+Inputs: before the workload, `submit` publishes the run's prepared split (and a base model kept
+in the repository) to the artifact store as content-addressed bundles, and applies the
+namespace's model cache claim; the pods fetch both, verified (controller.podinputs).
+
+Failure semantics: while the workload lives, `submit` creates nothing (a preempted run waits
+for the Job controller to recreate its pods and resumes from its checkpoint). A workload that
+FAILED for a retriable reason is deleted and created again; its checkpoint claim is not owned by
+it, so the new attempt resumes where the last one stopped. A config error is never retried.
 
 How it stays correct under crashes, restarts and other writers:
 
@@ -35,10 +44,11 @@ from controller import labels as L
 from controller.backends.logs import tail_lines
 from controller.errors import PermanentError, TemporaryError
 from controller.seams import Phase, Run, RunNotFound, RunReason, RunState
-from controller.render import CONFIG_ERROR_EXIT_CODES, run_label
+from controller.render import CONFIG_ERROR_EXIT_CODES, ModelSource, run_label
 
 if TYPE_CHECKING:
     from controller.catalog import OperatorConfig
+    from controller.seams import ArtifactStore, DeployRequest
 
 FIELD_MANAGER = "ftops-controller"
 RUN_LABEL = L.RUN_ID
@@ -53,14 +63,25 @@ PLURALS = {
     ("v1", "Secret"): "secrets",
     ("apps/v1", "Deployment"): "deployments",
     ("batch/v1", "Job"): "jobs",
-    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjobs",
     # the cluster plumbing (kubernetes_lease.py, kubernetes_crd.py)
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("v1", "Event"): "events",
     ("ftops.dev/v1alpha1", "FineTune"): "finetunes",
 }
-WORKLOADS = (("batch/v1", "Job"), ("kubeflow.org/v1", "PyTorchJob"), ("jobset.x-k8s.io/v1alpha2", "JobSet"))
+JOB = ("batch/v1", "Job")
+JOBSET = ("jobset.x-k8s.io/v1alpha2", "JobSet")
+TRAINJOB = ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+WORKLOADS = (JOB, JOBSET, TRAINJOB)
+TRAINING_SELECTOR = f"{L.COMPONENT}=training"
+"""Training workloads only: an evaluation Job of the same run carries the run's label too."""
+
+
+def workloads_for(flavor: str) -> tuple[tuple[str, str], ...]:
+    """The kinds a flavour creates, and so the only kinds listed and watched: a cluster whose
+    RBAC (or CRDs) do not cover the others is not asked about them (no 403 loop)."""
+    return {"job": (JOB,), "jobset": (JOB, JOBSET), "trainjob": (TRAINJOB,)}[flavor]
 
 
 class ApiError(Exception):
@@ -197,22 +218,27 @@ def jobset_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
     return RunState(run_id, Phase.PENDING, "Created", "")
 
 
-def pytorchjob_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
+def trainjob_state(obj: dict, pods: Sequence[dict] = ()) -> RunState:
+    """A Trainer v2 TrainJob: Complete / Failed conditions (its JobSet's), Suspended while queued."""
     meta = obj.get("metadata") or {}
     run_id = (meta.get("annotations") or {}).get(RUN_LABEL, "")
     conds = _true_conditions(obj)
-    for kind, phase in (("Succeeded", Phase.SUCCEEDED), ("Failed", Phase.FAILED)):
-        if kind in conds:
-            return RunState(run_id, phase, conds[kind].get("reason") or kind, conds[kind].get("message", ""))
-    if "Running" in conds:
-        return RunState(run_id, Phase.RUNNING, "Running", conds["Running"].get("message", ""))
-    if "Restarting" in conds or _disrupted(pods):
-        return RunState(run_id, Phase.PREEMPTED, "Restarting", (conds.get("Restarting") or {}).get("message", ""))
+    if "Complete" in conds:
+        return RunState(run_id, Phase.SUCCEEDED, "Complete", conds["Complete"].get("message", ""), 0)
+    if "Failed" in conds:
+        c = conds["Failed"]
+        return RunState(run_id, Phase.FAILED, c.get("reason") or "Failed", c.get("message", ""))
+    if "Suspended" in conds or (obj.get("spec") or {}).get("suspend"):
+        return RunState(run_id, Phase.PENDING, "Queued", (conds.get("Suspended") or {}).get("message", ""))
+    if _ready_pods(pods):
+        return RunState(run_id, Phase.RUNNING, "Running", "")
+    if _disrupted(pods):
+        return RunState(run_id, Phase.PREEMPTED, "DisruptionTarget", "a pod of the run was disrupted")
     return RunState(run_id, Phase.PENDING, "Created", "")
 
 
 STATE_MAPPERS: dict[str, Callable[[dict, Sequence[dict]], RunState]] = {
-    "Job": job_state, "JobSet": jobset_state, "PyTorchJob": pytorchjob_state,
+    "Job": job_state, "JobSet": jobset_state, "TrainJob": trainjob_state,
 }
 
 
@@ -238,10 +264,15 @@ class KubernetesBackend:
 
     def __init__(self, api_client: Any = None, *, kubeconfig: str | None = None, context: str | None = None,
                  namespaces: Sequence[str] | None = None, field_manager: str = FIELD_MANAGER,
-                 request_timeout: float = 30, workloads: Sequence[tuple[str, str]] = WORKLOADS,
-                 fence: Callable[[], None] | None = None, operator: "OperatorConfig | None" = None) -> None:
+                 request_timeout: float = 30, workloads: Sequence[tuple[str, str]] | None = None,
+                 fence: Callable[[], None] | None = None, operator: "OperatorConfig | None" = None,
+                 store: "ArtifactStore | None" = None) -> None:
         self.api = api_client if api_client is not None else load_api_client(kubeconfig, context)
         self.operator = operator
+        self.store = store
+        """Where the pods' inputs are published (None: the manifests name them, nothing is published)."""
+        if workloads is None:
+            workloads = workloads_for(operator.cluster.training_flavor) if operator is not None else WORKLOADS
         """The operator config a run's workload is rendered with (GPU catalog, tenancy, images)."""
         self.fence = fence
         """Called before every write (any method but GET); raising refuses the write. With leader
@@ -327,20 +358,74 @@ class KubernetesBackend:
                 f"{manifest['kind']}/{meta['name']} in {meta.get('namespace')} exists and belongs to run "
                 f"'{theirs}', not '{ours}' ({err.reason}): ftops will not overwrite it") from None
 
-    def manifests(self, run: Run) -> builtins.list[dict]:
-        """The run's workload and what it needs (ConfigMap, PVC, Service), rendered from its spec."""
+    def manifests(self, run: Run, inputs: "tuple[str | None, ModelSource | None]" = (None, None)) -> builtins.list[dict]:
+        """The run's workload and what it needs (ConfigMap, PVC, Service), rendered from its spec;
+        `inputs` is (published split URI, base model source) when they were published."""
         from controller.catalog import load_operator_config
         from controller.render import RenderInput, render
 
         operator = self.operator or load_operator_config(None)
         return render(RenderInput(finetune=run.finetune, run_id=run.run_id, data_md5=run.lineage.data_md5,
-                                  git_commit=run.lineage.git_commit, operator=operator, run_config=run.config))
+                                  git_commit=run.lineage.git_commit, operator=operator, run_config=run.config,
+                                  data_uri=inputs[0], model=inputs[1]))
+
+    def publish_inputs(self, run: Run) -> "tuple[str | None, ModelSource | None]":
+        """The run's split (and a base model from the repository) as bundles in the store."""
+        if self.store is None:
+            return None, None
+        from pathlib import Path
+
+        from controller.artifacts import publish, publish_dir
+        from controller.render import ModelSource
+
+        data = publish(self.store, {"train.jsonl": Path(run.config.data.train), "test.jsonl": Path(run.config.data.test)})
+        bm = run.finetune.spec.base_model
+        model = ModelSource(publish_dir(self.store, Path(run.config.base_model.uri))) if bm.kind == "path" else \
+            ModelSource(bm.uri, bm.revision)
+        return data, model
+
+    def publish_serving_inputs(self, request: "DeployRequest") -> "tuple[str | None, ModelSource | None]":
+        """For a serving rollout: the corpus version the gate passed and the base model (a
+        repository path is published like training's), and the namespace's model cache claim."""
+        from pathlib import Path
+
+        from controller.catalog import load_operator_config
+        from controller.render import ModelSource, owner_namespace
+
+        operator = self.operator or load_operator_config(None)
+        self.ensure_model_cache(owner_namespace(request.finetune, operator))
+        if self.store is None:
+            return None, None
+        from controller.artifacts import publish_dir
+
+        corpus = publish_dir(self.store, Path(request.corpus_dir)) if request.corpus_dir else None
+        bm = request.finetune.spec.base_model
+        if bm.kind == "path" and Path(request.base_model).is_dir():
+            return corpus, ModelSource(publish_dir(self.store, Path(request.base_model)))
+        return corpus, ModelSource(bm.uri, bm.revision)
+
+    def ensure_model_cache(self, namespace: str) -> None:
+        """The namespace's model cache claim (shared by every run there; owned by none)."""
+        from controller.catalog import load_operator_config
+        from controller.render import model_cache_claim
+
+        self.apply(model_cache_claim(namespace, self.operator or load_operator_config(None)))
 
     def submit(self, run: Run) -> RunState:
-        manifests = self.manifests(run)
+        """Start the run unless its workload lives: a running, pending or preempted one is left to
+        its controller (nothing new is created); a failed one (not a config error) is deleted and
+        created again, resuming from its checkpoint claim."""
+        existing = self.find(run.run_id)
+        if existing is not None:
+            state = self._state_of(existing)
+            if not (state.phase is Phase.FAILED and state.reason != RunReason.CONFIG_ERROR):
+                self.states[run.run_id] = state
+                return state
+            self._delete(existing, run.run_id)
+        manifests = self.manifests(run, self.publish_inputs(run))
         workloads = [m for m in manifests if (m.get("apiVersion"), m.get("kind")) in WORKLOADS]
         if len(workloads) != 1:
-            raise PermanentError(f"run {run.run_id}: expected exactly one Job/PyTorchJob/JobSet among the manifests, "
+            raise PermanentError(f"run {run.run_id}: expected exactly one Job/JobSet/TrainJob among the manifests, "
                                  f"got {len(workloads)}")
         label = run_label(run.run_id)
         for m in manifests:
@@ -348,15 +433,18 @@ class KubernetesBackend:
                 raise PermanentError(f"{m.get('kind')}/{m['metadata'].get('name')} is not labelled with run {run.run_id}")
         workload = workloads[0]
         others = [m for m in manifests if m is not workload]
-        # The workload first: its uid makes it the owner of the run's ConfigMap, PVC and
-        # Service, so deleting it (cancel, ttlSecondsAfterFinished) garbage-collects them. Its
-        # pods wait for the ConfigMap and PVC that follow (the kubelet retries the mounts).
+        self.ensure_model_cache(workload["metadata"]["namespace"])
+        # The workload first: its uid makes it the owner of the run's ConfigMap and Service, so
+        # deleting it (cancel, ttlSecondsAfterFinished) garbage-collects them. The checkpoint
+        # claim is not owned: it outlives a failed attempt (a retry resumes) and goes with cancel.
+        # Its pods wait for the ConfigMap and PVC that follow (the kubelet retries the mounts).
         applied = self.apply(workload)
         owner = {"apiVersion": workload["apiVersion"], "kind": workload["kind"], "name": applied["metadata"]["name"],
                  "uid": applied["metadata"]["uid"], "blockOwnerDeletion": False, "controller": False}
         for m in others:
             owned = json.loads(json.dumps(m))
-            owned["metadata"]["ownerReferences"] = [owner]
+            if owned["kind"] != "PersistentVolumeClaim":
+                owned["metadata"]["ownerReferences"] = [owner]
             self.apply(owned)
         state = self._state_of(applied)
         self.states[run.run_id] = state
@@ -385,8 +473,8 @@ class KubernetesBackend:
         return self._served.get((api_version, kind), True)
 
     def find(self, run_id: str) -> dict | None:
-        """The run's workload object, looked up by its run-id label."""
-        selector = f"{RUN_LABEL}={run_label(run_id)}"
+        """The run's training workload, looked up by its run-id label."""
+        selector = f"{RUN_LABEL}={run_label(run_id)},{TRAINING_SELECTOR}"
         for api_version, kind in self.workloads:
             if not self._served_kind(api_version, kind):
                 continue
@@ -397,6 +485,11 @@ class KubernetesBackend:
                     if err.code == 404:  # the CRD is not installed in this cluster
                         self._served[(api_version, kind)] = False
                         break
+                    if err.code == 403:
+                        raise PermanentError(
+                            f"listing {kind}s: {err.message}; the operator selected trainingFlavor "
+                            f"'{self._flavor()}': give the controller's ServiceAccount access to {kind}s "
+                            "(the chart's RBAC does for the flavour it installs)") from None
                     raise TemporaryError(f"listing {kind}s: {err}") from None
                 for item in items:
                     annotated = (item["metadata"].get("annotations") or {}).get(RUN_LABEL, run_id)
@@ -409,33 +502,49 @@ class KubernetesBackend:
     def status(self, run_id: str) -> RunState:
         workload = self.find(run_id)
         if workload is None:
-            raise RunNotFound(f"run {run_id}: no Job, PyTorchJob or JobSet carries its label")
+            raise RunNotFound(f"run {run_id}: no {' or '.join(k for _, k in self.workloads)} carries its label")
         state = self._state_of(workload)
         self.states[run_id] = state
         return state
 
-    def cancel(self, run_id: str) -> RunState:
-        """Delete the workload (its pods, ConfigMap, PVC and Service go with it). Preconditions
+    def _flavor(self) -> str:
+        return self.operator.cluster.training_flavor if self.operator is not None else "job"
+
+    def _delete(self, workload: dict, run_id: str) -> None:
+        """Delete one workload object (its pods, ConfigMap and Service go with it). Preconditions
         pin the object we read; a 409 means it changed meanwhile, so re-read and try again."""
         for _ in range(5):
-            workload = self.find(run_id)
-            if workload is None:
-                break
             meta = workload["metadata"]
             path = resource_path(workload["apiVersion"], workload["kind"], meta.get("namespace"), meta["name"])
             options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
                        "preconditions": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}}
             try:
                 self._request("DELETE", path, body=options)
-                break
+                return
             except ApiError as err:
-                if err.code == 409:
-                    continue  # changed since we read it: re-read
                 if err.code == 404:
-                    break
-                raise TemporaryError(f"cancelling run {run_id}: {err}") from None
-        else:
-            raise TemporaryError(f"cancelling run {run_id}: the workload kept changing; will retry")
+                    return
+                if err.code != 409:
+                    raise TemporaryError(f"deleting {workload['kind']} of run {run_id}: {err}") from None
+            again = self.find(run_id)  # changed since we read it: re-read
+            if again is None:
+                return
+            workload = again
+        raise TemporaryError(f"deleting run {run_id}: the workload kept changing; will retry")
+
+    def cancel(self, run_id: str) -> RunState:
+        """Delete the workload and the run's checkpoint claim."""
+        workload = self.find(run_id)
+        if workload is not None:
+            self._delete(workload, run_id)
+            namespace = workload["metadata"].get("namespace")
+            claims = self.list("v1", "PersistentVolumeClaim", namespace, f"{RUN_LABEL}={run_label(run_id)}")["items"]
+            for claim in claims:
+                try:
+                    self._request("DELETE", resource_path("v1", "PersistentVolumeClaim", namespace, claim["metadata"]["name"]))
+                except ApiError as err:
+                    if err.code != 404:
+                        raise TemporaryError(f"deleting the checkpoints of run {run_id}: {err}") from None
         state = RunState(run_id, Phase.FAILED, RunReason.CANCELLED, "cancelled by ftops")
         self.states[run_id] = state
         return state
@@ -455,7 +564,7 @@ class KubernetesBackend:
     # -- watch
 
     def _relist(self, w: _Watched, namespace: str | None) -> builtins.list[RunState]:
-        listed = self.list(w.api_version, w.kind, namespace, MANAGED_SELECTOR)
+        listed = self.list(w.api_version, w.kind, namespace, f"{MANAGED_SELECTOR},{TRAINING_SELECTOR}")
         w.rv = listed["metadata"]["resourceVersion"]
         changes = []
         for item in listed["items"]:
@@ -515,7 +624,8 @@ class KubernetesBackend:
     def _watch_once(self, w: _Watched, namespace: str | None, timeout_seconds: int, changes: builtins.list[RunState]) -> bool:
         """Stream events into `changes`. True when the server answered 410 Gone."""
         path = resource_path(w.api_version, w.kind, namespace)
-        resp = self._request("GET", path, {"watch": "1", "resourceVersion": w.rv, "labelSelector": MANAGED_SELECTOR,
+        resp = self._request("GET", path, {"watch": "1", "resourceVersion": w.rv,
+                                           "labelSelector": f"{MANAGED_SELECTOR},{TRAINING_SELECTOR}",
                                            "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"},
                              timeout=timeout_seconds + 10, stream=True)
         for event in watch_events(resp):

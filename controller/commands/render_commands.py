@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--operator-config", help="operator config overriding the shipped defaults")
     p.add_argument("--data-md5", help="dataset md5 (default: from the dataset's .dvc pointer)")
     p.add_argument("--commit", help="git commit recorded in lineage labels (default: HEAD of the spec's repo)")
-    p.add_argument("--flavor", choices=("job", "pytorchjob", "jobset"), help="override the operator's trainingFlavor")
+    p.add_argument("--flavor", choices=("job", "jobset", "trainjob"), help="override the operator's trainingFlavor")
     p.add_argument("--namespace", help="target namespace; refused unless it is the spec owner's")
     p.add_argument("--serving", action="store_true", help="also print the serving Deployment, Service and ConfigMap")
     p.set_defaults(func=cmd_render)
@@ -84,7 +84,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     manifests = render(inp)
     if args.serving:
         manifests += render_serving(ServingInput(
-            finetune=finetune, run_id=inp.run_id, adapter_uri=f"{finetune.name}/{inp.run_id}/model",
+            finetune=finetune, run_id=inp.run_id,
             data_md5=md5, git_commit=commit, operator=operator, namespace=args.namespace,
         ))
     sys.stdout.write(to_yaml(manifests))

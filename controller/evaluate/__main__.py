@@ -36,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     except FtopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
-    run_dir = Path(config.run_uri)
+    remote = "://" in config.run_uri
+    try:
+        run_dir = fetch_run(config.run_uri, config.run_id) if remote else Path(config.run_uri)
+    except PermanentError as exc:  # a file that does not match the run's manifest: never evaluated
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    except FtopsError as exc:
+        print(f"error (temporary): {exc}", file=sys.stderr)
+        return exitcodes.TEMPORARY
     try:
         report = evaluate(config, run_dir)
     except PermanentError as exc:
@@ -52,8 +60,39 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json_atomic(run_dir / MARKER, {"evalId": config.eval_id, "reportSha256": report.sha256,
                                          "status": report.data.get("status")})
+    if remote:
+        try:
+            put_report(run_dir, config.run_uri)
+        except FtopsError as exc:
+            print(f"error (temporary): {exc}", file=sys.stderr)
+            return exitcodes.TEMPORARY
     print(json.dumps({"event": "evaluated", "evalId": config.eval_id, "status": report.data.get("status")}), flush=True)
     return exitcodes.OK
+
+
+def fetch_run(run_uri: str, run_id: str) -> Path:
+    """A run in object storage, fetched to this pod's disk with every file checked against its
+    manifest (a run without one is not finished: temporary, the controller waits for it)."""
+    import tempfile
+
+    from controller.artifacts import fetch_bundle, open_store
+
+    return fetch_bundle(open_store(run_uri), run_uri, Path(tempfile.gettempdir()) / "ftops-eval" / run_id)
+
+
+def put_report(run_dir: Path, run_uri: str) -> None:
+    """The evaluation's files back to the store: the report files, then the manifest that now
+    records their sha256, then the marker naming the evaluation (what the controller looks for)."""
+    from controller.artifacts import open_store
+    from controller.seams.store import MANIFEST
+
+    store = open_store(run_uri)
+    marker = run_dir / MARKER
+    for path in sorted((run_dir / "eval").rglob("*")):
+        if path.is_file() and path != marker:
+            store.put(store.join(run_uri, path.relative_to(run_dir).as_posix()), path.read_bytes())
+    store.put(store.join(run_uri, MANIFEST), (run_dir / MANIFEST).read_bytes())
+    store.put(store.join(run_uri, MARKER), marker.read_bytes())
 
 
 def evaluate(config, run_dir: Path):

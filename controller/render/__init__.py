@@ -6,6 +6,7 @@ One module per concern:
 * `templates`   the sandboxed Jinja environment, the template version hash, rendering one template
 * `yamlsubset`  the fast reader of the YAML subset the templates write (PyYAML as the fallback)
 * `context`     what every object shares: tenancy, lineage, pod paths, resources, secret refs
+* `pods`        the pods' containers, volumes and inputs (store bundles, the model cache)
 * `training`    the training workload of each flavour (+ run.json ConfigMap, checkpoint PVC)
 * `serving`     the serving ConfigMap, Deployment and Service
 * `schema`      validation against the real Kubernetes schemas plus the checks they do not carry
@@ -22,11 +23,11 @@ from controller.render.context import (
     PREEMPTED_EXIT_CODE,
     owner_namespace,
     pod_run_config,
-    prepared_dir,
 )
 from controller.render.diff import diff_manifests, render_for_plan
 from controller.render.errors import RenderError
-from controller.render.names import MAX_NAME, object_name, run_label
+from controller.render.names import MAX_NAME, model_cache_key, object_name, run_label
+from controller.render.pods import MODEL_DIR, ModelSource, model_cache_claim
 from controller.render.output import to_yaml
 from controller.render.schema import KUBERNETES_VERSION, manifest_problems, validate_manifests
 from controller.render.serving import ServingInput, render_serving
@@ -35,9 +36,9 @@ from controller.render.training import RenderInput, input_for, render, run_confi
 from controller.render.yamlsubset import load_manifests
 
 __all__ = [
-    "CONFIG_ERROR_EXIT_CODES", "KUBERNETES_VERSION", "MAX_NAME", "PREEMPTED_EXIT_CODE", "SERVING_TEMPLATES",
+    "CONFIG_ERROR_EXIT_CODES", "KUBERNETES_VERSION", "MAX_NAME", "MODEL_DIR", "ModelSource", "model_cache_claim", "model_cache_key", "PREEMPTED_EXIT_CODE", "SERVING_TEMPLATES",
     "TRAINING_TEMPLATES", "RenderError", "RenderInput", "ServingInput", "diff_manifests", "input_for",
-    "load_manifests", "manifest_problems", "object_name", "owner_namespace", "pod_run_config", "prepared_dir",
+    "load_manifests", "manifest_problems", "object_name", "owner_namespace", "pod_run_config",
     "render", "render_for_plan", "render_serving", "run_config_for", "run_label", "template_version", "to_yaml",
     "training_templates", "validate_manifests",
 ]

@@ -29,24 +29,12 @@ resumes, and the attempt does not count against backoffLimit. Any other exit (1 
 
 MANAGED_BY = {L.MANAGED_BY: L.MANAGED_BY_VALUE}
 
-# Where things live inside the training pod. run.json is rewritten to point here.
+# Where things live inside a pod. run.json / eval.json / serve.json are rewritten to point here.
 CONFIG_DIR = "/etc/ftops"
 DATA_DIR = "/workspace/data"
+"""The prepared split (train.jsonl, test.jsonl), fetched from the store by the inputs container."""
 REPO_DIR = "/workspace/repo"
-IMAGE_REPO_DIR = "/opt/ftops/repo"
-"""Where the trainer image keeps a clone of the GitOps repo (used when cluster.gitRepo is empty)."""
-
-DATA_PULL_SCRIPT = """set -eu
-if [ -n "$FTOPS_GIT_REPO" ]; then git clone --quiet "$FTOPS_GIT_REPO" "$FTOPS_REPO_DIR"; \
-else cp -a "$FTOPS_IMAGE_REPO_DIR/." "$FTOPS_REPO_DIR"; fi
-cd "$FTOPS_REPO_DIR"
-git -c advice.detachedHead=false checkout --quiet "$FTOPS_GIT_COMMIT"
-exec ftops data prepare "specs/$FTOPS_SPEC.yaml" --rev "$FTOPS_GIT_COMMIT" --workdir "$FTOPS_DATA_DIR"
-"""
-"""The data-pull init container: check out the exact commit, then `ftops data prepare --rev`
-pulls the dataset pinned by its .dvc file (DVC verifies the md5) and writes the split the
-trainer reads. Every value arrives as an environment variable, never spliced into the script,
-so no spec value is ever parsed by a shell."""
+"""The repository's files at the commit (evaluation sets, corpus), fetched from the store."""
 CHECKPOINT_DIR = "/workspace/checkpoints"
 OUTPUT_DIR = "/workspace/output"
 MASTER_PORT = 29500
@@ -131,25 +119,16 @@ def secret_env(name: str, secret: str, key: str) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def prepared_dir(spec_name: str, data_md5: str) -> str:
-    """Where `ftops data prepare --workdir DATA_DIR` writes the split in the pod."""
-    return f"{DATA_DIR}/prepared/{spec_name}/{data_md5}"
-
-
-def pod_run_config(run_config: RunConfig | Mapping[str, Any], finetune: FineTune) -> RunConfig:
+def pod_run_config(run_config: RunConfig | Mapping[str, Any], finetune: FineTune, base_model_dir: str) -> RunConfig:
     """run.json as the pod sees it: data, model, checkpoint and output paths point at the volumes
-    the template mounts. The local backend uses host paths; the trainer reads only this file."""
+    the template mounts (the local backend uses host paths; the trainer reads only this file).
+    The split's sha256 stays: the trainer checks the fetched files against it."""
     rc = run_config if isinstance(run_config, RunConfig) else RunConfig.model_validate_json(json.dumps(dict(run_config)))
-    base = rc.base_model
-    if finetune.spec.base_model.kind == "path":  # a path inside the repo: read from the checkout
-        base = base.model_copy(update={"uri": f"{REPO_DIR}/{finetune.spec.base_model.uri}"})
-    prepared = prepared_dir(finetune.name, rc.data.md5)
-    data = rc.data.model_copy(update={"train": f"{prepared}/train.jsonl", "test": f"{prepared}/test.jsonl"})
     hw = finetune.spec.hardware
     return rc.model_copy(
         update={
-            "base_model": base,
-            "data": data,
+            "base_model": rc.base_model.model_copy(update={"uri": base_model_dir}),
+            "data": rc.data.model_copy(update={"train": f"{DATA_DIR}/train.jsonl", "test": f"{DATA_DIR}/test.jsonl"}),
             "output_dir": OUTPUT_DIR,
             "checkpoint_dir": CHECKPOINT_DIR,
             "distributed": rc.distributed.model_copy(update={"nodes": hw.nodes, "gpus_per_node": hw.gpus_per_node}),

@@ -46,3 +46,9 @@ def object_name(spec_name: str, run_id: str | None = None, suffix: str = "", max
 def run_label(run_id: str) -> str:
     """The run id as a label value (label values are at most 63 characters; full id in an annotation)."""
     return run_id[:63]
+
+
+def model_cache_key(uri: str, revision: str | None) -> str:
+    """The model cache's directory for a base model: 24 hex of sha256("uri@revision"). The same
+    model at the same revision is one directory per cache, whoever asks (train, eval, serve)."""
+    return hashlib.sha256(f"{uri}@{revision or ''}".encode()).hexdigest()[:24]

@@ -190,66 +190,60 @@ def _fast_checker(key: str, schema_file: str | None, ref: str | None):
     return fast
 
 
-# Hand-written schemas of the CRD top levels we emit (their pod templates are checked against
-# the real PodTemplateSpec / JobTemplateSpec schemas below).
-_PYTORCHJOB_SPEC = {"nprocPerNode", "runPolicy", "pytorchReplicaSpecs", "elasticPolicy"}
-_RUN_POLICY = {"backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "cleanPodPolicy", "schedulingPolicy", "suspend"}
-_JOBSET_FAILURE_POLICY = {"maxRestarts", "rules", "restartStrategy"}
-_JOBSET_SPEC = {"ttlSecondsAfterFinished", "failurePolicy", "successPolicy", "network", "replicatedJobs", "suspend",
-                "startupPolicy", "managedBy", "coordinator"}
+CRD_MODELS = {
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "JobsetV1alpha2JobSet",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "TrainerV1alpha1TrainJob",
+    ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"): "TrainerV1alpha1ClusterTrainingRuntime",
+}
+"""The CRD kinds ftops renders, validated by the projects' own published API models
+(kubeflow-trainer-api, generated from Trainer v2's and JobSet's OpenAPI), not a field list of ours."""
+
+
+def _dropped(original: Any, kept: Any, path: str) -> list[str]:
+    """Keys of `original` that a model round-trip lost: fields the schema does not have."""
+    out: list[str] = []
+    if isinstance(original, dict):
+        kept = kept if isinstance(kept, dict) else {}
+        for key, value in original.items():
+            here = f"{path}.{key}" if path else key
+            if key not in kept:
+                if value not in (None, {}, []):
+                    out.append(f"{here}: unknown field")
+            else:
+                out += _dropped(value, kept[key], here)
+    elif isinstance(original, list) and isinstance(kept, list):
+        for i, (a, b) in enumerate(zip(original, kept)):
+            out += _dropped(a, b, f"{path}[{i}]")
+    return out
 
 
 def _crd_errors(doc: dict) -> list[str]:
-    problems: list[str] = []
-    kind = doc.get("kind")
-    spec = doc.get("spec")
-    if not isinstance(spec, dict):
-        return [f"{kind}: spec must be a mapping"]
-    if kind == "PyTorchJob":
-        problems += [f"spec.{k}: unknown field" for k in spec if k not in _PYTORCHJOB_SPEC]
-        problems += [f"spec.runPolicy.{k}: unknown field" for k in spec.get("runPolicy", {}) if k not in _RUN_POLICY]
-        if spec.get("runPolicy", {}).get("cleanPodPolicy", "None") not in ("None", "Running", "All"):
-            problems.append("spec.runPolicy.cleanPodPolicy: must be None, Running or All")
-        replicas = spec.get("pytorchReplicaSpecs") or {}
-        if "Master" not in replicas:
-            problems.append("spec.pytorchReplicaSpecs: a Master replica is required")
-        for role, rs in replicas.items():
-            where = f"spec.pytorchReplicaSpecs.{role}"
-            if role not in ("Master", "Worker"):
-                problems.append(f"{where}: replica type must be Master or Worker")
-            problems += [f"{where}.{k}: unknown field" for k in rs if k not in ("replicas", "restartPolicy", "template")]
-            if rs.get("restartPolicy") not in ("Always", "OnFailure", "Never", "ExitCode"):
-                problems.append(f"{where}.restartPolicy: must be Always, OnFailure, Never or ExitCode")
-            if not isinstance(rs.get("replicas"), int) or rs["replicas"] < 1:
-                problems.append(f"{where}.replicas: must be a positive integer")
-            containers = rs.get("template", {}).get("spec", {}).get("containers", [])
-            if not any(c.get("name") == "pytorch" for c in containers) and not any(c.get("name") == "trainer" for c in containers):
-                problems.append(f"{where}.template: needs the trainer container")
-            problems += _schema_errors(rs.get("template"), "PodTemplateSpec", ref="io.k8s.api.core.v1.PodTemplateSpec",
-                                       where=f"{where}.template")
-    elif kind == "JobSet":
-        problems += [f"spec.{k}: unknown field" for k in spec if k not in _JOBSET_SPEC]
-        fp = spec.get("failurePolicy") or {}
-        problems += [f"spec.failurePolicy.{k}: unknown field" for k in fp if k not in _JOBSET_FAILURE_POLICY]
-        for i, rule in enumerate(fp.get("rules") or []):
+    """Problems of a JobSet / TrainJob / ClusterTrainingRuntime: parsed by its published model
+    (types, required fields, enums the model carries), every field we wrote must survive the
+    round-trip (an unknown field is an error, as with a strict API server), and the pod and Job
+    templates inside are checked against the real Kubernetes schemas as well."""
+    import kubeflow_trainer_api.models as models
+    from pydantic import ValidationError
+
+    model = getattr(models, CRD_MODELS[(doc.get("apiVersion"), doc.get("kind"))])
+    try:
+        parsed = model.from_dict(doc)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)]
+    problems = _dropped(doc, parsed.to_dict() if parsed is not None else {}, "")
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "JobSet":
+        for i, rj in enumerate(spec.get("replicatedJobs") or []):
+            problems += _schema_errors(rj.get("template"), "JobTemplateSpec", ref="io.k8s.api.batch.v1.JobTemplateSpec",
+                                       where=f"spec.replicatedJobs[{i}].template")
+        for i, rule in enumerate((spec.get("failurePolicy") or {}).get("rules") or []):
             if rule.get("action") not in ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"):
                 problems.append(f"spec.failurePolicy.rules[{i}].action: must be FailJobSet, RestartJobSet or "
                                 "RestartJobSetAndIgnoreMaxRestarts")
-            if not RFC1123_LABEL.match(str(rule.get("name", ""))):
-                problems.append(f"spec.failurePolicy.rules[{i}].name: must be an RFC 1123 label")
-        if spec.get("successPolicy", {}).get("operator") not in ("All", "Any"):
-            problems.append("spec.successPolicy.operator: must be All or Any")
-        for i, rj in enumerate(spec.get("replicatedJobs") or []):
-            where = f"spec.replicatedJobs[{i}]"
-            problems += [f"{where}.{k}: unknown field" for k in rj if k not in ("name", "replicas", "template", "dependsOn")]
-            if not RFC1123_LABEL.match(str(rj.get("name", ""))):
-                problems.append(f"{where}.name: must be an RFC 1123 label")
+    if doc.get("kind") == "ClusterTrainingRuntime":
+        for i, rj in enumerate(((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []):
             problems += _schema_errors(rj.get("template"), "JobTemplateSpec", ref="io.k8s.api.batch.v1.JobTemplateSpec",
-                                       where=f"{where}.template")
-        if not spec.get("replicatedJobs"):
-            problems.append("spec.replicatedJobs: at least one is required")
-    else:
-        problems.append(f"no schema for {doc.get('apiVersion')} {kind}")
+                                       where=f"spec.template.spec.replicatedJobs[{i}].template")
     return problems
 
 
@@ -333,8 +327,8 @@ def _label_key_ok(key: str) -> bool:
     return 0 < len(name) <= 63 and bool(LABEL_NAME.match(name))
 
 
-NAME_LIMITS = {"Service": 63, "Job": 63, "Deployment": 63, "PyTorchJob": 63, "JobSet": 63, "ConfigMap": 253,
-               "PersistentVolumeClaim": 253}
+NAME_LIMITS = {"Service": 63, "Job": 63, "Deployment": 63, "TrainJob": 63, "JobSet": 63, "ConfigMap": 253,
+               "PersistentVolumeClaim": 253, "ClusterTrainingRuntime": 253}
 
 
 def manifest_problems(doc: Any, namespace: str | None = None) -> list[str]:
@@ -348,12 +342,10 @@ def manifest_problems(doc: Any, namespace: str | None = None) -> list[str]:
     schema = _BUILTIN.get((api, kind))
     if schema is not None:
         problems += _schema_errors(doc, f"{api}/{kind}", schema_file=schema)
-    elif (api, kind) in (("kubeflow.org/v1", "PyTorchJob"), ("jobset.x-k8s.io/v1alpha2", "JobSet")):
+    elif (api, kind) in CRD_MODELS:
         problems += _schema_errors(meta, "ObjectMeta", ref="io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
                                    where="metadata")
-        problems += [p for p in _crd_errors(doc)]
-        extra = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
-        problems += [f"{k}: unknown field" for k in sorted(extra)]
+        problems += _crd_errors(doc)
     else:
         problems.append(f"{api} {kind} is not a kind ftops renders")
     name = str(meta.get("name", ""))
@@ -375,8 +367,8 @@ def manifest_problems(doc: Any, namespace: str | None = None) -> list[str]:
 def validate_manifests(manifests: Sequence[dict], namespace: str | None = None) -> None:
     """Raise RenderError listing every problem of every manifest (none: returns None).
 
-    Cross-object checks too: the PVC and ConfigMap a pod mounts must be rendered alongside
-    (or be the operator's artifacts claim), so a spec never mounts someone else's claim."""
+    Cross-object checks too: the PVC a pod mounts must be rendered alongside (or be the
+    namespace's model cache claim), so a spec never mounts someone else's claim."""
     problems: list[str] = []
     names = {(m.get("kind"), (m.get("metadata") or {}).get("name")) for m in manifests if isinstance(m, dict)}
     for m in manifests:
@@ -385,16 +377,16 @@ def validate_manifests(manifests: Sequence[dict], namespace: str | None = None) 
         if not isinstance(m, dict):
             continue
         for claim in _find_values(m, "claimName"):
-            if ("PersistentVolumeClaim", claim) not in names and not _is_artifacts_claim(m, claim):
+            if ("PersistentVolumeClaim", claim) not in names and not _is_model_cache_claim(m, claim):
                 problems.append(f"{m.get('kind')}/{m['metadata'].get('name')}: mounts PVC '{claim}' that this run does not own")
     if problems:
         raise RenderError("rendered manifests are invalid:\n  " + "\n  ".join(problems))
 
 
-def _is_artifacts_claim(manifest: dict, claim: str) -> bool:
+def _is_model_cache_claim(manifest: dict, claim: str) -> bool:
     for vols in _find_values(manifest, "volumes"):
         for v in vols:
-            if v.get("name") == "artifacts" and v.get("persistentVolumeClaim", {}).get("claimName") == claim:
+            if v.get("name") == "model-cache" and v.get("persistentVolumeClaim", {}).get("claimName") == claim:
                 return True
     return False
 

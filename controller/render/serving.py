@@ -1,7 +1,12 @@
 """Serving manifests for one run: serve.json ConfigMap, Deployment (per spec and track),
-Service (per spec, so it stays put as runs roll)."""
+Service (per spec, so it stays put as runs roll).
+
+The server's pods get exactly what the gate passed: the inputs init container fetches the run
+(adapter and manifest, verified) and the published corpus version from the artifact store, and
+materialises the base model into the model cache; serve.json points at those paths."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -9,7 +14,11 @@ from typing import Any
 
 from controller import labels as L
 from controller.catalog import OperatorConfig
-from controller.render.context import CONFIG_DIR, lineage, owner_namespace, secret_env, toleration_list
+from controller.render.context import CONFIG_DIR, lineage, owner_namespace, toleration_list
+from controller.render.pods import (
+    ModelSource, base_env, container, default_model_source, inputs_container, model_cache_mount, model_cache_volume,
+    store_root, with_ephemeral,
+)
 from controller.render.errors import RenderError
 from controller.render.names import object_name
 from controller.render.schema import validate_manifests
@@ -23,9 +32,6 @@ class ServingInput:
 
     finetune: FineTune
     run_id: str
-    adapter_uri: str
-    """Where the run's model artifacts are: a path relative to the artifacts claim
-    (`<spec>/<run-id>/model`) or a URI the server resolves itself (s3://...)."""
     data_md5: str
     git_commit: str
     operator: OperatorConfig
@@ -33,6 +39,12 @@ class ServingInput:
     track: str = "stable"
     """'stable' or 'canary': a canary Deployment runs beside the stable one behind one Service."""
     namespace: str | None = None
+    run_uri: str | None = None
+    """The run in the artifact store; None: `<store>/<spec>/<run-id>`."""
+    corpus_uri: str | None = None
+    """The corpus version the gate passed, published as a bundle; None: named by commit (render, plan)."""
+    model: ModelSource | None = None
+    """The base model the run was trained on; None: the spec's."""
 
 
 def render_serving(inp: ServingInput | None = None, /, *, validate: bool = True, **kwargs: Any) -> list[dict]:
@@ -50,6 +62,11 @@ def render_serving(inp: ServingInput | None = None, /, *, validate: bool = True,
     return manifests
 
 
+ADAPTER_DIR = "/workspace/adapter"
+"""The run (manifest.json, model/...) fetched from the store: serve.json's `adapter`."""
+CORPUS_DIR = "/workspace/corpus"
+
+
 def _serving_context(inp: ServingInput) -> dict:
     ft, op = inp.finetune, inp.operator
     c = op.cluster
@@ -65,65 +82,80 @@ def _serving_context(inp: ServingInput) -> dict:
     selector = {**selector, L.TRACK: inp.track}
     service_selector = {k: v for k, v in selector.items() if k != L.TRACK}
     pod_labels = {**labels, L.TRACK: inp.track}
-    names = {
-        "servingConfig": object_name(ft.name, inp.run_id, "serve"),
-        "deployment": object_name(ft.name, None, "serve" if inp.track == "stable" else "canary"),
-        "service": object_name(ft.name, None, "serve"),
-        "artifacts": c.artifacts_claim,
-    }
-    adapter_local = not re.match(r"^[a-z0-9]+://", inp.adapter_uri)
-    if adapter_local and (inp.adapter_uri.startswith("/") or ".." in inp.adapter_uri.split("/")):
-        raise RenderError(f"adapter location '{inp.adapter_uri}' must be relative to the artifacts claim, without '..'")
+    root = store_root(op)
+    run_uri = inp.run_uri or f"{root}/{ft.name}/{inp.run_id}"
+    model = inp.model or default_model_source(ft, op, inp.git_commit)
+    corpus_uri = None
+    if serving.corpus:
+        corpus_uri = inp.corpus_uri or f"{root}/inputs/unpublished/{inp.git_commit}/{serving.corpus.strip('/')}"
+    gpus = c.serving_gpus
     serve_config = {
         "runId": inp.run_id,
         "specName": ft.name,
-        "adapter": "/workspace/adapter" if adapter_local else inp.adapter_uri,
-        "baseModel": {"uri": ft.spec.base_model.uri, "revision": ft.spec.base_model.revision},
-        "corpus": serving.corpus,
+        "adapter": ADAPTER_DIR,
+        "baseModel": {"uri": model.pod_path, "revision": model.revision},
+        "corpus": CORPUS_DIR if corpus_uri else None,
         "retriever": serving.retriever,
         "topK": serving.top_k,
         "maxTokens": serving.max_tokens,
         "port": c.serving_port,
+        "device": "cuda" if gpus else "cpu",
+        "indexCache": "/tmp/index",
     }
-    gpus = c.serving_gpus
-    resources = {"cpu": c.serving_cpu, "memory": c.serving_memory}
+    serve_json = json.dumps(serve_config, indent=2, sort_keys=True) + "\n"
+    names = {
+        # named by content: a changed serve.json is a new (immutable) ConfigMap, never an edit of one
+        "servingConfig": object_name(ft.name, hashlib.sha256(serve_json.encode()).hexdigest()[:16], "serve"),
+        "deployment": object_name(ft.name, None, "serve" if inp.track == "stable" else "canary"),
+        "service": object_name(ft.name, None, "serve"),
+    }
+    amounts = {"cpu": c.serving_cpu, "memory": c.serving_memory}
     if gpus:
-        resources["nvidia.com/gpu"] = str(gpus)
-    env = [{"name": "FTOPS_RUN_ID", "value": inp.run_id}, {"name": "HOME", "value": "/tmp"},
-           {"name": "HF_HOME", "value": "/tmp/hf"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
-    if ft.spec.base_model.credentials is not None:
-        cred = ft.spec.base_model.credentials
-        env.append(secret_env("HF_TOKEN" if ft.spec.base_model.kind == "hf" else "FTOPS_BASE_MODEL_TOKEN", cred.name, cred.key))
+        amounts["nvidia.com/gpu"] = str(gpus)
+    resources = with_ephemeral({"requests": dict(amounts), "limits": dict(amounts)}, c)
+    bundles = [(run_uri, ADAPTER_DIR)] + ([(corpus_uri, CORPUS_DIR)] if corpus_uri else [])
+    fetch_mounts = [{"name": "adapter", "mountPath": ADAPTER_DIR}] + (
+        [{"name": "corpus", "mountPath": CORPUS_DIR}] if corpus_uri else [])
+    inputs = inputs_container(c, ft, bundles, model, fetch_mounts)
+    port = c.serving_port
+    server = container(
+        "server", c,
+        ["ftops", "serve", "--config", f"{CONFIG_DIR}/serve.json", "--host", "0.0.0.0", "--port", str(port)],
+        base_env(inp.run_id), resources,
+        [{"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True},
+         *({**m, "readOnly": True} for m in fetch_mounts), model_cache_mount(), {"name": "tmp", "mountPath": "/tmp"}],
+        ports=[{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        readinessProbe={"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
+        livenessProbe={"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 30, "periodSeconds": 10,
+                       "failureThreshold": 6},
+    )
+    volumes = [{"name": "serve-config", "configMap": {"name": names["servingConfig"]}},
+               {"name": "adapter", "emptyDir": {}}, *([{"name": "corpus", "emptyDir": {}}] if corpus_uri else []),
+               model_cache_volume(c), {"name": "tmp", "emptyDir": {}}]
+    gpu_type = ft.spec.hardware.gpu_type
     context = {
         "namespace": namespace,
         "names": names,
         "labels": labels,
-        "podLabels": pod_labels,
         "annotations": annotations,
         "selector": selector,
         "serviceSelector": service_selector,
         "pod": {
+            "labels": pod_labels,
+            "annotations": annotations,
+            "restartPolicy": "Always",
             "serviceAccountName": c.service_account_name,
+            "subdomain": "",
             "priorityClassName": c.priority_class_name,
-            "nodeSelector": {},
+            "nodeSelector": dict(op.gpus[gpu_type].node_selector) if gpus and gpu_type in op.gpus else {},
             "tolerations": toleration_list(c.tolerations) if gpus else [],
+            "terminationGracePeriodSeconds": 30,
             "runAsUser": c.run_as_user,
-            "image": c.image,
-            "imagePullPolicy": c.image_pull_policy,
-            "resources": {"requests": dict(resources), "limits": dict(resources)},
+            "initContainers": [inputs],
+            "containers": [server],
+            "volumes": volumes,
         },
-        "serving": {
-            "replicas": inp.replicas if inp.replicas is not None else serving.replicas,
-            "port": c.serving_port,
-            "command": ["ftops", "serve", "--config", f"{CONFIG_DIR}/serve.json", "--host", "0.0.0.0",
-                        "--port", str(c.serving_port)],
-            "env": env,
-        },
-        "paths": {
-            "configDir": CONFIG_DIR,
-            "adapterDir": "/workspace/adapter",
-            "adapterSubPath": inp.adapter_uri if adapter_local else f"{ft.name}/{inp.run_id}",
-        },
-        "serveJson": json.dumps(serve_config, indent=2, sort_keys=True) + "\n",
+        "serving": {"replicas": inp.replicas if inp.replicas is not None else serving.replicas, "port": port},
+        "serveJson": serve_json,
     }
     return context

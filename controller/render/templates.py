@@ -20,7 +20,7 @@ from controller.render.yamlsubset import load_manifests
 TRAINING_TEMPLATES = {
     "job": "training-job.yaml.j2",
     "indexed": "training-indexed-job.yaml.j2",
-    "pytorchjob": "training-pytorchjob.yaml.j2",
+    "trainjob": "training-trainjob.yaml.j2",
     "jobset": "training-jobset.yaml.j2",
 }
 SERVING_TEMPLATES = ("serving-configmap.yaml.j2", "serving-deployment.yaml.j2", "serving-service.yaml.j2")

@@ -99,15 +99,19 @@ class KubernetesServing:
         self.poll_interval = poll_interval
         self.namespace = namespace
         self.clock = clock
+        self.inputs: dict[tuple[str, str], tuple[str | None, Any]] = {}
+        """(spec, run id) -> (corpus bundle URI, base model source) published for its pods."""
 
     # ---------------------------------------------------------------- rendering
     def manifests(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, track: str = "stable",
                   replicas: int | None = None) -> list[dict]:
         from controller.render import ServingInput, render_serving
 
+        corpus_uri, model = self.inputs.get((finetune.name, run_id), (None, None))
         return render_serving(ServingInput(
-            finetune=finetune, run_id=run_id, adapter_uri=f"{finetune.name}/{run_id}", data_md5=data_md5,
-            git_commit=git_commit, operator=self.operator, replicas=replicas, track=track, namespace=self.namespace))
+            finetune=finetune, run_id=run_id, data_md5=data_md5, git_commit=git_commit, operator=self.operator,
+            replicas=replicas, track=track, namespace=self.namespace,
+            run_uri=self.artifacts.run_uri(finetune.name, run_id), corpus_uri=corpus_uri, model=model))
 
     def _previous_manifests(self, finetune: FineTune, prev: dict[str, Any], replicas: int | None = None) -> list[dict]:
         """The run that served before (`prev`: the event that made it serve), rendered again from
@@ -161,6 +165,7 @@ class KubernetesServing:
 
     def promote(self, request: DeployRequest) -> DeployResult:
         """The Deployer seam: roll the spec's server to the request's run."""
+        self.inputs[(request.spec, request.run_id)] = self.kube.publish_serving_inputs(request)
         return self.rollout(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit)
 
     def rollout(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,

@@ -42,7 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     code = _main(args.config, worker)
     if worker:
         record_exit(code)
+    elif code == exitcodes.OK:
+        code = _upload(args.config)
     return code
+
+
+def _upload(config_path: str) -> int:
+    """In a pod: the finished run goes to the artifact store (controller.train.upload)."""
+    from controller.train.upload import RUN_URI_ENV, upload_finished_run
+
+    if not os.environ.get(RUN_URI_ENV):
+        return exitcodes.OK
+    from controller.runconfig import load_run_config
+
+    return upload_finished_run(load_run_config(config_path).output_dir)
 
 
 def _main(config_path: str, worker: bool) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fakekube.server import Resource
 from controller.render import ServingInput, render, render_serving, to_yaml
 from render_sample import COMMIT, DATA_MD5, RUN_ID, finetune, operator, render_input
 
@@ -32,12 +33,12 @@ def kubectl() -> str:
 
 def all_manifests() -> list[dict]:
     out: list[dict] = []
-    for nodes, flavor in ((1, "job"), (2, "job"), (2, "pytorchjob"), (2, "jobset")):
+    for nodes, flavor in ((1, "job"), (2, "job"), (2, "trainjob"), (2, "jobset")):
         name = f"spec-{flavor}-{nodes}"
         ft = finetune(**{"metadata.name": name, "spec.hardware.nodes": nodes, "spec.hardware.gpusPerNode": 4})
         out += render(render_input(ft, operator(trainingFlavor=flavor, kueueQueue="gpus")))
     inp = render_input()
-    out += render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/x/model",
+    out += render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID,
                                        data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     return out
 
@@ -54,6 +55,7 @@ def run_kubectl(binary: str, server: str, manifest_file: Path, *extra: str) -> s
 def test_kubectl_apply_accepts_rendered_manifests(fake_kube, tmp_path):
     binary = kubectl()
     fake_kube.ensure_namespace(NS)
+    fake_kube.register(Resource("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs"))  # Trainer v2's CRD
     manifests = all_manifests()
     path = tmp_path / "manifests.yaml"
     path.write_text(to_yaml(manifests))

@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from controller.seams import Lineage, Phase, Run, RunNotFound, RunState
-from controller.backends.kubernetes import FIELD_MANAGER, KubernetesBackend, load_api_client
+from controller.backends.kubernetes import FIELD_MANAGER, ApiError, KubernetesBackend, load_api_client
 from controller.errors import PermanentError
 from controller.render import render
+from fakekube.server import Resource
 from render_sample import finetune, operator, render_input
 
 NS = "ftops-team-a"
@@ -19,6 +20,7 @@ NS = "ftops-team-a"
 def cluster(fake_kube, tmp_path):
     """The fake API server with the tenant namespace, and a kubeconfig file pointing at it."""
     fake_kube.ensure_namespace(NS)
+    fake_kube.register(Resource("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs"))
     path = tmp_path / "kubeconfig"
     path.write_text(fake_kube.kubeconfig())
     return fake_kube, str(path)
@@ -51,8 +53,12 @@ def test_submit_applies_every_manifest_server_side_and_is_idempotent(cluster):
     job = fake.get("batch/v1", "Job", NS, job_name(manifests))
     cm = fake.get("v1", "ConfigMap", NS, manifests[0]["metadata"]["name"])
     pvc = fake.get("v1", "PersistentVolumeClaim", NS, manifests[1]["metadata"]["name"])
-    for owned in (cm, pvc):
-        assert owned["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    # The checkpoint claim outlives any attempt of the Job (a retry resumes from it).
+    assert "ownerReferences" not in pvc["metadata"]
+    # The namespace's model cache claim exists, owned by no run.
+    cache = fake.get("v1", "PersistentVolumeClaim", NS, "ftops-model-cache")
+    assert "ownerReferences" not in cache["metadata"] and "ftops.dev/run-id" not in cache["metadata"]["labels"]
     assert job["spec"]["podFailurePolicy"] == manifests[-1]["spec"]["podFailurePolicy"]
 
     rv = fake.resource_version
@@ -141,6 +147,7 @@ def test_watch_follows_the_run_and_relists_after_410(cluster, kubelet):
     assert b.relists == 0
     # History is compacted while the run finishes: the next watch gets 410, relists, and
     # still sees the final state.
+    fake.ensure_namespace("elsewhere")  # other writes move the store past what the watch saw
     fake.compact()
     kubelet.succeed(NS, name)
     changes = b.poll(timeout_seconds=1)
@@ -182,8 +189,9 @@ def test_apply_conflict_with_another_manager_rereads_and_accepts_our_run(cluster
     theirs = {**job, "spec": {**job["spec"], "backoffLimit": 9}}
     fake.create(theirs, manager="kueue")
     b = backend(kubeconfig)
-    state = b.submit(run)
-    assert state.phase is Phase.PENDING
+    assert b.submit(run).phase is Phase.PENDING  # the run's Job lives: submit leaves it be
+    assert not [r for r in fake.requests if r["method"] == "PATCH" and r["path"].endswith("/jobs/" + job["metadata"]["name"])]
+    b.apply(job, run.run_id)  # an apply all the same (a controller that crashed before recording)
     job_path = f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}"
     calls = [(r["method"], r["path"]) for r in fake.requests if r["path"] == job_path]
     assert calls[:2] == [("PATCH", job_path), ("GET", job_path)]  # 409 -> re-read
@@ -217,7 +225,8 @@ def test_cancel_rereads_on_conflict_and_garbage_collects(cluster, kubelet):
     deletes = [r for r in fake.requests if r["method"] == "DELETE" and r["path"] == path]
     assert len(deletes) == 2
     for kind, api in (("Job", "batch/v1"), ("ConfigMap", "v1"), ("PersistentVolumeClaim", "v1"), ("Pod", "v1")):
-        assert fake.list(api, kind, NS)["items"] == [], kind
+        left = [m["metadata"]["name"] for m in fake.list(api, kind, NS)["items"]]
+        assert left == (["ftops-model-cache"] if kind == "PersistentVolumeClaim" else []), kind  # the namespace's
     with pytest.raises(RunNotFound):
         b.status(run.run_id)
 
@@ -242,7 +251,7 @@ def test_missing_tenant_namespace_is_a_clear_permanent_error(fake_kube, tmp_path
         KubernetesBackend(kubeconfig=str(path)).submit(run)
 
 
-@pytest.mark.parametrize("flavor,kind", [("pytorchjob", "PyTorchJob"), ("jobset", "JobSet")])
+@pytest.mark.parametrize("flavor,kind", [("trainjob", "TrainJob"), ("jobset", "JobSet")])
 def test_crd_flavours_submit_and_map_states(cluster, flavor, kind):
     fake, kubeconfig = cluster
     op = operator(trainingFlavor=flavor)
@@ -251,9 +260,81 @@ def test_crd_flavours_submit_and_map_states(cluster, flavor, kind):
     assert b.submit(run).phase is Phase.PENDING
     api = manifests[-1]["apiVersion"]
     name = job_name(manifests)
-    done = {"PyTorchJob": "Succeeded", "JobSet": "Completed"}[kind]
+    done = {"TrainJob": "Complete", "JobSet": "Completed"}[kind]
     fake.patch_status(api, kind, NS, name, {"conditions": [{"type": done, "status": "True", "reason": "Done"}]})
-    assert backend(kubeconfig).status(run.run_id).phase is Phase.SUCCEEDED
+    assert backend(kubeconfig, op).status(run.run_id).phase is Phase.SUCCEEDED
+
+
+def test_preempted_run_is_left_to_the_job_controller(cluster, kubelet):
+    """The reconciler calls submit again on PREEMPTED: nothing new is created while the Job lives
+    (its controller recreates the pod, which resumes from the checkpoint claim)."""
+    fake, kubeconfig = cluster
+    b = backend(kubeconfig)
+    run, manifests = make_run()
+    name = job_name(manifests)
+    b.submit(run)
+    pod = kubelet.start(NS, name)
+    kubelet.preempt(NS, pod["metadata"]["name"], name)
+    uid = fake.get("batch/v1", "Job", NS, name)["metadata"]["uid"]
+    writes = len([r for r in fake.requests if r["method"] != "GET"])
+    assert b.submit(run).phase is Phase.PREEMPTED
+    assert len([r for r in fake.requests if r["method"] != "GET"]) == writes  # not one write
+    assert fake.get("batch/v1", "Job", NS, name)["metadata"]["uid"] == uid
+
+
+def test_a_retriable_failure_is_recreated_on_submit_and_keeps_its_checkpoints(cluster, kubelet):
+    fake, kubeconfig = cluster
+    b = backend(kubeconfig)
+    run, manifests = make_run()
+    name = job_name(manifests)
+    b.submit(run)
+    claim = fake.get("v1", "PersistentVolumeClaim", NS, manifests[1]["metadata"]["name"])
+    old = fake.get("batch/v1", "Job", NS, name)["metadata"]["uid"]
+    kubelet.fail(NS, name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    assert b.status(run.run_id).phase is Phase.FAILED
+    assert b.submit(run).phase is Phase.PENDING
+    new = fake.get("batch/v1", "Job", NS, name)
+    assert new["metadata"]["uid"] != old and not (new.get("status") or {}).get("conditions")
+    assert len(fake.list("batch/v1", "Job", NS)["items"]) == 1
+    again = fake.get("v1", "PersistentVolumeClaim", NS, manifests[1]["metadata"]["name"])
+    assert again["metadata"]["uid"] == claim["metadata"]["uid"]  # the same checkpoints
+
+
+def test_a_config_error_is_never_recreated(cluster, kubelet):
+    fake, kubeconfig = cluster
+    b = backend(kubeconfig)
+    run, manifests = make_run()
+    name = job_name(manifests)
+    b.submit(run)
+    uid = fake.get("batch/v1", "Job", NS, name)["metadata"]["uid"]
+    kubelet.fail(NS, name, "PodFailurePolicy",
+                 "Container trainer for pod x failed with exit code 78 matching FailJob rule at index 1")
+    state = b.submit(run)
+    assert state.phase is Phase.FAILED and state.reason == "ConfigError"
+    assert fake.get("batch/v1", "Job", NS, name)["metadata"]["uid"] == uid
+
+
+def test_only_the_selected_workload_kind_is_listed_and_watched(cluster, kubelet):
+    """A cluster whose RBAC covers Jobs only (flavour job) is never asked about JobSets or
+    TrainJobs; a 403 on the selected kind is a PermanentError that names what to grant."""
+    fake, kubeconfig = cluster
+    b = backend(kubeconfig)
+    run, manifests = make_run()
+    b.submit(run)
+    b.status(run.run_id)
+    b.poll(timeout_seconds=1)
+    paths = {r["path"] for r in fake.requests if r["method"] == "GET"}
+    assert any("/jobs" in p for p in paths)
+    assert not any("jobsets" in p or "trainjobs" in p for p in paths)
+    tj = backend(kubeconfig, operator(trainingFlavor="trainjob"))
+    assert tj.workloads == (("trainer.kubeflow.org/v1alpha1", "TrainJob"),)
+
+    def forbidden(*args, **kwargs):
+        raise ApiError(403, "Forbidden", 'trainjobs.trainer.kubeflow.org is forbidden: User "ftops" cannot list')
+
+    tj.list = forbidden  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="trainingFlavor 'trainjob'.*access to TrainJobs"):
+        tj.status(run.run_id)
 
 
 def test_in_cluster_config_is_used_inside_a_pod(monkeypatch):

@@ -90,7 +90,7 @@ def _strip(node: Any, payload: str) -> Any:
 
 def _contexts() -> list[tuple[list[str], dict]]:
     out = []
-    for nodes, flavor in ((1, "job"), (3, "job"), (3, "pytorchjob"), (3, "jobset")):
+    for nodes, flavor in ((1, "job"), (3, "job"), (3, "trainjob"), (3, "jobset")):
         ft = finetune(**{"spec.hardware.nodes": nodes, "spec.hardware.gpusPerNode": 2})
         op = operator(trainingFlavor=flavor, kueueQueue="q", priorityClassName="p", serviceAccountName="sa",
                       checkpointStorageClass="sc")
@@ -113,7 +113,7 @@ def test_payload_in_every_string_of_every_training_template_changes_no_structure
 @pytest.mark.parametrize("payload", PAYLOADS[:8], ids=range(8))
 def test_payload_in_every_string_of_the_serving_templates_changes_no_structure(payload):
     inp = render_input()
-    ctx = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/x/model",
+    ctx = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID,
                                           data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     captured = {name: ctx for name in R.SERVING_TEMPLATES}
     for name, ctx in captured.items():
@@ -136,8 +136,8 @@ def test_payload_in_spec_and_operator_strings_end_to_end(payload):
     module names land in run.json; image, git repo and queue in the Job) keep the structure."""
     base_ft = finetune(**{"spec.method": {"type": "lora", "targetModules": ["q_proj"]}})
     evil_ft = finetune(**{"spec.method": {"type": "lora", "targetModules": ["q_proj" + payload]}})
-    base_op = operator(image="img", gitRepo="repo", priorityClassName="pc")
-    evil_op = operator(image="img" + payload, gitRepo="repo" + payload, priorityClassName="pc" + payload)
+    base_op = operator(image="img", artifactStore={"uri": "s3://b/p"}, priorityClassName="pc")
+    evil_op = operator(image="img" + payload, artifactStore={"uri": "s3://b/p" + payload}, priorityClassName="pc" + payload)
     plain = render(render_input(base_ft, base_op), validate=False)
     evil = render(render_input(evil_ft, evil_op), validate=False)
     assert [_skeleton(m) for m in evil] == [_skeleton(m) for m in plain]
@@ -145,20 +145,23 @@ def test_payload_in_spec_and_operator_strings_end_to_end(payload):
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "img" + payload
     init = job["spec"]["template"]["spec"]["initContainers"][0]
-    assert {e["name"]: e.get("value") for e in init["env"]}["FTOPS_GIT_REPO"] == "repo" + payload
+    assert {e["name"]: e.get("value") for e in init["env"]}["FTOPS_STORE"] == "s3://b/p" + payload
     run_json = json.loads(evil[0]["data"]["run.json"])
     assert run_json["method"]["targetModules"] == ["q_proj" + payload]
 
 
-def test_corpus_path_payload_reaches_serve_json_verbatim():
+def test_corpus_path_payload_reaches_the_inputs_container_verbatim():
     payload = 'a"b\n  c: {{ d }}'
     ft = finetune(**{"spec.serving": {"corpus": "corpora/" + payload, "replicas": 1}})
     inp = render_input(ft)
-    manifests = render_serving(ServingInput(finetune=ft, run_id=RUN_ID, adapter_uri="x/y", data_md5=DATA_MD5,
+    manifests = render_serving(ServingInput(finetune=ft, run_id=RUN_ID, data_md5=DATA_MD5,
                                             git_commit=COMMIT, operator=inp.operator))
     cm = manifests[0]
     assert set(cm["data"]) == {"serve.json"}
-    assert json.loads(cm["data"]["serve.json"])["corpus"] == "corpora/" + payload
+    assert json.loads(cm["data"]["serve.json"])["corpus"] == "/workspace/corpus"
+    init = manifests[1]["spec"]["template"]["spec"]["initContainers"][0]
+    inputs = json.loads({e["name"]: e.get("value") for e in init["env"]}["FTOPS_INPUTS"])
+    assert inputs[1][0].endswith("/corpora/" + payload)  # the corpus path, verbatim, inside one JSON value
 
 
 @pytest.mark.parametrize("payload", ["", *PAYLOADS], ids=range(len(PAYLOADS) + 1))
@@ -170,7 +173,7 @@ def test_fast_manifest_parser_agrees_with_pyyaml(payload):
 
     env = T._environment(str(T.templates_dir()))
     inp = render_input()
-    serving = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="a/b",
+    serving = serving_render._serving_context(ServingInput(finetune=inp.finetune, run_id=RUN_ID,
                                               data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     pairs = [(name, ctx) for templates, ctx in _contexts() for name in templates]
     pairs += [(name, serving) for name in R.SERVING_TEMPLATES]

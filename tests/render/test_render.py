@@ -44,8 +44,6 @@ def by_kind(manifests: list[dict]) -> dict[str, dict]:
 def pod_spec(workload: dict) -> dict:
     if workload["kind"] == "Job":
         return workload["spec"]["template"]["spec"]
-    if workload["kind"] == "PyTorchJob":
-        return workload["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     return workload["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
 
 
@@ -62,7 +60,7 @@ def trainer(workload: dict) -> dict:
         (1, "job", ["ConfigMap", "PersistentVolumeClaim", "Job"]),
         (1, "jobset", ["ConfigMap", "PersistentVolumeClaim", "Job"]),  # flavours only matter multi-node
         (3, "job", ["ConfigMap", "PersistentVolumeClaim", "Service", "Job"]),
-        (3, "pytorchjob", ["ConfigMap", "PersistentVolumeClaim", "PyTorchJob"]),
+        (3, "trainjob", ["ConfigMap", "PersistentVolumeClaim", "TrainJob"]),
         (3, "jobset", ["ConfigMap", "PersistentVolumeClaim", "JobSet"]),
     ],
 )
@@ -100,17 +98,33 @@ def test_single_node_job_has_what_gpu_operators_need():
     assert claim == pvc["metadata"]["name"] and pvc["spec"]["storageClassName"] == "fast-rwx"
     init = pod["initContainers"][0]
     init_env = {e["name"]: e.get("value") for e in init["env"]}
-    assert init["command"][:2] == ["sh", "-c"] and "ftops data prepare" in init["command"][2]
-    assert '--rev "$FTOPS_GIT_COMMIT"' in init["command"][2]  # values never spliced into the script
-    assert init_env["FTOPS_GIT_COMMIT"] == COMMIT and init_env["FTOPS_SPEC"] == "support-bot"
+    # No git, no DVC, no shell in pods: the inputs container fetches the published split and the
+    # base model; its values arrive as JSON in env vars.
+    assert init["command"] == ["python", "-m", "controller.podinputs"]
+    assert json.loads(init_env["FTOPS_INPUTS"]) == [[f"s3://ftops-artifacts/inputs/unpublished/data-{DATA_MD5}",
+                                                     "/workspace/data"]]
+    model = json.loads(init_env["FTOPS_BASE_MODEL"])
+    assert model == {"uri": "hf://org/base-7b", "revision": "b" * 40, "cache": "/models"}
+    assert init_env["HF_HUB_OFFLINE"] == "0"  # only the initializer talks to the hub
+    assert {e["name"]: e.get("value") for e in c["env"]}["HF_HUB_OFFLINE"] == "1"
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")["persistentVolumeClaim"]["claimName"]
+    assert cache == "ftops-model-cache"
+    assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "model-cache", "mountPath": "/models"} in init["volumeMounts"]  # the only writer
+    assert c["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+    # The finished run goes to the store from the pod's own disk (no shared claim across namespaces).
+    assert next(v for v in pod["volumes"] if v["name"] == "output") == {"name": "output", "emptyDir": {}}
+    assert {e["name"]: e.get("value") for e in c["env"]}["FTOPS_RUN_URI"] == f"s3://ftops-artifacts/support-bot/{RUN_ID}"
     assert spec["activeDeadlineSeconds"] == 5400
     assert spec["ttlSecondsAfterFinished"] == 3600
     assert spec["backoffLimit"] == 4
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [78]  # EX_CONFIG, never 1
-    assert rules[1]["onExitCodes"]["containerName"] == "trainer"  # a failed data pull is retried
-    assert rules[2]["action"] == "Ignore" and rules[2]["onExitCodes"]["values"] == [R.PREEMPTED_EXIT_CODE]
+    assert rules[1]["onExitCodes"]["containerName"] == "trainer"
+    # An input that does not match its manifest fails at once; a store that is away (75) is retried.
+    assert rules[2] == {"action": "FailJob", "onExitCodes": {"containerName": "inputs", "operator": "In", "values": [78]}}
+    assert rules[3]["action"] == "Ignore" and rules[3]["onExitCodes"]["values"] == [R.PREEMPTED_EXIT_CODE]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
     for container in pod["containers"] + pod["initContainers"]:
@@ -122,13 +136,21 @@ def test_single_node_job_has_what_gpu_operators_need():
 
 
 def test_credentials_only_through_secret_refs():
-    op = operator(dataCredentials=[{"env": "AWS_ACCESS_KEY_ID", "secret": "dvc-remote", "key": "id"}])
+    op = operator(artifactStore={"uri": "s3://bucket/ftops", "endpointUrl": "http://minio:9000", "region": "eu-1",
+                                 "credentials": [{"env": "AWS_ACCESS_KEY_ID", "secret": "store", "key": "id"},
+                                                 {"env": "AWS_SECRET_ACCESS_KEY", "secret": "store", "key": "secret"}]})
     job = by_kind(render(render_input(op=op)))["Job"]
     pod = job["spec"]["template"]["spec"]
+    trainer_env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    init_env = {e["name"]: e for e in pod["initContainers"][0]["env"]}
+    secret = lambda env: {k: e["valueFrom"]["secretKeyRef"] for k, e in env.items() if "valueFrom" in e}  # noqa: E731
+    store_refs = {"AWS_ACCESS_KEY_ID": {"name": "store", "key": "id"},
+                  "AWS_SECRET_ACCESS_KEY": {"name": "store", "key": "secret"}}
+    assert secret(init_env) == {**store_refs, "HF_TOKEN": {"name": "hf-token", "key": "token"}}
+    assert secret(trainer_env) == store_refs  # the trainer uploads; it never needs the hub token
+    assert trainer_env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio:9000"
+    assert trainer_env["FTOPS_STORE"]["value"] == "s3://bucket/ftops"
     envs = [e for c in pod["containers"] + pod["initContainers"] for e in c["env"]]
-    secret_envs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in envs if "valueFrom" in e}
-    assert secret_envs == {"HF_TOKEN": {"name": "hf-token", "key": "token"},
-                           "AWS_ACCESS_KEY_ID": {"name": "dvc-remote", "key": "id"}}
     # No env var whose name smells like a credential carries a literal value.
     for e in envs:
         if re.search(r"TOKEN|SECRET|PASSWORD|KEY", e["name"]):
@@ -167,15 +189,29 @@ def test_multi_node_indexed_job_and_headless_service():
     assert m["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_pytorchjob_and_jobset_flavours():
+def test_trainjob_and_jobset_flavours():
     ft = finetune(**{"spec.hardware.nodes": 3, "spec.hardware.gpusPerNode": 4})
-    op = operator(trainingFlavor="pytorchjob", kueueQueue="q", priorityClassName="p")
-    ptj = by_kind(render(render_input(ft, op)))["PyTorchJob"]
-    assert ptj["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
-    assert ptj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
-    assert ptj["spec"]["nprocPerNode"] == "4"
-    assert ptj["spec"]["runPolicy"]["schedulingPolicy"] == {"queue": "q", "priorityClass": "p"}
-    assert trainer(ptj)["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    op = operator(trainingFlavor="trainjob", kueueQueue="q", priorityClassName="p")
+    tj = by_kind(render(render_input(ft, op)))["TrainJob"]
+    assert tj["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert tj["spec"]["runtimeRef"] == {"name": "ftops-torch", "kind": "ClusterTrainingRuntime",
+                                        "apiGroup": "trainer.kubeflow.org"}
+    assert tj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
+    t = tj["spec"]["trainer"]
+    assert (t["numNodes"], t["numProcPerNode"]) == (3, 4)
+    assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    assert t["command"] == ["python", "-m", "controller.train", "--config", "/etc/ftops/run.json"]
+    patch = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} >= {"run-config", "checkpoints", "model-cache", "data", "output"}
+    assert [c["name"] for c in pod["initContainers"]] == ["inputs"] and [c["name"] for c in pod["containers"]] == ["node"]
+    # Validated by Kubeflow's published models: a field Trainer v2 does not have is refused.
+    bad = json.loads(json.dumps(tj))
+    bad["spec"]["trainer"]["nprocPerNode"] = 4
+    assert any("spec.trainer.nprocPerNode: unknown field" in p for p in R.manifest_problems(bad))
+    bad = json.loads(json.dumps(tj))
+    bad["spec"]["trainer"]["numNodes"] = "three"
+    assert R.manifest_problems(bad)
     js = by_kind(render(render_input(ft, operator(trainingFlavor="jobset"))))["JobSet"]
     inner = js["spec"]["replicatedJobs"][0]["template"]["spec"]
     assert inner["completionMode"] == "Indexed" and inner["completions"] == 3
@@ -200,7 +236,10 @@ def test_run_json_configmap_is_the_runconfig_with_pod_paths():
     assert cm["immutable"] is True
     rc = RunConfig.model_validate_json(cm["data"]["run.json"])
     assert rc.run_id == RUN_ID and rc.data.md5 == DATA_MD5
-    assert rc.data.train == f"/workspace/data/prepared/support-bot/{DATA_MD5}/train.jsonl"
+    assert rc.data.train == "/workspace/data/train.jsonl" and rc.data.test == "/workspace/data/test.jsonl"
+    from controller.render import model_cache_key
+
+    assert rc.base_model.uri == f"/models/{model_cache_key('hf://org/base-7b', 'b' * 40)}"  # the cache, read-only
     assert rc.checkpoint_dir == "/workspace/checkpoints" and rc.output_dir == "/workspace/output"
     assert rc.device == "cuda"
 
@@ -247,7 +286,7 @@ def test_object_names_are_rfc1123_and_short():
 
 def test_rendered_names_fit_for_the_longest_spec_name():
     longest = "n" * 40
-    for flavor in ("job", "pytorchjob", "jobset"):
+    for flavor in ("job", "trainjob", "jobset"):
         ft = finetune(**{"metadata.name": longest, "spec.hardware.nodes": 2})
         for m in render(render_input(ft, operator(trainingFlavor=flavor))):
             assert len(m["metadata"]["name"]) <= 63
@@ -376,7 +415,7 @@ def test_compiled_schema_checker_agrees_with_jsonschema():
     for flavor, nodes in (("job", 1), ("job", 3)):
         docs += render(render_input(finetune(**{"spec.hardware.nodes": nodes}), operator(trainingFlavor=flavor)))
     inp = render_input()
-    docs += render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/x/model",
+    docs += render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID,
                                         data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
     job = by_kind(docs)["Job"]
     for _, mutate in _mutations(job)[:4]:
@@ -435,8 +474,8 @@ def test_sandbox_and_strict_undefined(tmp_path):
 
 def test_serving_manifests():
     inp = render_input()
-    manifests = render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="support-bot/run/model",
-                                            data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator))
+    manifests = render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, data_md5=DATA_MD5, git_commit=COMMIT,
+                                            operator=inp.operator, corpus_uri="s3://ftops-artifacts/inputs/c0ffee"))
     m = by_kind(manifests)
     dep, svc, cm = m["Deployment"], m["Service"], m["ConfigMap"]
     pod = dep["spec"]["template"]
@@ -445,21 +484,29 @@ def test_serving_manifests():
     assert server["ports"][0]["containerPort"] == 8000
     assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert server["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert server["resources"]["requests"]["ephemeral-storage"] == "20Gi"
     assert svc["spec"]["ports"][0]["port"] == 8000
     assert all(pod["metadata"]["labels"][k] == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
     assert all(pod["metadata"]["labels"][k] == v for k, v in svc["spec"]["selector"].items())
     serve = json.loads(cm["data"]["serve.json"])
-    assert serve["runId"] == RUN_ID and serve["corpus"] == "corpora/support" and serve["adapter"] == "/workspace/adapter"
-    mount = next(v for v in server["volumeMounts"] if v["name"] == "artifacts")
-    assert mount["subPath"] == "support-bot/run/model" and mount["readOnly"] is True
-    canary = by_kind(render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="a/b",
-                                                 data_md5=DATA_MD5, git_commit=COMMIT, operator=inp.operator,
-                                                 track="canary", replicas=1)))
+    assert serve["runId"] == RUN_ID and serve["corpus"] == "/workspace/corpus" and serve["adapter"] == "/workspace/adapter"
+    assert serve["baseModel"]["uri"] == f"/models/{R.model_cache_key('hf://org/base-7b', 'b' * 40)}"
+    assert serve["device"] == "cpu"  # servingGpus 0
+    init_env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][0]["env"]}
+    assert json.loads(init_env["FTOPS_INPUTS"]) == [[f"s3://ftops-artifacts/support-bot/{RUN_ID}", "/workspace/adapter"],
+                                                    ["s3://ftops-artifacts/inputs/c0ffee", "/workspace/corpus"]]
+    assert {"name": "adapter", "mountPath": "/workspace/adapter", "readOnly": True} in server["volumeMounts"]
+    canary = by_kind(render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, data_md5=DATA_MD5,
+                                                 git_commit=COMMIT, operator=inp.operator, track="canary", replicas=1)))
     assert canary["Deployment"]["metadata"]["name"] == "support-bot-canary"
     assert canary["Service"]["spec"]["selector"] == svc["spec"]["selector"]  # one Service over both tracks
-    with pytest.raises(RenderError, match="relative to the artifacts claim"):
-        render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, adapter_uri="../team-b/x", data_md5=DATA_MD5,
-                                    git_commit=COMMIT, operator=inp.operator))
+    gpu = by_kind(render_serving(ServingInput(finetune=inp.finetune, run_id=RUN_ID, data_md5=DATA_MD5,
+                                              git_commit=COMMIT, operator=operator(servingGpus=1))))
+    gpu_pod = gpu["Deployment"]["spec"]["template"]["spec"]
+    assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu_pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert json.loads(gpu["ConfigMap"]["data"]["serve.json"])["device"] == "cuda"
+    assert gpu["ConfigMap"]["metadata"]["name"] != cm["metadata"]["name"]  # immutable: new content, new name
 
 
 # ----------------------------------------------------------------------------- plan diff
@@ -508,7 +555,7 @@ def test_every_example_spec_renders():
     for path in specs:
         ft = load_finetune(path, sorted(op.gpus))
         manifests = render(R.input_for(ft, DATA_MD5, COMMIT, op))
-        assert manifests[-1]["kind"] in ("Job", "PyTorchJob", "JobSet")
+        assert manifests[-1]["kind"] in ("Job", "TrainJob", "JobSet")
 
 
 def test_exit_codes_match_the_trainer():
@@ -523,17 +570,24 @@ def test_exit_codes_match_the_trainer():
     assert exitcodes.TEMPORARY not in R.CONFIG_ERROR_EXIT_CODES  # temporary errors are retried
     job = by_kind(render(render_input()))["Job"]
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    actions = {code: r["action"] for r in rules if "onExitCodes" in r for code in r["onExitCodes"]["values"]}
-    assert actions == {exitcodes.CONFIG_ERROR: "FailJob", exitcodes.PREEMPTED: "Ignore"}
+    actions = {(r["onExitCodes"]["containerName"], code): r["action"] for r in rules if "onExitCodes" in r
+               for code in r["onExitCodes"]["values"]}
+    assert actions == {("trainer", exitcodes.CONFIG_ERROR): "FailJob", ("inputs", exitcodes.CONFIG_ERROR): "FailJob",
+                       ("trainer", exitcodes.PREEMPTED): "Ignore"}
 
 
-def test_repo_path_base_model_is_read_from_the_checkout():
+def test_repo_path_base_model_is_read_from_the_model_cache():
     ft = finetune(**{"spec.baseModel": {"uri": "models/tiny-llama"}})
-    cm = by_kind(render(render_input(ft)))["ConfigMap"]
-    assert RunConfig.model_validate_json(cm["data"]["run.json"]).base_model.uri == "/workspace/repo/models/tiny-llama"
+    published = R.ModelSource("s3://ftops-artifacts/inputs/0123abcd")
+    m = by_kind(render(render_input(ft, model=published, data_uri="s3://ftops-artifacts/inputs/feedbeef")))
+    rc = RunConfig.model_validate_json(m["ConfigMap"]["data"]["run.json"])
+    assert rc.base_model.uri == f"/models/{R.model_cache_key('s3://ftops-artifacts/inputs/0123abcd', None)}"
+    init_env = {e["name"]: e.get("value") for e in m["Job"]["spec"]["template"]["spec"]["initContainers"][0]["env"]}
+    assert json.loads(init_env["FTOPS_BASE_MODEL"])["uri"] == published.uri
+    assert json.loads(init_env["FTOPS_INPUTS"]) == [["s3://ftops-artifacts/inputs/feedbeef", "/workspace/data"]]
+    assert init_env["HF_HUB_OFFLINE"] == "1"
 
 
-def test_data_pull_script_is_valid_shell():
-    script = by_kind(render(render_input()))["Job"]["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
-    proc = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+def test_a_store_that_is_not_an_object_store_is_refused():
+    with pytest.raises(RenderError, match="artifactStore.uri"):
+        render(render_input(op=operator(artifactStore={"uri": "/var/lib/ftops/store"})))

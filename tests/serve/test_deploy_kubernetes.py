@@ -63,18 +63,18 @@ def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves
     assert first.outcome == "promoted", first.message
     dep = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
     assert _template_run(dep) == RUN_A
-    # the run directory on the artifacts claim is mounted where serve.json says the adapter is
-    mount = next(v for v in dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if v["name"] == "artifacts")
-    assert mount["subPath"] == f"{SPEC_NAME}/{RUN_A}" and mount["readOnly"] is True
+    # the run, fetched from the artifact store by the inputs container, is mounted where serve.json says
+    mount = next(v for v in dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if v["name"] == "adapter")
+    assert mount["readOnly"] is True
     config = json.loads(fake_kube.get("v1", "ConfigMap", ns, next(
         v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "serve-config"))["data"]["serve.json"])
-    assert config["adapter"] == mount["mountPath"] and config["runId"] == RUN_A and config["corpus"] == "corpora/kb"
+    assert config["adapter"] == mount["mountPath"] and config["runId"] == RUN_A and config["corpus"] == "/workspace/corpus"
     # the pod's `ftops serve --config` reads exactly this file
     from controller.serve.config import from_json
 
     parsed = from_json(config, base=fake_kube_repo())
     assert parsed.run_dir == "/workspace/adapter" and parsed.run_id == RUN_A and parsed.top_k == 2
-    assert parsed.corpus_dir == str(fake_kube_repo() / "corpora/kb") and parsed.base_uri is None  # hf:// -> manifest's
+    assert parsed.corpus_dir == "/workspace/corpus" and parsed.base_uri.startswith("/models/")  # the model cache
     svc = fake_kube.get("v1", "Service", ns, f"{SPEC_NAME}-serve")
     assert "ftops.dev/track" not in svc["spec"]["selector"]
 
@@ -131,7 +131,7 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(spec_text(replicas=4, rollout="{strategy: canary, canaryPercent: 25, stableSeconds: 1}"))
     kubeconfig = serving.store.parent / "kubeconfig"
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "-o", "json", "rollback", str(spec_file), "--to", RUN_A[:6],
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "rollback", str(spec_file), "--to", RUN_A[:6],
                           "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--store", str(serving.store),
                           "--timeout", "30"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
