@@ -253,7 +253,7 @@ def test_a_jobset_restarts_the_whole_group_when_a_worker_is_lost(cluster):
                        "replicatedJobs": [{"name": "node", "replicas": 2, "template": {"spec": child}}]}}
     cluster.apply(pvc("work"), jobset)
     claim = cluster.claim_dir(NS, "work")
-    cluster.wait(lambda: {"group-node-0-0-0", "group-node-1-0-0"} <= {p.name for p in claim.iterdir()}, 30)
+    cluster.wait(lambda: claim.is_dir() and {"group-node-0-0-0", "group-node-1-0-0"} <= {p.name for p in claim.iterdir()}, 30)
     assert cluster.get("v1", "Service", NS, "grp")["spec"]["clusterIP"] == "None"  # DNS for the pods
     victim = next(p for p in cluster.pods(NS) if p["spec"]["hostname"] == "group-node-1-0")
     survivor = next(p for p in cluster.pods(NS) if p["spec"]["hostname"] == "group-node-0-0")
