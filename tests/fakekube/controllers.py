@@ -639,12 +639,6 @@ def pod_template_hash(template: dict) -> str:
     return out or "b"
 
 
-def _template_without_hash(tmpl: dict) -> dict:
-    t = copy.deepcopy(tmpl)
-    (t.get("metadata") or {}).get("labels", {}).pop("pod-template-hash", None)
-    return t
-
-
 class ReplicaSetController(Controller):
     """apps/v1 ReplicaSets: keep spec.replicas active pods (not terminal, not being deleted);
     scale down not-ready pods first, then the newest; status replicas / ready / available."""

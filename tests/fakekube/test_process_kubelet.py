@@ -353,6 +353,7 @@ def test_kubectl_get_pods_and_logs(cluster, tmp_path):
     assert "Completed" in kubectl("get", "pods")  # the STATUS column reads the terminated reason
     assert kubectl("logs", name) == "line one\nline two\n"
     assert kubectl("logs", name, "-c", "main", "--tail=1") == "line two\n"
+    assert kubectl("logs", "-f", name) == "line one\nline two\n"  # follow ends with the container
 
 
 def test_logs_of_a_restarted_container_and_the_previous_one(cluster):
