@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(exc, exitcodes.USAGE)
     try:
         return int(args.func(args) or exitcodes.OK)
-    except FtopsError as exc:
-        return report(exc, getattr(args, "error_exit", exitcodes.FAILURE))
+    except FtopsError as exc:  # a settings error is a usage error whatever the command
+        return report(exc, getattr(exc, "exit_code", None) or getattr(args, "error_exit", exitcodes.FAILURE))
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
     except BrokenPipeError:  # `ftops status | head`: the reader left; nothing went wrong

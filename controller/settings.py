@@ -32,9 +32,17 @@ from pathlib import Path
 from typing import Mapping
 
 from controller.errors import FtopsError
+from controller.exitcodes import USAGE
 
 DEFAULT_HOME = ".ftops"
 PROJECT_FILE = ".ftops.yaml"
+
+
+class SettingsError(FtopsError):
+    """A setting that cannot be used (a config file or variable that is wrong, a required one
+    missing): the command was called wrong, so it exits USAGE (2), not FAILURE."""
+
+    exit_code = USAGE
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ def config_file(env: Mapping[str, str], cwd: Path) -> Path | None:
     if named:
         path = Path(named)
         if not path.is_file():
-            raise FtopsError(f"FTOPS_CONFIG={named}: no such file")
+            raise SettingsError(f"FTOPS_CONFIG={named}: no such file")
         return path
     base = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "~")).expanduser() / ".config")
     for candidate in (cwd / PROJECT_FILE, base / "ftops" / "config.yaml"):
@@ -123,14 +131,17 @@ def read_config_file(path: Path) -> dict[str, Value]:
     try:
         located = load_located(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise FtopsError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        raise SettingsError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except YamlProblem as exc:
-        raise FtopsError(f"{path}:{exc.line}:{exc.column}: {exc.message}") from None
+        raise SettingsError(f"{path}:{exc.line}:{exc.column}: {exc.message}") from None
+    if located.problems:  # anchors, aliases, tags, duplicate keys: refused as in specs
+        first = located.problems[0]
+        raise SettingsError(f"{path}:{first.line}:{first.column}: {first.message}")
     data = located.data
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise FtopsError(f"{path}:1: a config file is a mapping of settings ({', '.join(_keys())})")
+        raise SettingsError(f"{path}:1: a config file is a mapping of settings ({', '.join(_keys())})")
     out: dict[str, Value] = {}
     for key, value in data.items():
         line = located.line_of((key,))
@@ -138,11 +149,11 @@ def read_config_file(path: Path) -> dict[str, Value]:
         if g is None:
             close = difflib.get_close_matches(str(key), _keys(), n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise FtopsError(f"{path}:{line}: unknown setting '{key}'.{hint} Known: {', '.join(_keys())}")
+            raise SettingsError(f"{path}:{line}: unknown setting '{key}'.{hint} Known: {', '.join(_keys())}")
         if not isinstance(value, str) or not value:
-            raise FtopsError(f"{path}:{line}: {key} must be a non-empty string")
+            raise SettingsError(f"{path}:{line}: {key} must be a non-empty string")
         if g.choices and value not in g.choices:
-            raise FtopsError(f"{path}:{line}: {key} must be one of {', '.join(g.choices)}, not '{value}'")
+            raise SettingsError(f"{path}:{line}: {key} must be one of {', '.join(g.choices)}, not '{value}'")
         if g.path and "://" not in value and not value.startswith("git@"):
             value = str((path.parent / Path(value).expanduser()).resolve()) if not Path(value).expanduser().is_absolute() \
                 else str(Path(value).expanduser())
@@ -171,7 +182,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None, cwd:
         if g.env and env.get(g.env):
             value = env[g.env]
             if g.choices and value not in g.choices:
-                raise FtopsError(f"{g.env}={value}: must be one of {', '.join(g.choices)}")
+                raise SettingsError(f"{g.env}={value}: must be one of {', '.join(g.choices)}")
             found[g.dest] = Value(value, g.env)
             continue
         if file_values is None:
@@ -205,10 +216,10 @@ def require_home(args: argparse.Namespace) -> Path:
 def require_repo(args: argparse.Namespace, command: str) -> str:
     repo = getattr(args, "repo", None)
     if not repo:
-        raise FtopsError(f"`ftops {command}` needs the GitOps repository: pass --repo PATH|URL, set FTOPS_REPO, "
+        raise SettingsError(f"`ftops {command}` needs the GitOps repository: pass --repo PATH|URL, set FTOPS_REPO, "
                          f"or write `repo:` in {PROJECT_FILE}")
     return str(repo)
 
 
-__all__ = ["DEFAULT_HOME", "GLOBALS", "Value", "add_globals", "config_file", "read_config_file", "require_home",
+__all__ = ["DEFAULT_HOME", "GLOBALS", "SettingsError", "Value", "add_globals", "config_file", "read_config_file", "require_home",
            "require_repo", "resolve", "uses", "where"]
