@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -24,6 +25,60 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-delete-all", action="store_true", help="confirm a commit that deletes every spec")
     p.add_argument("--allowed-signers", help="signed-commit mode: a git allowed-signers file (SSH keys)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where local runs train")
+    _notify_args(p)
+
+
+def _notify_args(p: argparse.ArgumentParser) -> None:
+    """Reporting each spec's outcome back to the merged commit (controller.notify, docs/ci.md)."""
+    g = p.add_argument_group("reporting back to the forge (a commit status per spec)")
+    g.add_argument("--notify", choices=("github", "webhook"), help="report each spec's outcome on the reconciled commit")
+    g.add_argument("--github-repository", default=os.environ.get("GITHUB_REPOSITORY"),
+                   help="OWNER/NAME of the GitHub repository (default: $GITHUB_REPOSITORY)")
+    g.add_argument("--github-token-env", default="GITHUB_TOKEN",
+                   help="environment variable holding the token (default: GITHUB_TOKEN; in a cluster, from a Secret)")
+    g.add_argument("--github-token-file", help="file holding the token (a mounted Secret), instead of the variable")
+    g.add_argument("--github-api-url", default=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+                   help="GitHub's REST API (GitHub Enterprise Server: https://HOST/api/v3)")
+    g.add_argument("--github-mode", choices=("statuses", "checks"), default="statuses",
+                   help="commit statuses (any token that may write statuses) or check runs (a GitHub App's token)")
+    g.add_argument("--notify-url", help="--notify webhook: the URL that receives each report as JSON")
+    g.add_argument("--webhook-secret-env", help="environment variable holding the webhook's HMAC secret")
+    g.add_argument("--notify-target-url", help="link shown on each status (a dashboard, the controller's UI)")
+
+
+def _notifier(args: argparse.Namespace):
+    """The notifier the flags ask for (None: report nowhere). A missing token or URL is a usage
+    error raised before the first pass, not a failure on the first report."""
+    from controller.errors import FtopsError
+
+    kind = getattr(args, "notify", None)
+    if kind is None:
+        return None
+    if kind == "webhook":
+        from controller.notify import WebhookNotifier
+
+        if not args.notify_url:
+            raise FtopsError("--notify webhook needs --notify-url URL")
+        secret = os.environ.get(args.webhook_secret_env, "") if args.webhook_secret_env else None
+        if args.webhook_secret_env and not secret:
+            raise FtopsError(f"--webhook-secret-env {args.webhook_secret_env}: the variable is not set")
+        return WebhookNotifier(args.notify_url, secret)
+    from controller.notify import GitHubNotifier
+
+    if not args.github_repository:
+        raise FtopsError("--notify github needs --github-repository OWNER/NAME (or $GITHUB_REPOSITORY)")
+    if args.github_token_file:
+        try:
+            token = Path(args.github_token_file).read_text().strip()
+        except OSError as exc:
+            raise FtopsError(f"--github-token-file {args.github_token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get(args.github_token_env, "")
+        if not token:
+            raise FtopsError(f"--notify github: ${args.github_token_env} is empty; export the token there "
+                             "(or give --github-token-file)")
+    return GitHubNotifier(args.github_repository, token, api_url=args.github_api_url, mode=args.github_mode,
+                          target_url=args.notify_target_url)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +176,8 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
         backend = LocalBackend(Path(args.home) / "runs")
     fence = cluster.elector.ensure_leader if cluster is not None and cluster.elector is not None else None
     ledger = Ledger(Home(Path(args.home)).ledger, before_write=fence)
-    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend), metrics=metrics)
+    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend), metrics=metrics,
+                            notifier=_notifier(args))
     return reconciler, cluster
 
 

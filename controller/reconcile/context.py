@@ -12,7 +12,7 @@ from controller.catalog import OperatorConfig
 from controller.clock import Clock
 from controller.desired import Decision, Identities
 from controller.home import Home
-from controller.seams import ArtifactStore, Backend, Deployer, Evaluator, JsonObject, Lineage, RunManifest, Serving
+from controller.seams import ArtifactStore, Backend, Deployer, Evaluator, JsonObject, Lineage, Notifier, RunManifest, Serving
 from controller.source import CommitInfo, SpecAtRev
 from controller.spec.finetune import FineTune
 from controller.status import SpecStatus
@@ -83,6 +83,8 @@ class Deps:
     data: DataPreparer
     clock: Clock
     template_version: str
+    notifier: Notifier | None = None
+    """Where the end of a pass reports each spec's outcome (controller.reconcile.notify); never a step."""
 
 
 @dataclass

@@ -32,11 +32,12 @@ from controller.ledger import Ledger
 from controller.reconcile import outcome, prune
 from controller.reconcile.config import ControllerConfig
 from controller.reconcile.context import DataPreparer, Deps, RepoFiles, SpecContext
+from controller.reconcile.notify import Outbox, commit_report
 from controller.reconcile.outcome import SpecState
 from controller.reconcile.registry import chain
 from controller.reconcile.result import LedgerRecord, StepResult
 from controller.render import template_version
-from controller.seams import ArtifactStore, Backend, Deployer, Evaluator
+from controller.seams import ArtifactStore, Backend, Deployer, Evaluator, Notifier
 from controller.source import CommitInfo, GitSource, SpecAtRev, SpecCache, load_specs_incremental
 from controller.status import (
     EVALUATED,
@@ -81,7 +82,7 @@ class Reconciler:
                  source: GitSource | None = None, deployer: Deployer | None = None,
                  metrics: "GateMetrics | None" = None, *, evaluator: Evaluator | None = None,
                  store: ArtifactStore | None = None, data: DataPreparer | None = None, repo: RepoFiles | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, notifier: Notifier | None = None) -> None:
         from controller.artifacts import open_store
         from controller.reconcile.workspace import DvcDataPreparer, GitRepoFiles
 
@@ -105,8 +106,9 @@ class Reconciler:
             config=config, operator=self.operator, home=self.home, ledger=self.ledger, backend=backend,
             evaluator=evaluator, store=store or open_store(config.store or str(self.home.store)), deployer=deployer,
             repo=repo or GitRepoFiles(self.source, self.home), data=data or DvcDataPreparer(self.source, self.home),
-            clock=clock, template_version=template_version(),
+            clock=clock, template_version=template_version(), notifier=notifier,
         )
+        self._outbox = Outbox(notifier, self.home.state / "_notify.json", config, clock) if notifier is not None else None
         self._statuses: dict[str, SpecStatus] | None = None  # write-through caches of the files in home
         self._states: dict[str, SpecState] = {}
         self._specs: tuple[str, dict[str, SpecAtRev]] | None = None
@@ -169,9 +171,23 @@ class Reconciler:
                 decisions[name] = decision
             if again is not None:
                 requeue.append(again)
+        again = self._report(statuses)
+        if again is not None:
+            requeue.append(again)
         log.info(json.dumps({"event": "reconciled", "commit": commit, "specs": len(statuses),
                              "seconds": round(self.clock.monotonic() - started, 3)}))
         return PassResult(commit, statuses, min(requeue) if requeue else None, decisions=decisions)
+
+    def _report(self, statuses: dict[str, SpecStatus]) -> float | None:
+        """The one place the forge hears from the controller: each spec whose summary changed this
+        pass (controller.reconcile.notify). Returns when a report that could not be sent is due."""
+        if self._outbox is None:
+            return None
+        for status in statuses.values():
+            report = commit_report(status)
+            if report is not None:
+                self._outbox.offer(report)
+        return self._outbox.flush()
 
     def _source_unavailable(self, message: str) -> PassResult:
         """Git is down or the revision is bad: say so on every spec, change nothing else."""

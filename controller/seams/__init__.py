@@ -10,16 +10,20 @@ tests/fakes.
 - `ArtifactStore` (store.py): a run's files by URI, verified against its manifest.
 - `Evaluator` (evaluator.py): evaluates a finished run, writes its report to the store.
 - `Deployer` (deployer.py): current / promote / stop / rollback of what serves a spec.
+- `Notifier` (notifier.py): tells the forge what became of each spec of a merged commit.
 """
 from controller.seams.backend import Backend, Lineage, Phase, Run, RunNotFound, RunReason, RunState
 from controller.seams.deployer import Deployer, DeployEvent, DeployOutcome, DeployRequest, DeployResult, Serving
 from controller.seams.evaluator import EvalRequest, EvalState, Evaluator
 from controller.seams.json import JsonObject, JsonValue
+from controller.seams.notifier import CommitReport, CommitState, Notifier
 from controller.seams.store import ArtifactStore, ManifestError, RunManifest
 
 __all__ = [
     "ArtifactStore",
     "Backend",
+    "CommitReport",
+    "CommitState",
     "DeployEvent",
     "DeployOutcome",
     "DeployRequest",
@@ -32,6 +36,7 @@ __all__ = [
     "JsonValue",
     "Lineage",
     "ManifestError",
+    "Notifier",
     "Phase",
     "Run",
     "RunManifest",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from controller.seams import (
+    CommitReport,
     DeployRequest,
     DeployResult,
     EvalRequest,
@@ -426,3 +427,25 @@ class SteppedClock:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+
+
+@dataclass
+class FakeNotifier:
+    """The Notifier seam: keeps every report; `failures` are raised by the next calls, in order
+    (a TemporaryError is what the GitHub notifier raises on a 5xx)."""
+
+    name: str = "fake"
+    reports: list[CommitReport] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)
+    calls: int = 0
+
+    def notify(self, report: CommitReport) -> None:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.reports and self.reports[-1] == report:
+            return  # the same report twice shows once, as on GitHub
+        self.reports.append(report)
+
+    def latest(self, spec: str) -> CommitReport | None:
+        return next((r for r in reversed(self.reports) if r.spec == spec), None)
