@@ -49,3 +49,43 @@ INTERRUPTED = 130
 TEMPORARY = 75
 CONFIG_ERROR = 78
 PREEMPTED = 143
+
+# Per command (docs/cli.md prints this table; tests/cli/test_docs.py holds the two to each other and
+# to the parser, so a new command cannot ship without its line). Every command also exits USAGE (2)
+# when called wrong, a config file or FTOPS_* variable that cannot be used included, and
+# INTERRUPTED (130) on Ctrl-C.
+COMMANDS: dict[str, str] = {
+    "validate": "0 every spec is valid; 1 a spec is invalid; 2 also when the repository, revision or operator config cannot be read",
+    "schema": "0",
+    "plan": "0 head is valid; 1 head has errors (invalid specs, data errors, advisor errors, budget breaches); "
+            "2 also when the repository cannot be read; with --detailed-exitcode 0 no changes, 2 changes",
+    "reconcile": "0 the pass ran; 1 it ended with an error (git unreachable, a refused commit); 2 no repository given",
+    "controller": "0 stopped; 2 no repository given",
+    "get": "0; 1 no controller home, or no object of that name",
+    "status": "0; 1 no controller home",
+    "describe": "0; 1 no controller home, or no spec of that name",
+    "wait": "0 the condition holds; 1 the timeout came first (or there is no controller home)",
+    "logs": "0; 1 no controller home, or a run the backend does not know",
+    "events": "0; 1 no controller home",
+    "trace": "0; 1 no ledger, or nothing in it matches",
+    "audit verify": "0 chain, anchors and artifact hashes match; 1 the ledger is broken (the first bad record is named) or missing",
+    "audit checkpoint": "0 the anchor is written; 1 the ledger is broken (no anchor is written) or missing",
+    "audit export": "0; 1 no ledger",
+    "data check": "0 no errors; 1 the file has errors",
+    "data prepare": "0 prepared; 1 the data has errors or is not trainable",
+    "data review-sample": "0; 1 the spec or data cannot be read",
+    "data review-status": "0 the review is approved; 1 not (yet)",
+    "data review-import": "0 verdicts appended; 1 the CSV cannot be used",
+    "data version": "0 versioned (and pushed); 1 the dataset or remote cannot be used",
+    "data pull": "0 pulled and verified; 1 the revision, pointer or remote cannot be used",
+    "train": "the trainer's process codes: 0, 1, 75 temporary, 78 config error, 143 preempted (above)",
+    "eval": "0 the gate passed; 1 it failed, or the evaluation could not run (a failing report is still written)",
+    "serve": "0 stopped; 1 the server cannot start",
+    "deploy": "0 promoted or unchanged; 1 refused (gate) or rolled back (readiness)",
+    "rollback": "0 rolled back; 1 there is no earlier run that passed its gate",
+    "render": "0; 1 an invalid spec or manifests",
+    "model init-tiny": "0",
+    "demo": "0 the demo ran end to end; 1 a step did not do what it should",
+    "version": "0",
+    "completion": "0",
+}
