@@ -41,6 +41,7 @@ $(TOOLS)/bin/kubectl:
 test: setup
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 demo: setup
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(VENV)/bin/ftops demo
