@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controller.commands.status_commands import _table
@@ -120,11 +120,24 @@ def _needs_repo(command: str, func):
 
 @dataclass
 class Cluster:
-    """What cluster mode adds around the reconciler: the elector (fence) and the CR mirror."""
+    """What cluster mode adds around the reconciler: the elector (fence), the CR mirror, the
+    artifact store in object storage, and evaluation as Jobs."""
 
     backend: object
     elector: object | None = None
     mirror: object | None = None
+    store: object | None = None
+    evaluator: object | None = None
+
+
+def cluster_store(operator):
+    """The operator's artifact store (cluster.artifactStore): where runs, reports and the pods'
+    inputs live. Credentials come from the controller's environment (the chart fills it from a
+    Secret), never from the config."""
+    from controller.artifacts import open_store, store_options
+
+    cfg = operator.cluster.artifact_store
+    return open_store(cfg.uri, store_options(cfg.endpoint_url, cfg.region))
 
 
 def _cluster(args: argparse.Namespace, operator, stop: threading.Event) -> Cluster:
@@ -144,14 +157,18 @@ def _cluster(args: argparse.Namespace, operator, stop: threading.Event) -> Clust
                                 renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         threading.Thread(target=elector.run, args=(stop, lambda: None, lambda: None), daemon=True).start()
     namespaces = getattr(args, "watch_namespace", None) or None
+    store = cluster_store(operator)
     backend = KubernetesBackend(api, namespaces=namespaces, fence=elector.ensure_leader if elector else None,
-                                operator=operator)
+                                operator=operator, store=store)
+    from controller.backends.kubernetes_eval import KubernetesEvaluator
+
+    evaluator = KubernetesEvaluator(backend, store, operator)
     mirror = None
     if getattr(args, "mirror_finetunes", False):
         from controller.backends.kubernetes_crd import FineTuneMirror
 
         mirror = FineTuneMirror(backend, lambda ft: operator.tenancy.namespace_for(ft.metadata.owner), namespaces=namespaces)
-    return Cluster(backend, elector, mirror)
+    return Cluster(backend, elector, mirror, store, evaluator)
 
 
 def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = None, metrics=None):
@@ -168,7 +185,9 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
     )
     cluster = None
     if args.backend == "kubernetes":
-        cluster = _cluster(args, load_operator_config(args.operator_config), stop or threading.Event())
+        operator = load_operator_config(args.operator_config)
+        config = replace(config, store=operator.cluster.artifact_store.uri)
+        cluster = _cluster(args, operator, stop or threading.Event())
         backend = cluster.backend
     else:
         from controller.backends.local import LocalBackend
@@ -176,13 +195,15 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
         backend = LocalBackend(Path(args.home) / "runs")
     fence = cluster.elector.ensure_leader if cluster is not None and cluster.elector is not None else None
     ledger = Ledger(Home(Path(args.home)).ledger, before_write=fence)
-    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend), metrics=metrics,
-                            notifier=_notifier(args))
+    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend, cluster), metrics=metrics,
+                            notifier=_notifier(args), evaluator=cluster.evaluator if cluster is not None else None,
+                            store=cluster.store if cluster is not None else None)
     return reconciler, cluster
 
 
-def _deployer(args: argparse.Namespace, backend):
-    """Who runs the serving side: server processes here, or Deployments in the cluster."""
+def _deployer(args: argparse.Namespace, backend, cluster: Cluster | None = None):
+    """Who runs the serving side: server processes here, or Deployments in the cluster (whose
+    pods read the run from the artifact store)."""
     from controller.catalog import load_operator_config
     from controller.home import Home
 
@@ -190,7 +211,8 @@ def _deployer(args: argparse.Namespace, backend):
     if args.backend == "kubernetes":
         from controller.serve.kube import KubernetesServing
 
-        return KubernetesServing(backend, load_operator_config(args.operator_config), store)
+        return KubernetesServing(backend, load_operator_config(args.operator_config), store,
+                                 artifacts=cluster.store if cluster is not None else None)
     from controller.serve.deploy import LocalServing
 
     return LocalServing(store)

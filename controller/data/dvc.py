@@ -91,7 +91,23 @@ def file_md5(path: str | Path) -> tuple[str, int]:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0", DVC_IGNORE_ISATTY="true")
+    """DVC's environment. Its site cache (locks, indexes) defaults to /var/tmp/dvc, which a
+    container with a read-only root cannot write: unless the operator set DVC_SITE_CACHE_DIR, it
+    goes under the temporary directory (an emptyDir in a pod)."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0", DVC_IGNORE_ISATTY="true")
+    env.setdefault("DVC_SITE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "dvc-site-cache"))
+    return env
+
+
+def _global_configs() -> list[str]:
+    """DVC's system and global config texts (lowest precedence, as DVC's own levels): where an
+    operator names the default remote for every repository, e.g. the chart's DVC_GLOBAL_CONFIG_DIR."""
+    out = []
+    for var in ("DVC_SYSTEM_CONFIG_DIR", "DVC_GLOBAL_CONFIG_DIR"):
+        folder = os.environ.get(var)
+        if folder and (Path(folder) / "config").is_file():
+            out.append((Path(folder) / "config").read_text(encoding="utf-8"))
+    return out
 
 
 def run_dvc(args: list[str], cwd: str | Path, timeout: float = DVC_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -446,14 +462,17 @@ def pull(repo: str | Path, rev: str, data_path: str, dest: str | Path, cache_dir
             return Pulled(dest, got, size, sha, True)
         raise DestinationConflict(f"{dest}: already exists with md5 {got}, not {pointer.md5} as pinned at {sha[:12]}; it is left untouched. Choose another destination.")
 
-    if config_text is None:
+    globals_ = _global_configs()
+    if config_text is None and not globals_:
         raise RemoteNotConfigured(f"{root}: no .dvc/config at {sha[:12]}, so there is no DVC remote to pull from; commit one (`dvc remote add -d ...`)")
+    config_text = config_text or ""
     local_cfg = root / ".dvc" / "config.local"
-    configs = [config_text] + ([local_cfg.read_text(encoding="utf-8")] if local_cfg.is_file() else [])
+    configs = globals_ + [config_text] + ([local_cfg.read_text(encoding="utf-8")] if local_cfg.is_file() else [])
     remotes, default = _remotes(configs, root / ".dvc")
     remote = remotes.get(default) if default else None
     if remote is None:
-        raise RemoteNotConfigured(f"{root}/.dvc/config at {sha[:12]}: no default remote (core.remote); `dvc remote add -d storage <dir or s3://...>` and commit it")
+        raise RemoteNotConfigured(f"{root}/.dvc/config at {sha[:12]}: no default remote (core.remote) there or in the operator's DVC "
+                                  "config (DVC_GLOBAL_CONFIG_DIR); `dvc remote add -d storage <dir or s3://...>` and commit it")
     probe(remote)
     # DVC 3 deletes an object that fails its hash check on pull, from a local remote too (seen
     # in tests/data/test_dvc.py). Check the bytes first, so a corrupted object is reported and kept

@@ -9,6 +9,7 @@ One module per concern:
 * `pods`        the pods' containers, volumes and inputs (store bundles, the model cache)
 * `training`    the training workload of each flavour (+ run.json ConfigMap, checkpoint PVC)
 * `serving`     the serving ConfigMap, Deployment and Service
+* `evaluation`  the evaluation Job (+ eval.json ConfigMap)
 * `schema`      validation against the real Kubernetes schemas plus the checks they do not carry
 * `output`      manifests as deterministic YAML text
 * `diff`        what `ftops plan` shows (diff_manifests, render_for_plan)
@@ -26,6 +27,7 @@ from controller.render.context import (
 )
 from controller.render.diff import diff_manifests, render_for_plan
 from controller.render.errors import RenderError
+from controller.render.evaluation import EvaluationInput, evaluation_names, render_evaluation
 from controller.render.names import MAX_NAME, model_cache_key, object_name, run_label
 from controller.render.pods import MODEL_DIR, ModelSource, model_cache_claim
 from controller.render.output import to_yaml
@@ -37,7 +39,7 @@ from controller.render.yamlsubset import load_manifests
 
 __all__ = [
     "CONFIG_ERROR_EXIT_CODES", "KUBERNETES_VERSION", "MAX_NAME", "MODEL_DIR", "ModelSource", "model_cache_claim", "model_cache_key", "PREEMPTED_EXIT_CODE", "SERVING_TEMPLATES",
-    "TRAINING_TEMPLATES", "RenderError", "RenderInput", "ServingInput", "diff_manifests", "input_for",
+    "TRAINING_TEMPLATES", "EvaluationInput", "RenderError", "evaluation_names", "render_evaluation", "RenderInput", "ServingInput", "diff_manifests", "input_for",
     "load_manifests", "manifest_problems", "object_name", "owner_namespace", "pod_run_config",
     "render", "render_for_plan", "render_serving", "run_config_for", "run_label", "template_version", "to_yaml",
     "training_templates", "validate_manifests",

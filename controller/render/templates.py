@@ -24,6 +24,7 @@ TRAINING_TEMPLATES = {
     "jobset": "training-jobset.yaml.j2",
 }
 SERVING_TEMPLATES = ("serving-configmap.yaml.j2", "serving-deployment.yaml.j2", "serving-service.yaml.j2")
+EVALUATION_TEMPLATES = ("evaluation-configmap.yaml.j2", "evaluation-job.yaml.j2")
 
 
 @lru_cache(maxsize=4)

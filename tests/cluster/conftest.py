@@ -12,7 +12,7 @@ sys.path.insert(0, str(HERE.parent))  # the fakekube package
 sys.path.insert(0, str(HERE))  # cluster_helpers, crdschema
 
 from cluster_helpers import tool  # noqa: E402
-from fakekube.fixtures import fake_kube, kubelet  # noqa: E402,F401
+from fakekube.fixtures import cluster, fake_kube, kubelet, s3, s3_server  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def test_helm_lint_strict(helm, name):
 def test_every_rendered_object_is_valid_kubernetes(helm, name):
     docs = render(helm, name)
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":  # not a built-in kind; checked in its own test
+        if doc["kind"] in ("ServiceMonitor", "ClusterTrainingRuntime"):  # not built-in kinds; checked in their own tests
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
@@ -141,7 +141,9 @@ def test_rbac_is_least_privilege(helm):
     assert granted[("ftops.dev", "finetunes/status")] == {"get", "update", "patch"}
     assert "create" in granted[("batch", "jobs")] and "delete" in granted[("apps", "deployments")]
     assert granted[("", "events")] == {"create", "patch"}
-    assert ("kubeflow.org", "pytorchjobs") not in granted  # only when asked for
+    assert ("trainer.kubeflow.org", "trainjobs") not in granted  # only when asked for
+    assert ("jobset.x-k8s.io", "jobsets") not in granted
+    assert "delete" in granted[("", "persistentvolumeclaims")]  # cancel removes a run's checkpoint claim
 
     docs = render(helm, "s3-remote")
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
@@ -149,7 +151,7 @@ def test_rbac_is_least_privilege(helm):
     assert sorted(r["metadata"]["namespace"] for r in tenant_roles) == ["ftops-legal", "ftops-support"]
     bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] != NS]
     assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "ftops", "namespace": NS}] for b in bindings)
-    assert any(("kubeflow.org" in r["apiGroups"]) for r in tenant_roles[0]["rules"])
+    assert any(("trainer.kubeflow.org" in r["apiGroups"]) for r in tenant_roles[0]["rules"])
     args = controller_container(docs)["args"]
     assert "--watch-namespace=ftops-support" in args and "--watch-namespace=ftops-legal" in args
 
@@ -177,7 +179,29 @@ def test_s3_remote_and_git_ssh_credentials_are_references(helm, tmp_path):
     assert op.tenancy.namespace_for("support") == "ftops-support"
     assert op.gpus["l40s"].usd_per_hour == 1.2 and "a100-80gb" in op.gpus  # merged over the defaults
     assert op.cluster.kueue_queue == "gpu-queue"
-    assert op.cluster.image == "ghcr.io/ftops/trainer:0.1.0" and op.cluster.git_repo == "git@git.example.com:ml/finetunes.git"
+    assert op.cluster.image == "ghcr.io/ftops/trainer:0.1.0"
+    # the artifact store: the pods' credentials are references to the tenant namespaces' Secret
+    store = op.cluster.artifact_store
+    assert (store.uri, store.endpoint_url, store.region) == ("s3://ml-artifacts/ftops", "https://minio.example.com", "eu-west-1")
+    assert {(s.env, s.secret, s.key) for s in store.credentials} == {
+        ("AWS_ACCESS_KEY_ID", "ftops-store", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "ftops-store", "secret-access-key")}
+    assert op.cluster.model_cache.hf_token is not None and op.cluster.model_cache.hf_token.secret == "hf-token"
+    # the controller's own store keys, from its Secret in the release namespace
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.example.com"
+    assert "ftops-store" in {e["valueFrom"].get("secretKeyRef", {}).get("name") for e in c["env"] if "valueFrom" in e}
+
+
+def test_the_training_runtime_is_valid_for_kubeflow_trainer(helm):
+    """The ClusterTrainingRuntime TrainJobs refer to, checked by Kubeflow's published models (and
+    its pod template by the Kubernetes schemas): the containers a TrainJob's runtime patch names
+    (inputs, node) are the ones it has."""
+    from controller.render import manifest_problems
+
+    (runtime,) = by_kind(render(helm, "s3-remote"), "ClusterTrainingRuntime")
+    assert manifest_problems(runtime) == []
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["inputs"] and [c["name"] for c in pod["containers"]] == ["node"]
+    assert by_kind(render(helm, "default"), "ClusterTrainingRuntime") == []
 
 
 def test_default_config_loads_and_has_no_dvc_remote(helm, tmp_path):

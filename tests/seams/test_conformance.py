@@ -272,6 +272,7 @@ class LocalEvalDriver:
         program = tmp / "eval_stand_in.py"
         program.write_text(EVAL_STAND_IN)
         self.store = FsspecStore(str(tmp / "store"))
+        self.root = Path("/")
         self.evaluator = LocalEvaluator(tmp / "evals", command=[sys.executable, str(program), "--config", "{config}"])
 
     def outcome(self, request: EvalRequest, code: int) -> None:
@@ -292,10 +293,60 @@ class LocalEvalDriver:
                 pass
 
 
+class KubernetesEvalDriver:
+    """The Kubernetes evaluator against the fake API server, with an in-memory object store
+    (fsspec's memory://) standing for the bucket: the scripted kubelet moves the Job, and a
+    finished evaluation leaves its report and marker in the store, as the evaluation pod does."""
+
+    NS = "ftops-team-a"
+
+    def __init__(self, fake, kubelet, tmp: Path) -> None:
+        import uuid
+
+        from controller.backends.kubernetes import KubernetesBackend
+        from controller.backends.kubernetes_eval import KubernetesEvaluator
+
+        fake.ensure_namespace(self.NS)
+        kubeconfig = tmp / "kubeconfig"
+        kubeconfig.write_text(fake.kubeconfig())
+        self.fake, self.kubelet, self.root = fake, kubelet, tmp
+        (tmp / "data").mkdir()
+        (tmp / "data" / "test.jsonl").write_text('{"messages": []}\n')
+        (tmp / "repo").mkdir()
+        (tmp / "repo" / "README.md").write_text("the repository at the commit\n")
+        self.store = FsspecStore(f"memory://ftops-{uuid.uuid4().hex[:8]}")
+        op = operator()
+        backend = KubernetesBackend(kubeconfig=str(kubeconfig), namespaces=[self.NS], operator=op, store=self.store)
+        self.evaluator = KubernetesEvaluator(backend, self.store, op)
+
+    def _job(self, request: EvalRequest) -> str:
+        from controller.render import evaluation_names
+
+        return evaluation_names(request.finetune.name, request.eval_id)["job"]
+
+    def outcome(self, request: EvalRequest, code: int) -> None:
+        name = self._job(request)
+        if code == 0:
+            run_uri = request.config.run_uri
+            self.store.put(self.store.join(run_uri, "eval/report.json"),
+                           json.dumps({"runId": request.run_id, "status": "completed"}).encode())
+            self.store.put(self.store.join(run_uri, "eval/ftops-eval.json"), json.dumps({"evalId": request.eval_id}).encode())
+            self.kubelet.succeed(self.NS, name)
+        elif code == 78:
+            self.kubelet.fail(self.NS, name, "PodFailurePolicy",
+                              f"Container evaluator for pod {self.NS}/{name}-x failed with exit code 78 matching FailJob rule at index 1")
+        else:
+            self.kubelet.fail(self.NS, name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+    def jobs(self) -> list[dict]:
+        return self.fake.list("batch/v1", "Job", self.NS)["items"]
+
+
 class FakeEvalDriver:
     def __init__(self) -> None:
         self.store = MemoryStore()
         self.evaluator = FakeEvaluator(self.store)
+        self.root = Path("/")
 
     def outcome(self, request: EvalRequest, code: int) -> None:
         if code == 0:
@@ -304,29 +355,32 @@ class FakeEvalDriver:
             self.evaluator.fail(request, RunReason.CONFIG_ERROR if code == 78 else RunReason.TEMPORARY_FAILURE)
 
 
-@pytest.fixture(params=["local", "fake"])
+@pytest.fixture(params=["local", "kubernetes", "fake"])
 def eval_driver(request, tmp_path):
-    d = LocalEvalDriver(tmp_path) if request.param == "local" else FakeEvalDriver()
+    if request.param == "kubernetes":
+        d = KubernetesEvalDriver(request.getfixturevalue("fake_kube"), request.getfixturevalue("kubelet"), tmp_path)
+    else:
+        d = LocalEvalDriver(tmp_path) if request.param == "local" else FakeEvalDriver()
     yield d
     if hasattr(d, "close"):
         d.close()
 
 
-def eval_request(store: ArtifactStore, eval_id: str = "e1e1e1e1e1e1") -> EvalRequest:
+def eval_request(store: ArtifactStore, eval_id: str = "e1e1e1e1e1e1", root: Path = Path("/")) -> EvalRequest:
     ft = finetune()
     run_uri = store.run_uri(ft.name, "abcdef012345")
     local = store.local_dir(run_uri)
     if local is not None:
         local.mkdir(parents=True, exist_ok=True)
     config = EvalConfig(eval_id=eval_id, run_id="abcdef012345", spec_name=ft.name, run_uri=run_uri, finetune=ft,
-                        data=EvalData(test="/data/test.jsonl"), repo_root="/repo")
+                        data=EvalData(test=str(root / "data" / "test.jsonl")), repo_root=str(root / "repo"))
     return EvalRequest(config, ft, Lineage("0" * 32, "a" * 40))
 
 
 def test_evaluator_runs_once_per_eval_id_and_reports_where_the_report_is(eval_driver):
     evaluator = eval_driver.evaluator
     assert isinstance(evaluator, Evaluator)
-    request = eval_request(eval_driver.store)
+    request = eval_request(eval_driver.store, root=eval_driver.root)
     assert evaluator.status(request) is None
     assert evaluator.submit(request).phase in (Phase.PENDING, Phase.RUNNING)
     eval_driver.outcome(request, 0)
@@ -334,13 +388,13 @@ def test_evaluator_runs_once_per_eval_id_and_reports_where_the_report_is(eval_dr
     assert done.phase is Phase.SUCCEEDED and done.report_uri is not None
     assert json.loads(eval_driver.store.get(done.report_uri))["runId"] == "abcdef012345"
     assert evaluator.submit(request).phase is Phase.SUCCEEDED  # never evaluated twice
-    other = eval_request(eval_driver.store, "f2f2f2f2f2f2")  # changed gates: a new evaluation
+    other = eval_request(eval_driver.store, "f2f2f2f2f2f2", eval_driver.root)  # changed gates: a new evaluation
     assert evaluator.status(other) is None
 
 
 def test_evaluator_a_temporary_failure_starts_again_and_a_config_error_does_not(eval_driver):
     evaluator = eval_driver.evaluator
-    request = eval_request(eval_driver.store)
+    request = eval_request(eval_driver.store, root=eval_driver.root)
     evaluator.submit(request)
     eval_driver.outcome(request, 75)
     failed = evaluator.status(request)

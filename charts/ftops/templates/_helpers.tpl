@@ -57,15 +57,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* The operator config the controller loads (--operator-config): the values' operatorConfig,
-     with cluster.image and cluster.gitRepo defaulted from trainerImage and git.repo. */}}
+     with cluster.image from trainerImage, cluster.artifactStore from artifactStore (the tenant
+     pods' credentials as Secret references) and cluster.modelCache from modelCache. */}}
 {{- define "ftops.operatorConfig" -}}
 {{- $op := deepCopy (default dict .Values.operatorConfig) -}}
 {{- $cluster := deepCopy (default dict (get $op "cluster")) -}}
 {{- if not (hasKey $cluster "image") -}}
 {{- $_ := set $cluster "image" (include "ftops.image" (dict "root" . "image" .Values.trainerImage)) -}}
 {{- end -}}
-{{- if not (hasKey $cluster "gitRepo") -}}
-{{- $_ := set $cluster "gitRepo" .Values.git.repo -}}
+{{- if and (not (hasKey $cluster "artifactStore")) .Values.artifactStore.uri -}}
+{{- $store := dict "uri" .Values.artifactStore.uri "endpointUrl" .Values.artifactStore.endpointUrl "region" .Values.artifactStore.region -}}
+{{- $creds := list -}}
+{{- if .Values.artifactStore.tenantSecretName -}}
+{{- range .Values.artifactStore.credentials.env -}}
+{{- $creds = append $creds (dict "env" .name "secret" $.Values.artifactStore.tenantSecretName "key" .key) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $store "credentials" $creds -}}
+{{- $_ := set $cluster "artifactStore" $store -}}
+{{- end -}}
+{{- if not (hasKey $cluster "modelCache") -}}
+{{- $mc := dict "claim" .Values.modelCache.claim "storage" .Values.modelCache.size "storageClass" .Values.modelCache.storageClass -}}
+{{- if .Values.modelCache.hfTokenSecretName -}}
+{{- $_ := set $mc "hfToken" (dict "env" "HF_TOKEN" "secret" .Values.modelCache.hfTokenSecretName "key" "token") -}}
+{{- end -}}
+{{- $_ := set $cluster "modelCache" $mc -}}
+{{- end -}}
+{{- if and (not (hasKey $cluster "trainingRuntime")) .Values.trainingRuntime.name -}}
+{{- $_ := set $cluster "trainingRuntime" .Values.trainingRuntime.name -}}
 {{- end -}}
 {{- $_ := set $op "cluster" $cluster -}}
 {{- toYaml $op -}}
