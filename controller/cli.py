@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or exitcodes.OK)
     except FtopsError as exc:  # a settings error is a usage error whatever the command
-        return report(exc, getattr(exc, "exit_code", None) or getattr(args, "error_exit", exitcodes.FAILURE))
+        code = getattr(exc, "exit_code", None)
+        return report(exc, code if isinstance(code, int) else int(getattr(args, "error_exit", exitcodes.FAILURE)))
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
     except BrokenPipeError:  # `ftops status | head`: the reader left; nothing went wrong

@@ -104,7 +104,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from controller.ledger import read_anchor_file
 
     ledger = _ledger(args.home)
-    anchors = {**_status_anchors(args.home), **{path: read_anchor_file(path) for path in args.anchor}}
+    anchors = {**_status_anchors(args.home),  # the demo calls this in-process, without --anchor
+               **{path: read_anchor_file(path) for path in getattr(args, "anchor", None) or []}}
     result = ledger.verify(anchors=anchors)
     if not result.ok:
         print(f"ledger BROKEN at record {result.first_bad_seq}: {result.problem}")

@@ -83,10 +83,7 @@ def _resolve_run(view: HomeView, target: str) -> tuple[str, str | None]:
 def cmd_logs(args: argparse.Namespace) -> int:
     view = HomeView.open(args)
     run, spec = _resolve_run(view, args.target)
-    if args.eval:
-        reader = _EvalLogs(view, run, spec)
-    else:
-        reader = _RunLogs(_backend(args, view), run)
+    reader: _RunLogs | _EvalLogs = _EvalLogs(view, run, spec) if args.eval else _RunLogs(_backend(args, view), run)
     text = reader.read(args.tail)
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -139,10 +136,10 @@ def _eval_request(view: HomeView, run_id: str, spec: str | None) -> Any:
     status = view.statuses().get(spec) if spec else None
     candidates = sorted(view.home.evals.glob(f"*-{run_id}-*/eval.json"), key=lambda p: p.stat().st_mtime)
     wanted = [p for p in candidates if status is not None and status.eval_id and p.parent.name.endswith(status.eval_id)]
-    path = (wanted or candidates or [None])[-1]
-    if path is None:
+    found = wanted or candidates
+    if not found:
         raise FtopsError(f"run {run_id}: no evaluation has been started for it in {view.root}")
-    config = load_eval_config(path)
+    config = load_eval_config(found[-1])
     return EvalRequest(config, config.finetune, Lineage("", ""))
 
 

@@ -247,15 +247,17 @@ def _short(value: str | None) -> str:
 def _watch(args: argparse.Namespace, lister: Callable[[argparse.Namespace, str | None], Rows], name: str | None,
            wide: bool, first: Rows) -> None:
     """Print each row again when it changes, until --timeout or Ctrl-C (kubectl get -w)."""
-    seen = {item.name: item.cells for item in first.items}
+    def key(item: Item) -> list[str]:  # AGE changes by itself; the row has not
+        return [c for i, c in enumerate(item.cells) if first.columns[i].header != "AGE"]
+
+    seen = {item.name: key(item) for item in first.items}
     deadline = clock.monotonic() + args.timeout if getattr(args, "timeout", None) else None
     while deadline is None or clock.monotonic() < deadline:
         clock.sleep(args.interval)
         changed = []
         for item in lister(args, name).items:
-            cells = [c for i, c in enumerate(item.cells) if first.columns[i].header != "AGE"]
-            if seen.get(item.name) != cells:
-                seen[item.name] = cells
+            if seen.get(item.name) != key(item):
+                seen[item.name] = key(item)
                 changed.append(item.cells)
         if changed:
             print_table(first.columns, changed, wide=wide, header=False)

@@ -210,7 +210,7 @@ def _aliases(cls: type[BaseModel]) -> list[str]:
 # ----------------------------------------------------------------------------- messages
 
 
-def _message(err: dict, path: Path_, located: Located, data: Any) -> str:
+def _message(err: Any, path: Path_, located: Located, data: Any) -> str:
     kind = err["type"]
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):

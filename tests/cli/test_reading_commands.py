@@ -266,6 +266,23 @@ def test_wait_sees_a_spec_become_ready(tmp_path, ftops, monkeypatch):
     assert out == "finetune/triage condition met: Ready=True\n" and clock.slept == [2.0, 2.0]
 
 
+def test_get_watch_prints_a_row_again_when_it_changes(tmp_path, ftops, monkeypatch):
+    from controller.commands import status_commands
+
+    home = build_home(tmp_path, GitRepo)
+    text = (home.repo.root / "specs" / "triage.yaml").read_text()
+    home.repo.write("specs/triage.yaml", text.replace("epochs: 2", "epochs: 3"))
+    home.repo.commit("three epochs")
+    clock = DrivenClock([lambda: home.reconciler.reconcile_once()])  # the controller's next pass, during the watch
+    monkeypatch.setattr(status_commands, "clock", clock)
+    code, out, _ = ftops("get", "-w", "--timeout", "6s", "--interval", "2s", "--home", home.home)
+    assert code == 0 and clock.slept == [2.0, 2.0, 2.0]
+    header, *rows = _rows(out)
+    assert [r[0] for r in rows] == ["intake", "triage", "triage"]  # the table, then triage once more
+    new_run = home.reconciler.load_statuses()["triage"].run_id
+    assert rows[1][2] == home.second_run[:12] and rows[2][2] == new_run[:12] != rows[1][2]
+
+
 # ----------------------------------------------------------------------------- logs
 
 
