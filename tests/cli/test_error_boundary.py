@@ -121,7 +121,8 @@ def test_every_command_is_covered(root):
     names = {" ".join(prefix) for prefix, _ in _leaves(root)}
     # a floor, not a census: new commands only add to it
     assert {"validate", "plan", "render", "reconcile", "trace", "audit verify", "data check", "data pull", "deploy",
-            "rollback", "serve", "eval", "train", "demo", "model init-tiny"} <= names
+            "rollback", "serve", "eval", "train", "demo", "model init-tiny", "get", "status", "describe", "logs",
+            "events", "wait", "version", "completion"} <= names
 
 
 @pytest.mark.parametrize("raised", [PermanentError, TemporaryError])
