@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from controller.errors import FtopsError
 from controller.home import Home
-from controller.reconcile.outcome import WAITING_FOR_PEOPLE as PEOPLE
 from controller.settings import require_home
 from controller.status import CHAIN, READY, SOURCE_AVAILABLE, STALLED, Condition, Reason, SpecStatus
 
@@ -25,9 +24,13 @@ if TYPE_CHECKING:
     from controller.ledger import Event, Ledger
     from controller.seams import ArtifactStore
 
-WAITING_FOR_PEOPLE = frozenset(PEOPLE)
-"""Reasons that wait for a person, not an error (controller.reconcile.outcome parks the spec
-with a hint saying who acts): shown as waiting, with what to do."""
+def waiting_reasons() -> frozenset[str]:
+    """Reasons that wait for a person, not an error (controller.reconcile.outcome parks the spec
+    with a hint saying who acts): shown as waiting, with what to do. Imported when asked: the
+    reconciler is heavy, and every command's parser imports this module."""
+    from controller.reconcile.outcome import WAITING_FOR_PEOPLE
+
+    return frozenset(WAITING_FOR_PEOPLE)
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -44,7 +47,7 @@ def pipeline_order(conditions: Iterable[Condition]) -> list[Condition]:
 def waiting_for_people(status: SpecStatus) -> Condition | None:
     """The Stalled condition when what it waits for is a person (a review), else None."""
     stalled = status.condition(STALLED)
-    if stalled is not None and stalled.status == "True" and stalled.reason in WAITING_FOR_PEOPLE:
+    if stalled is not None and stalled.status == "True" and stalled.reason in waiting_reasons():
         return stalled
     return None
 
@@ -365,6 +368,6 @@ def gate_summary(gate: dict[str, Any]) -> str:
     return f"gate failed: {why}"
 
 
-__all__ = ["HomeView", "RunRow", "WAITING_FOR_PEOPLE", "gate_decision", "gate_lines", "gate_summary", "gate_word",
+__all__ = ["HomeView", "RunRow", "waiting_reasons", "gate_decision", "gate_lines", "gate_summary", "gate_word",
            "headline", "last_changed", "metrics_text", "pipeline_order", "runs", "shown_phase", "summary",
            "waiting_for_people"]
