@@ -150,3 +150,13 @@ def test_completion_answers_from_the_parser(tmp_path):
     assert "--home" in _complete("ftops get --ho", tmp_path)
     assert set(_complete("ftops get -o ", tmp_path)) >= {"table", "wide", "json", "yaml", "name"}
     assert set(_complete("ftops completion ", tmp_path)) - {"-h", "--help"} == {"bash", "zsh", "fish"}
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    """Every command's parser is built on every call (and for each completion), so the reading
+    commands must not pull in the reconciler, rich or argcomplete until they run."""
+    code = ("import sys; from controller import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('controller.reconcile', 'rich', 'argcomplete', 'torch', 'kubernetes', 'matplotlib') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
