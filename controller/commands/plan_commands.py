@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="whether an estimate over budget.maxUsd fails the plan (default: error)")
     plan.add_argument("--cache-dir", default=os.environ.get("FTOPS_CACHE_DIR"),
                       help="folder of the on-disk spec cache (default: $FTOPS_CACHE_DIR, else ~/.cache/ftops; 'none' to disable)")
+    plan.add_argument("--github-comment", type=int, metavar="PR",
+                      help="also post the plan on this pull request, or update the comment posted before (its first line "
+                           "is the plan's marker); uses $GITHUB_TOKEN, $GITHUB_REPOSITORY and $GITHUB_API_URL as Actions sets them")
     add_output_flag(plan)
     uses(plan, "repo", "operator_config")
     plan.set_defaults(func=cmd_plan, error_exit=USAGE)
@@ -102,9 +106,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("\n".join(f"finetune/{p.name}" for p in plan.changed()))
     else:  # table / wide: the pull-request comment (markdown)
         print(to_markdown(plan), end="")
+    if args.github_comment is not None:
+        _comment(args.github_comment, to_markdown(plan))
     if plan.has_errors:
         return FAILURE
     return CHANGES if args.detailed_exitcode and plan.has_changes else OK
+
+
+def _comment(number: int, body: str) -> None:
+    """The sticky pull-request comment (controller.notify.github.upsert_comment)."""
+    from controller.notify.github import API_URL, upsert_comment
+    from controller.plan import MARKER
+
+    token, repository = os.environ.get("GITHUB_TOKEN", ""), os.environ.get("GITHUB_REPOSITORY", "")
+    if not token or not repository:
+        raise FtopsError("--github-comment needs $GITHUB_TOKEN and $GITHUB_REPOSITORY (GitHub Actions sets the second; "
+                         "pass the first from `secrets.GITHUB_TOKEN` with `pull-requests: write`)")
+    done = upsert_comment(repository, token, number, body, MARKER, api_url=os.environ.get("GITHUB_API_URL", API_URL))
+    print(f"{done} the plan comment on {repository}#{number}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- data

@@ -5,7 +5,7 @@ import json
 from typing import Mapping
 
 from controller.errors import PermanentError, TemporaryError
-from controller.seams import JsonObject
+from controller.seams import JsonObject, JsonValue
 
 TIMEOUT_S = 10.0
 
@@ -13,11 +13,19 @@ TIMEOUT_S = 10.0
 def post(url: str, body: JsonObject | bytes, headers: Mapping[str, str], what: str, timeout: float = TIMEOUT_S) -> JsonObject:
     """POST `body` (JSON) to `url`; the response's JSON object (empty when it has none).
     TemporaryError on 5xx, 429, timeouts and connection errors; PermanentError on other 4xx."""
+    parsed = request("POST", url, body, headers, what, timeout)
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def request(method: str, url: str, body: JsonObject | bytes | None, headers: Mapping[str, str], what: str,
+            timeout: float = TIMEOUT_S) -> JsonValue:
+    """One HTTP request with a JSON body (or none), classified as `post` says; the JSON answer."""
     import requests
 
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
-        response = requests.post(url, data=data, headers={"Content-Type": "application/json", **headers}, timeout=timeout)
+        response = requests.request(method, url, data=data, headers={"Content-Type": "application/json", **headers},
+                                    timeout=timeout)
     except requests.Timeout:
         raise TemporaryError(f"{what}: {url} did not answer within {timeout:g}s") from None
     except requests.ConnectionError as exc:
@@ -28,10 +36,10 @@ def post(url: str, body: JsonObject | bytes, headers: Mapping[str, str], what: s
     if response.status_code >= 400:
         raise PermanentError(f"{what}: {url} refused the report with {response.status_code}{said}")
     try:
-        parsed = response.json()
+        answer: JsonValue = response.json()
     except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+        return None
+    return answer
 
 
 def _message(response: object) -> str:

@@ -16,7 +16,7 @@ import re
 from typing import Literal
 
 from controller.errors import PermanentError
-from controller.notify._http import TIMEOUT_S, post
+from controller.notify._http import TIMEOUT_S, post, request
 from controller.seams import CommitReport, JsonObject
 from controller.seams.notifier import SUMMARY_LIMIT
 
@@ -73,3 +73,30 @@ class GitHubNotifier:
         if self.target_url:
             body["details_url"] = self.target_url
         return body
+
+
+def upsert_comment(repository: str, token: str, number: int, body: str, marker: str, *, api_url: str = API_URL,
+                   timeout: float = TIMEOUT_S) -> str:
+    """Post `body` on pull request `number`, or edit the comment posted before: the first one
+    whose body starts with `marker` (one sticky comment per pull request, however often the
+    plan runs). Returns "created" or "updated"."""
+    if not body.startswith(marker):
+        raise PermanentError("the comment must start with its marker, or the next run cannot find it")
+    api = api_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+               "X-GitHub-Api-Version": API_VERSION, "User-Agent": "ftops-plan"}
+    what = f"comment on {repository}#{number}"
+    page = 1
+    while True:
+        comments = request("GET", f"{api}/repos/{repository}/issues/{number}/comments?per_page=100&page={page}", None,
+                           headers, what, timeout)
+        if not isinstance(comments, list) or not comments:
+            break
+        for comment in comments:
+            if isinstance(comment, dict) and str(comment.get("body", "")).startswith(marker):
+                request("PATCH", f"{api}/repos/{repository}/issues/comments/{comment['id']}", {"body": body}, headers, what,
+                        timeout)
+                return "updated"
+        page += 1
+    post(f"{api}/repos/{repository}/issues/{number}/comments", {"body": body}, headers, what, timeout)
+    return "created"

@@ -4,7 +4,9 @@ GitHub's checks (a bearer token, the JSON Accept header, the API version header,
 payload shape: state enum, description within 140 characters, a context; a check run's name,
 head_sha, status and conclusion), and GitHub's answers (201 with the created object, 401 Bad
 credentials, 404 for an unknown repository, 422 Validation Failed with its errors). A test can
-make it answer 5xx for the next N requests, as GitHub does during an incident.
+make it answer 5xx for the next N requests, as GitHub does during an incident. Pull-request
+comments too (`GET/POST /repos/{owner}/{repo}/issues/{n}/comments`, paginated, and `PATCH
+/repos/{owner}/{repo}/issues/comments/{id}`), refusing a body over GitHub's 65,536 characters.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class GitHubAPI:
     statuses: dict[str, list[dict]] = field(default_factory=dict)
     """sha -> statuses created, oldest first."""
     check_runs: list[dict] = field(default_factory=list)
+    comments: dict[int, list[dict]] = field(default_factory=dict)
+    """pull request number -> its comments, oldest first."""
     fail_next: list[int] = field(default_factory=list)
     """HTTP codes to answer the next requests with (500, 502, 503 ...)."""
     url: str = ""
@@ -56,6 +60,50 @@ def serve(api: GitHubAPI) -> tuple[ThreadingHTTPServer, threading.Thread]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            if self.headers.get("Authorization") != f"Bearer {api.token}":
+                self._answer(401, {"message": "Bad credentials"})
+                return False
+            return True
+
+        def do_GET(self) -> None:  # noqa: N802
+            api.requests.append(Request("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
+            if not self._authorised():
+                return
+            m = re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments\?per_page=(\d+)&page=(\d+)", self.path)
+            if not m or m.group(1) != api.repository:
+                return self._answer(404, {"message": "Not Found"})
+            items = api.comments.get(int(m.group(2)), [])
+            size, page = int(m.group(3)), int(m.group(4))
+            data = json.dumps(items[(page - 1) * size: page * size]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+            api.requests.append(Request("PATCH", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if not self._authorised():
+                return
+            m = re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)", self.path)
+            found = [c for items in api.comments.values() for c in items if m and c["id"] == int(m.group(2))]
+            if not m or m.group(1) != api.repository or not found:
+                return self._answer(404, {"message": "Not Found"})
+            if not isinstance(body, dict) or not isinstance(body.get("body"), str) or len(body["body"]) > 65536:
+                return self._invalid("body")
+            found[0]["body"] = body["body"]
+            self._answer(200, found[0])
+
+        def _comment(self, number: int, body: dict) -> None:
+            if not isinstance(body.get("body"), str) or len(body["body"]) > 65536:
+                return self._invalid("body")
+            created = {"id": 1000 + sum(len(v) for v in api.comments.values()), "body": body["body"],
+                       "user": {"login": "github-actions[bot]"}}
+            api.comments.setdefault(number, []).append(created)
+            self._answer(201, created)
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             length = int(self.headers.get("Content-Length") or 0)
@@ -79,6 +127,11 @@ def serve(api: GitHubAPI) -> tuple[ThreadingHTTPServer, threading.Thread]:
                 if m.group(1) != api.repository:
                     return self._answer(404, {"message": "Not Found"})
                 return self._status(m.group(2), body)
+            m = re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments", self.path)
+            if m:
+                if m.group(1) != api.repository:
+                    return self._answer(404, {"message": "Not Found"})
+                return self._comment(int(m.group(2)), body)
             m = re.fullmatch(r"/repos/([^/]+/[^/]+)/check-runs", self.path)
             if m:
                 if m.group(1) != api.repository:
