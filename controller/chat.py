@@ -69,8 +69,11 @@ REFUSED_ROLES: Mapping[str, str] = {
                  "(the chat templates of open-weight models define system, not developer)",
 }
 
-EXAMPLE_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
-"""The top-level keys of a data line (OpenAI's fine-tuning format)."""
+EXAMPLE_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "sources"})
+"""The top-level keys of a data line: OpenAI's fine-tuning format, plus `sources`, the example's
+gold source(s): document paths relative to the spec's serving.corpus (`["refunds.md"]`), which
+retrieval-aware fine-tuning puts among the distractors and the evaluation's citation and recall
+metrics score against (`ftops data check` checks that each one is a document of the corpus)."""
 MESSAGE_KEYS: Mapping[str, frozenset[str]] = {
     "system": frozenset({"role", "content", "name"}),
     "user": frozenset({"role", "content", "name"}),
@@ -174,11 +177,17 @@ def check_example(obj: object) -> list[Problem]:
     problems: list[Problem] = []
     extra = obj.keys() - EXAMPLE_KEYS
     for key in sorted(extra, key=str) if extra else ():
-        problems.append(Problem("unknown_key", str(key), f"unknown key {key!r}; an example has only messages, tools and parallel_tool_calls"))
+        problems.append(Problem("unknown_key", str(key), f"unknown key {key!r}; an example has only messages, tools, "
+                                "parallel_tool_calls and sources"))
     if "tools" in obj and not isinstance(obj["tools"], list):
         problems.append(Problem("bad_field", "tools", "tools must be a list of tool definitions"))
     if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
         problems.append(Problem("bad_field", "parallel_tool_calls", "parallel_tool_calls must be true or false"))
+    if "sources" in obj:
+        sources = obj["sources"]
+        if not isinstance(sources, list) or not sources or not all(isinstance(x, str) and x.strip() for x in sources):
+            problems.append(Problem("bad_field", "sources", 'sources must be a non-empty list of document paths relative '
+                                    'to the corpus (spec.serving.corpus), e.g. "sources": ["refunds.md"]'))
     problems.extend(check_messages(obj.get("messages"), "example"))
     return problems
 

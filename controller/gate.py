@@ -4,11 +4,16 @@ No I/O and no heavy imports, so the reconciler, `ftops plan` and the tests can c
 and an auditor can recompute any recorded decision from the report and the spec.
 
 One line per configured gate (task accuracy, format compliance, regression drop, each mustBeat
-model, bias gap), each with its value, threshold and pass/fail. The decision fails, with a line
-saying why, when:
+model, bias gap, retrieval recall@k, citation accuracy, groundedness), each with its value,
+threshold and pass/fail. The decision fails, with a line saying why, when:
 - the report is missing, or its evaluation crashed (status != "completed");
 - the report is for another run id (a stale or misplaced report must never ship a model);
+- the report evaluated another serving configuration than the one that will serve (when the
+  caller says which one will: the hash of controller.identity.serving_config);
 - a metric the spec gates on is missing from the report, or is NaN/null/infinite.
+
+The decision records the serving configuration the report evaluated (`servingConfigSha256`):
+deployers promote only when it is the configuration they are deploying.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from controller.spec.evaluation import EvaluationSpec
+from controller.spec.finetune import FineTune, FineTuneSpec
 from controller.status import Reason
 
 COMPLETED = "completed"
@@ -46,6 +53,8 @@ class Decision:
     passed: bool
     lines: tuple[GateLine, ...] = field(default_factory=tuple)
     report_sha256: str | None = None
+    serving_config_sha256: str | None = None
+    """The serving configuration the report evaluated (None: the spec is not served)."""
 
     @property
     def reason(self) -> str:
@@ -64,7 +73,8 @@ class Decision:
 
     def to_dict(self) -> dict:
         return {"kind": "GateDecision", "runId": self.run_id, "passed": self.passed, "reason": self.reason,
-                "reportSha256": self.report_sha256, "lines": [line.to_dict() for line in self.lines]}
+                "reportSha256": self.report_sha256, "servingConfigSha256": self.serving_config_sha256,
+                "lines": [line.to_dict() for line in self.lines]}
 
     def format(self) -> str:
         """The decision for a terminal: one line per metric, then the verdict."""
@@ -91,15 +101,13 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _evaluation(spec: Any) -> Any:
-    """Accept a FineTune, its .spec, or an EvaluationSpec (duck-typed: gate imports no models)."""
-    if hasattr(spec, "task"):
-        return spec
-    inner = getattr(spec, "spec", None)
-    if inner is not None and hasattr(inner, "evaluation"):
-        return inner.evaluation
-    if hasattr(spec, "evaluation"):
+def _evaluation(spec: FineTune | FineTuneSpec | EvaluationSpec) -> EvaluationSpec:
+    if isinstance(spec, FineTune):
+        return spec.spec.evaluation
+    if isinstance(spec, FineTuneSpec):
         return spec.evaluation
+    if isinstance(spec, EvaluationSpec):
+        return spec
     raise TypeError("decide() needs a FineTune, FineTuneSpec or EvaluationSpec")
 
 
@@ -128,14 +136,24 @@ def _check(metrics: Mapping, name: str, kind: str, threshold: float, label: str)
     return GateLine(name, kind, value, threshold, ok, f"{label} {value:.4f} {rel} {kind} {threshold:.4f}")
 
 
-def decide(report: Any, spec: Any, run_id: str, report_sha256: str | None = None) -> Decision:
+def evaluated_config(data: Mapping) -> str | None:
+    """The serving-configuration hash a report records (`servingConfig.sha256`), if any."""
+    config = data.get("servingConfig")
+    sha = config.get("sha256") if isinstance(config, Mapping) else None
+    return sha if isinstance(sha, str) else None
+
+
+def decide(report: Any, spec: FineTune | FineTuneSpec | EvaluationSpec, run_id: str, report_sha256: str | None = None,
+           serving_config: str | None = None) -> Decision:
     """The decision for run `run_id`, from its report (report.json as a dict, or an object with
-    to_dict(); None when there is none) and the spec's `evaluation` thresholds."""
+    to_dict(); None when there is none) and the spec's `evaluation` thresholds. `serving_config`:
+    the hash of the serving configuration that will serve; a report that evaluated another fails."""
     ev = _evaluation(spec)
     data = _as_dict(report)
     if data is None:
         line = GateLine("report", "report", None, None, False, "no evaluation report for this run; nothing ships without one")
         return Decision(run_id, False, (line,), report_sha256)
+    evaluated = evaluated_config(data)
     lines: list[GateLine] = []
     if data.get("runId") != run_id:
         lines.append(GateLine("report.runId", "report", None, None, False,
@@ -144,8 +162,12 @@ def decide(report: Any, spec: Any, run_id: str, report_sha256: str | None = None
     if status != COMPLETED:
         error = data.get("error") or "no error recorded"
         lines.append(GateLine("report.status", "report", None, None, False, f"evaluation did not complete (status {status!r}): {error}"))
+    if serving_config is not None and evaluated != serving_config:
+        lines.append(GateLine("report.servingConfig", "report", None, None, False,
+                              f"report evaluated serving configuration {evaluated[:12] + '…' if evaluated else 'none'}, "
+                              f"not {serving_config[:12]}… that will serve; evaluate on the served configuration"))
     if lines:
-        return Decision(run_id, False, tuple(lines), report_sha256)
+        return Decision(run_id, False, tuple(lines), report_sha256, evaluated)
 
     metrics = data.get("metrics")
     if not isinstance(metrics, Mapping):
@@ -171,4 +193,11 @@ def decide(report: Any, spec: Any, run_id: str, report_sha256: str | None = None
                                   line.message.replace(" min ", f" {other} ")))
     if ev.bias is not None:
         lines.append(_check(metrics, "bias.gap", "maxGap", ev.bias.max_gap, "bias gap between groups"))
-    return Decision(run_id, all(line.passed for line in lines), tuple(lines), report_sha256)
+    rag = ev.rag
+    if rag is not None:
+        for name, check, label in (("rag.recallAtK", rag.recall_at_k, "retrieval recall@k of the gold source"),
+                                   ("rag.citationAccuracy", rag.citation_accuracy, "citation accuracy (cites the gold source)"),
+                                   ("rag.groundedness", rag.groundedness, "groundedness (facts found in the cited source)")):
+            if check is not None:
+                lines.append(_check(metrics, name, "min", check.min, label))
+    return Decision(run_id, all(line.passed for line in lines), tuple(lines), report_sha256, evaluated)

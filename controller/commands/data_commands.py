@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("file", help="The chat JSONL file to check (only read).")
     _spec_args(check)
     check.add_argument("--max-issues", type=int, default=50, help="Most issues to print per kind (default 50; JSON lists them all).")
+    check.add_argument("--rev", help="Check gold sources against the spec's corpus at this git revision "
+                                     "(default: the corpus folder in the working copy).")
     check.set_defaults(func=cmd_check)
 
     prep = sub.add_parser("prepare", help="Normalise, dedupe, split and write <workdir>/prepared/<spec>/<md5>/.",
@@ -189,6 +191,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     params, root, _ = resolve(args, args.spec)
     scan = scan_file(args.file, progress=interactive())
+    if args.spec:
+        scan.issues.extend(_gold_source_issues(args, root))
     tok, tok_name, note = _tokenizer(args.base_model, params, root, required=False)
     counted = tk.count(scan.records, tok, tok_name, params.max_seq_length, progress=interactive())
     scan.issues.extend(counted.issues)
@@ -234,6 +238,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"tokens ({s.method}): min {s.min}, mean {s.mean:.1f}, p95 {s.p95}, max {s.max}, total {s.total}")
         print(f"estimated training tokens: {report['trainingTokens']} ({report['trainingTokensFormula']})")
     return 1 if scan.errors else 0
+
+
+def _gold_source_issues(args: argparse.Namespace, root: Path) -> list:
+    """The examples' gold sources (`sources`) against the documents of the spec's serving.corpus:
+    at --rev (read from git), else in the working copy."""
+    from controller.data.check import gold_source_issues, named_sources
+    from controller.data.raft import corpus_at, corpus_documents
+
+    serving = load_finetune(args.spec).spec.serving
+    named = named_sources(args.file)
+    if serving is None or not serving.corpus or not named:
+        return []
+    if args.rev:
+        import tempfile
+
+        from controller.source import GitSource
+
+        with GitSource(root) as source:
+            commit = source.resolve(args.rev)
+        corpus, where = corpus_at(root, commit, serving.corpus, Path(tempfile.mkdtemp(prefix="ftops-check-")))[0], \
+            f"{serving.corpus} at {commit[:12]}"
+    else:
+        corpus, where = root / serving.corpus, serving.corpus
+    return gold_source_issues(named, corpus_documents(corpus), where)
 
 
 # ---------------------------------------------------------------- prepare

@@ -31,6 +31,7 @@ from controller.data.normalize import canonical_json, normalize_parsed, normaliz
 ERROR_KINDS: dict[str, str] = {
     "invalid_json": "the line is not valid JSON",
     **PROBLEM_KINDS,
+    "unknown_source": "a gold source (`sources`) that is not a document of the spec's corpus",
 }
 WARNING_KINDS: dict[str, str] = {
     "blank_line": "an empty line (skipped)",
@@ -376,3 +377,44 @@ def scan_file(path: str | Path, progress: bool = False) -> ScanResult:
 
         raise PermanentError(f"{p}: is a directory; spec.dataset.path must name one chat JSONL file") from None
     return scan_bytes(data, str(path), progress=progress)
+
+
+def named_sources(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, example) of every line of a chat JSONL file that names gold sources."""
+    out = []
+    for lineno, raw in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if b'"sources"' not in raw:
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue  # the scan reports it
+        if isinstance(obj, dict) and isinstance(obj.get("sources"), list):
+            out.append((lineno, obj))
+    return out
+
+
+def gold_source_issues(examples: list[tuple[int, dict[str, Any]]], documents: list[str], corpus: str) -> list[Issue]:
+    """An `unknown_source` error for each gold source that is not one of the corpus's documents
+    (paths relative to its folder), naming the closest documents to write instead."""
+    known = set(documents)
+    issues = []
+    for line, example in examples:
+        for i, doc in enumerate(example.get("sources") or []):
+            if isinstance(doc, str) and doc not in known:
+                close = sorted(known, key=lambda d: (_distance(d, doc), d))[:3]
+                issues.append(Issue(line, "unknown_source", f"sources[{i}]",
+                                    f"{doc!r} is not a document of the corpus {corpus}; write its path relative to that "
+                                    f"folder, e.g. {', '.join(repr(c) for c in close) or '(the corpus is empty)'}"))
+    return issues
+
+
+def _distance(a: str, b: str) -> int:
+    """Edit distance, to suggest the document a misspelt gold source meant."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]

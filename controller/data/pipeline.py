@@ -102,6 +102,9 @@ def prepare_spec(
     reviews = parse_reviews(reviews_blob.decode("utf-8"), params.reviews_path) if reviews_blob is not None else []
     hashes = [h for h in _kept_hashes(prepared)]
     status = review_status(hashes, reviews, params.review_sample_fraction, params.review_min_approval)
+    from controller.data.raft import for_spec  # gold sources checked against the corpus; RAFT rendering
+
+    prepared = for_spec(Path(repo), commit, finetune, data, prepared, Path(workdir))
     return prepared, status, data_ready(prepared.manifest, status)
 
 

@@ -98,6 +98,32 @@ class BiasCheck(SpecModel):
     max_gap: float = Field(default=0.1, ge=0, le=1, description="Largest allowed gap between the best and worst group.")
 
 
+class MinShare(SpecModel):
+    """A share that must be reached."""
+
+    min: float = Field(ge=0, le=1, description="Lowest acceptable value.")
+
+
+class RagCheck(SpecModel):
+    """Gates on retrieval and citations, measured on the served system.
+
+    The served system is the spec's retrieval, prompt builder and generation limits in front of the
+    model; the held-out examples that name their gold source(s) are scored. Each metric is reported
+    whenever the spec serves with a corpus; it gates only when its threshold is set."""
+
+    facts: list[str] = Field(
+        default_factory=lambda: ["answer"],
+        description="Fields of the JSON answer that state facts from the sources; groundedness checks that each one's "
+        "value appears in the source the answer cites.",
+    )
+    recall_at_k: MinShare | None = Field(
+        default=None, description="Retrieval recall@k: share of examples with a gold source among the topK retrieved.")
+    citation_accuracy: MinShare | None = Field(
+        default=None, description="Share of examples whose answer cites (in its \"source\" field) a gold source it was shown.")
+    groundedness: MinShare | None = Field(
+        default=None, description="Share of answers whose every fact field is found in the source they cite.")
+
+
 class EvaluationSpec(SpecModel):
     """Gates. A model serves only when every configured gate passes for its exact run."""
 
@@ -106,3 +132,6 @@ class EvaluationSpec(SpecModel):
     regression: RegressionCheck = Field(default_factory=RegressionCheck, description="General-task regression gate.")
     compare: Comparison = Field(default_factory=Comparison, description="A/B comparison and mustBeat gate.")
     bias: BiasCheck | None = Field(default=None, description="Bias gate.")
+    rag: RagCheck | None = Field(
+        default=None, description="Gates on retrieval and citations (recall@k, citation accuracy, groundedness); "
+        "needs spec.serving.corpus.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from controller.spec.base import SpecModel
 from controller.spec.basemodel import BaseModelSpec
@@ -54,6 +54,17 @@ class FineTuneSpec(SpecModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Gates before serving.")
     serving: ServingSpec | None = Field(default=None, description="Inference service; omit to train and evaluate only.")
     budget: Budget | None = Field(default=None, description="Cost limit per training run.")
+
+    @model_validator(mode="after")
+    def _retrieval_needs_a_corpus(self) -> "FineTuneSpec":
+        corpus = self.serving.corpus if self.serving is not None else None
+        if corpus is None and self.training.retrieval is not None:
+            raise ValueError("training.retrieval (RAFT) builds prompts over the served corpus: set spec.serving.corpus, "
+                             "or remove training.retrieval")
+        if corpus is None and self.evaluation.rag is not None:
+            raise ValueError("evaluation.rag measures retrieval over the served corpus: set spec.serving.corpus, "
+                             "or remove evaluation.rag")
+        return self
 
 
 class FineTune(SpecModel):

@@ -9,6 +9,26 @@ from pydantic import Field
 from controller.spec.base import SpecModel
 
 
+class RetrievalTraining(SpecModel):
+    """Retrieval-aware fine-tuning (RAFT): train on the prompts serving builds, sources included.
+
+    RAFT is Zhang et al. 2024, arXiv 2403.10131. Each training prompt is built by the serving prompt
+    builder over sources from the spec's corpus, so the model learns to answer from retrieved
+    sources and cite one, the way it will be served. Examples name their gold source(s) in a
+    top-level "sources" list (document paths relative to spec.serving.corpus)."""
+
+    gold_share: float = Field(
+        default=0.8, ge=0, le=1,
+        description="Share of training examples whose sources include their gold source(s) among the distractors; "
+        "the rest see distractors only (RAFT's P; 0.8 in the paper).",
+    )
+    distractors: int = Field(
+        default=1, ge=0, le=16,
+        description="Distractor sources per training prompt: the corpus chunks BM25 ranks highest for the question "
+        "that are not from a gold document (random chunks fill in when it finds fewer).",
+    )
+
+
 class TrainingSpec(SpecModel):
     """Hyper-parameters. Every field here is part of the run identity: changing one retrains."""
 
@@ -43,3 +63,9 @@ class TrainingSpec(SpecModel):
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")
     checkpoint_every_steps: int = Field(default=200, ge=1, description="Save a resumable checkpoint every N optimizer steps.")
+    retrieval: RetrievalTraining | None = Field(
+        default=None,
+        description="Train on served prompts (RAFT): sources from spec.serving.corpus put in each prompt by the serving "
+        "prompt builder, rendered once when the data is prepared. Needs spec.serving.corpus. Omit to train on the "
+        "examples as written.",
+    )

@@ -147,3 +147,120 @@ def corpus_texts(seed: int = 0, n: int = 300) -> list[str]:
     for example in generate_examples(n, seed):
         texts.extend(m["content"] for m in example["messages"][1:])
     return texts
+
+
+# ---------------------------------------------------------------------------- the RAG support task
+#
+# The guide's hybrid: the fine-tune learns the behaviour (route the ticket, answer in JSON, cite
+# the source), retrieval supplies the facts. Each ticket is about one of PRODUCTS and asks one
+# question whose answer is a fact in that product's knowledge-base article for the ticket's label
+# (`<product>-<topic>.md`, one short paragraph). The answer is
+# `{"label": ..., "source": "<the article>", "answer": "<the fact, copied from it>"}`.
+#
+# Why many small articles with different values (a refund takes 3 business days for one
+# product, 9 for another): a model can only get a fact it never saw in training right by reading
+# it from the source it is shown, so the held-out tickets (products and values the training
+# tickets did not pair) measure copying, and a corpus edit changes the served answer without
+# retraining. Pure Python, deterministic for a seed, like the label task above.
+
+PRODUCTS: tuple[str, ...] = ("orbit", "lumen", "pylon", "quartz", "nimbus", "vertex", "helix", "zephyr")
+RAG_SYSTEM_PROMPT = 'Route the support ticket and answer it. Reply with JSON: {"label", "source", "answer"}.'
+TOPICS: dict[str, str] = {"billing": "refunds", "bug": "crashes", "account": "lockout"}
+"""The article each label's questions are answered from."""
+_FACTS: dict[str, tuple[str, str]] = {
+    # label: (the article's sentence with {product} and {value}, the value's template)
+    "billing": ("Refunds for {product} go back to the card used and take {value}.", "{n} business days"),
+    "bug": ("When {product} crashes on start, install version {value} to fix it.", "{n}.0"),
+    "account": ("After five failed sign-ins {product} locks the account for {value}.", "{n} minutes"),
+}
+_VALUES: dict[str, tuple[int, ...]] = {"billing": (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14), "bug": (2, 3, 4, 5, 6, 7, 8, 9),
+                                       "account": (5, 10, 15, 20, 25, 30, 45, 60)}
+_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "billing": ("How long does the refund take?", "When do I get my money back?"),
+    "bug": ("Which version fixes this?", "What should I install?"),
+    "account": ("How long am I locked out?", "When can I sign in again?"),
+}
+_USES = ("I use {product}.", "This is about {product}.", "My {product} app has a problem.")
+
+
+def article_name(product: str, label: str) -> str:
+    return f"{product}-{TOPICS[label]}.md"
+
+
+def fact_value(product: str, label: str, seed: int = 0) -> str:
+    """The fact a product's article for a label states (deterministic for the corpus seed)."""
+    rng = random.Random(f"{seed}:{product}:{label}")
+    return _FACTS[label][1].format(n=rng.choice(_VALUES[label]))
+
+
+def kb_documents(seed: int = 0, overrides: dict[str, str] | None = None,
+                 products: tuple[str, ...] = PRODUCTS) -> dict[str, str]:
+    """The knowledge base: one short article per product and topic (`overrides` replaces the
+    value an article states, by article name: how a corpus-only commit changes a fact)."""
+    docs = {}
+    for product in products:
+        for label, topic in TOPICS.items():
+            name = article_name(product, label)
+            value = (overrides or {}).get(name, fact_value(product, label, seed))
+            sentence = _FACTS[label][0].format(product=product.capitalize(), value=value)
+            docs[name] = f"# {product.capitalize()} {topic}\n\n{sentence}\n"
+    return docs
+
+
+def rag_answer(label: str, source: str, value: str) -> str:
+    return json.dumps({"label": label, "source": source, "answer": value})
+
+
+def make_rag_example(label: str, product: str, rng: random.Random, kb_seed: int = 0, system: bool = True) -> dict:
+    """One ticket about `product` asking its `label` question, answered from its article, with
+    the article as its gold source (`sources`)."""
+    first = rng.choice(_PHRASES[label])
+    parts = [rng.choice(_OPENERS), rng.choice(_USES).format(product=product.capitalize()), first,
+             rng.choice(_QUESTIONS[label]), rng.choice(_CLOSERS)]
+    source = article_name(product, label)
+    messages = [{"role": "user", "content": " ".join(p for p in parts if p)},
+                {"role": "assistant", "content": rag_answer(label, source, fact_value(product, label, kb_seed))}]
+    if system:
+        messages.insert(0, {"role": "system", "content": RAG_SYSTEM_PROMPT})
+    return {"messages": messages, "sources": [source]}
+
+
+def generate_rag_examples(n: int, seed: int = 0, kb_seed: int = 0, products: tuple[str, ...] = PRODUCTS,
+                          system: bool = True) -> list[dict]:
+    """`n` tickets, labels and products balanced round-robin then shuffled; same (n, seed) gives
+    the same list."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, not {n}")
+    rng = random.Random(seed)
+    pairs = [(LABELS[i % len(LABELS)], products[(i // len(LABELS)) % len(products)]) for i in range(n)]
+    rng.shuffle(pairs)
+    return [make_rag_example(label, product, rng, kb_seed, system) for label, product in pairs]
+
+
+def parse_rag_answer(text: str) -> dict | None:
+    """The answer as `{"label", "source", "answer"}` (strings, a known label), or None."""
+    try:
+        value = json.loads(text.strip())
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(value, dict) or set(value) != {"label", "source", "answer"}:
+        return None
+    if value["label"] not in LABELS or not all(isinstance(value[k], str) for k in value):
+        return None
+    return value
+
+
+RAG_ANSWER_SCHEMA = {
+    "type": "object", "required": ["label", "source", "answer"], "additionalProperties": False,
+    "properties": {"label": {"enum": list(LABELS)}, "source": {"type": "string", "pattern": r"^[a-z]+-[a-z]+\.md$"},
+                   "answer": {"type": "string", "minLength": 1}},
+}
+"""The format every answer of the RAG task must have (the demo spec's format gate)."""
+
+
+def rag_corpus_texts(seed: int = 0, n: int = 300) -> list[str]:
+    """Texts of the RAG task for a tokenizer to learn: the articles, tickets, prompts, answers."""
+    texts = [RAG_SYSTEM_PROMPT, *kb_documents(seed).values()]
+    for example in generate_rag_examples(n, seed):
+        texts.extend(m["content"] for m in example["messages"][1:])
+    return texts

@@ -130,3 +130,75 @@ def test_gate_is_pure_and_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout.strip()
     assert out == "[]"
+
+
+def rag_spec():
+    text = """apiVersion: ftops.dev/v1alpha1
+kind: FineTune
+metadata: {name: gated, owner: tests}
+spec:
+  baseModel: {uri: models/tiny}
+  dataset: {path: data/x.jsonl}
+  method: {type: lora}
+  evaluation:
+    task: {metric: json_field_match, fields: [label, source], min: 0.9}
+    rag:
+      recallAtK: {min: 0.9}
+      citationAccuracy: {min: 0.85}
+      groundedness: {min: 0.8}
+  serving: {corpus: corpora/kb, topK: 2}
+"""
+    loaded = load_spec_text(text, "specs/gated.yaml")
+    assert loaded.spec is not None, [i.format() for i in loaded.issues]
+    return loaded.spec
+
+
+def rag_report(**metrics) -> dict:
+    base = {"task.json_field_match": 0.95, "regression.drop": 0.0, "compare.fine-tuned.score": 0.95,
+            "compare.base.score": 0.1, "rag.recallAtK": 0.97, "rag.citationAccuracy": 0.9, "rag.groundedness": 0.85}
+    base.update(metrics)
+    return {"runId": RUN, "status": "completed", "servingConfig": {"sha256": "c" * 64},
+            "metrics": {k: v for k, v in base.items() if v != "DROP"}}
+
+
+def test_rag_metrics_gate_each_with_its_own_line() -> None:
+    spec_ = rag_spec()
+    ok = decide(rag_report(), spec_, RUN, serving_config="c" * 64)
+    assert ok.passed, ok.format()
+    assert {line.metric for line in ok.lines} >= {"rag.recallAtK", "rag.citationAccuracy", "rag.groundedness"}
+    assert ok.to_dict()["servingConfigSha256"] == "c" * 64
+    cites_distractors = decide(rag_report(**{"rag.citationAccuracy": 0.3}), spec_, RUN)
+    assert [line.metric for line in cites_distractors.failures] == ["rag.citationAccuracy"]
+    assert "citation accuracy (cites the gold source) 0.3000 < min 0.8500" in cites_distractors.message()
+    ungrounded = decide(rag_report(**{"rag.groundedness": None}), spec_, RUN)
+    assert [line.metric for line in ungrounded.failures] == ["rag.groundedness"]
+    assert "not a number" in ungrounded.message()
+    missing = decide(rag_report(**{"rag.recallAtK": "DROP"}), spec_, RUN)
+    assert "rag.recallAtK is missing" in missing.message()
+
+
+def test_a_report_for_another_serving_configuration_never_passes() -> None:
+    """The report evaluated the served system on one corpus/retriever/prompt; another one serves."""
+    decision = decide(rag_report(), rag_spec(), RUN, serving_config="d" * 64)
+    assert not decision.passed and [line.metric for line in decision.failures] == ["report.servingConfig"]
+    assert "report evaluated serving configuration cccccccccccc…, not dddddddddddd…" in decision.message()
+    unrecorded = {k: v for k, v in rag_report().items() if k != "servingConfig"}
+    assert not decide(unrecorded, rag_spec(), RUN, serving_config="c" * 64).passed
+    assert decide(unrecorded, rag_spec(), RUN).to_dict()["servingConfigSha256"] is None
+
+
+def test_rag_gates_and_retrieval_training_need_a_corpus() -> None:
+    text = """apiVersion: ftops.dev/v1alpha1
+kind: FineTune
+metadata: {name: gated, owner: tests}
+spec:
+  baseModel: {uri: models/tiny}
+  dataset: {path: data/x.jsonl}
+  method: {type: lora}
+  training: {retrieval: {goldShare: 0.8}}
+  evaluation:
+    rag: {citationAccuracy: {min: 0.9}}
+"""
+    loaded = load_spec_text(text, "specs/gated.yaml")
+    assert loaded.spec is None
+    assert any("set spec.serving.corpus" in i.message for i in loaded.issues), [i.format() for i in loaded.issues]
