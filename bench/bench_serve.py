@@ -9,9 +9,14 @@
    the real query text, matrix-vector product over all rows, top-k) is the same as with real
    embeddings. The encoder's measured throughput on real chunks is printed, to say what a real
    100k index build would cost.
-2. Server overhead: a tiny model trained here by the real trainer, answered through the HTTP
-   server (validation, retrieval, chat template, generation, JSON) vs `model.generate` on the same
-   final prompt ids in the same process. Target: overhead <= 10%.
+2. Serving load: a tiny model trained here by the real trainer, served by `ftops serve` (the
+   gateway and the embedded engine, one process, as the local deployer runs it); 1, 4, 8 and 16
+   concurrent clients through the official openai SDK, each sending requests back to back:
+   throughput and p50/p99 latency against the one-at-a-time baseline. Target: >= 3x the
+   sequential throughput at 8 clients, 0 errors.
+3. Gateway overhead: the same request through the gateway vs straight to the engine with the
+   exact messages the gateway builds (retrieved context included), interleaved, by median.
+   Target: <= 10%.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ QUERIES = 300
 TOP_K = 4
 BM25_P99_TARGET_MS = 5.0
 OVERHEAD_TARGET = 0.10
+LOAD_TARGET = 3.0
 
 
 def _synthetic_chunks(n: int, seed: int = 0) -> list[str]:
@@ -135,14 +141,92 @@ def _train_tiny_run(root: Path) -> Path:
     return out
 
 
-def bench_server_overhead(rounds: int = 60, max_tokens: int = 32) -> list[tuple[str, str]]:
+class _ServingProcess:
+    """`ftops serve --config serve.json` (gateway + embedded engine, one process) on OS-chosen
+    ports, as the local deployer runs it; stopped with SIGTERM."""
+
+    def __init__(self, root: Path, run_dir: Path, corpus: Path, max_tokens: int) -> None:
+        from controller.serve.config import ServeConfig, write_config
+
+        endpoint = root / "endpoint.json"
+        config = ServeConfig(run_dir=str(run_dir), model_name="bench", corpus_dir=str(corpus), retriever="bm25", top_k=2,
+                             max_tokens=max_tokens, port=0, index_cache=str(root / "idx"), endpoint_file=str(endpoint))
+        write_config(config, root / "serve.json")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "FTOPS_ENGINE_THREADS": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        self.log = (root / "serve.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--config", str(root / "serve.json")],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if endpoint.is_file():
+                ports = json.loads(endpoint.read_text())["ports"]
+                self.gateway = f"http://127.0.0.1:{ports['gateway']}"
+                self.engine = f"http://127.0.0.1:{ports['engine']}"
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", ports["gateway"], timeout=5)
+                    conn.request("GET", "/readyz")
+                    if conn.getresponse().status == 200:
+                        return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the serving process did not get ready: {(root / 'serve.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _load(client, messages: list[dict], clients: int, per_client: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `per_client` requests one after another through the SDK."""
+    import concurrent.futures as cf
+
+    latencies: list[float] = []
+    errors = 0
+    tokens = 0
+
+    def worker(_i: int) -> tuple[list[float], int, int]:
+        lat, err, tok = [], 0, 0
+        for _ in range(per_client):
+            started = time.perf_counter()
+            try:
+                resp = client.chat.completions.create(model="bench", messages=messages, max_tokens=max_tokens,
+                                                      temperature=0)
+                tok += resp.usage.completion_tokens
+            except Exception:  # noqa: BLE001 - counted, reported
+                err += 1
+            lat.append(time.perf_counter() - started)
+        return lat, err, tok
+
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        for lat, err, tok in pool.map(worker, range(clients)):
+            latencies += lat
+            errors += err
+            tokens += tok
+    wall = time.perf_counter() - started
+    return {"rps": len(latencies) / wall, "tps": tokens / wall, "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99), "errors": errors, "n": len(latencies)}
+
+
+def bench_serving(max_tokens: int = 32) -> list[tuple[str, str]]:
+    """Load through the gateway at 1/4/8/16 concurrent openai-SDK clients against the one-at-a-time
+    baseline, and the gateway's overhead over calling the engine directly, in one serving process."""
+    import asyncio
     import statistics
 
-    import torch
+    from openai import OpenAI
 
-    from controller.serve.config import ServeConfig
-    from controller.serve.server import RagServer
-    from controller.serve.validation import parse_chat_request
+    from controller.serve.gateway import Gateway, GatewayConfig, Route
+    from controller.serve.prompt import with_context
 
     with tempfile.TemporaryDirectory(prefix="ftops-bench-serve-") as tmp:
         root = Path(tmp)
@@ -151,67 +235,58 @@ def bench_server_overhead(rounds: int = 60, max_tokens: int = 32) -> list[tuple[
         corpus.mkdir()
         for i, text in enumerate(_synthetic_chunks(200, seed=3)):
             (corpus / f"doc{i:03d}.md").write_text(text[:300] + "\n")
-        srv = RagServer(ServeConfig(run_dir=str(run_dir), model_name="bench", corpus_dir=str(corpus), retriever="bm25",
-                                    top_k=2, max_tokens=max_tokens, port=0, index_cache=str(root / "idx")))
-        srv.bind()
-        srv.load()
-        srv.start(load=False)
         question = _queries(_synthetic_chunks(200, seed=3), 1)[0]
-        body = json.dumps({"model": "bench", "max_tokens": max_tokens,
-                           "messages": [{"role": "user", "content": question}]}).encode()
-        request = parse_chat_request(body, max_tokens)
-        ids, _hits = srv.prepare(request)  # the exact prompt the server builds (context included)
-        model = srv.model
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        messages = [{"role": "user", "content": question}]
+        serving = _ServingProcess(root, run_dir, corpus, max_tokens)
+        try:
+            gw = OpenAI(base_url=f"{serving.gateway}/v1", api_key="-", max_retries=0, timeout=120)
+            engine = OpenAI(base_url=f"{serving.engine}/v1", api_key="-", max_retries=0, timeout=120)
+            # The exact messages the gateway sends the engine (same index, same prompt builder).
+            offline = Gateway(GatewayConfig("bench", (Route("x", "x"),), (), corpus_dir=str(corpus), top_k=2,
+                                            index_cache=str(root / "idx")))
+            offline.load_index()
+            engine_messages = with_context(messages, asyncio.run(offline._hits(question)))
+            run_id = json.loads((run_dir / "manifest.json").read_text())["runId"]
+            for _ in range(3):
+                _load(gw, messages, 1, 2, max_tokens)
+            rows = []
+            results = {n: _load(gw, messages, n, max(4, 32 // n), max_tokens) for n in (1, 4, 8, 16)}
+            base = results[1]["rps"]
+            for n, r in results.items():
+                rows.append((f"{n:>2} concurrent client(s)", f"{r['rps']:6.2f} req/s  {r['tps']:7.1f} tok/s  p50 "
+                                                            f"{r['p50'] * 1000:7.1f} ms  p99 {r['p99'] * 1000:7.1f} ms  "
+                                                            f"{r['rps'] / base:5.2f}x sequential  errors {r['errors']}/{r['n']}"))
+            ratio8 = results[8]["rps"] / base
+            ok = ratio8 >= LOAD_TARGET and results[8]["errors"] == 0
+            rows.append(("8 clients vs sequential", f"{ratio8:.2f}x vs target >= {LOAD_TARGET:.0f}x with 0 errors "
+                                                    f"{'OK' if ok else 'MISSED'}"))
 
-        def direct() -> float:
-            inputs = torch.tensor([ids])
-            started = time.perf_counter()
-            with torch.inference_mode():
-                model.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens,
-                                     do_sample=False, eos_token_id=model.eos_ids, pad_token_id=model.pad_id)
-            return time.perf_counter() - started
+            def direct() -> float:
+                started = time.perf_counter()
+                engine.chat.completions.create(model=run_id, messages=engine_messages, max_tokens=max_tokens, temperature=0)
+                return time.perf_counter() - started
 
-        def served() -> float:
-            started = time.perf_counter()
-            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-            elapsed = time.perf_counter() - started
-            if resp.status != 200:
-                raise RuntimeError(f"server answered {resp.status}: {data[:200]!r}")
-            return elapsed
+            def through() -> float:
+                started = time.perf_counter()
+                gw.chat.completions.create(model="bench", messages=messages, max_tokens=max_tokens, temperature=0)
+                return time.perf_counter() - started
 
-        for _ in range(5):
-            direct(), served()
-        d, s = [], []
-        for _ in range(rounds):  # interleaved, so machine noise hits both alike
-            d.append(direct())
-            s.append(served())
-        conn.close()
-        tokens = json.loads(_post(srv.port, body))["usage"]["completion_tokens"]
-        srv.shutdown()
-    dm, sm = statistics.median(d), statistics.median(s)
-    dmin, smin = min(d), min(s)
-    rows = [
-        ("model.generate direct", f"median {dm * 1000:7.2f} ms  min {dmin * 1000:7.2f} ms  ({tokens} tokens, prompt "
-                                  f"{len(ids)} tokens)"),
-        ("through the HTTP server", f"median {sm * 1000:7.2f} ms  min {smin * 1000:7.2f} ms  (validation, retrieval, "
-                                    "template, generate, JSON, HTTP keep-alive)"),
+            d, g = [], []
+            for _ in range(40):  # interleaved, so machine noise hits both alike
+                d.append(direct())
+                g.append(through())
+        finally:
+            serving.stop()
+    dm, gm = statistics.median(d), statistics.median(g)
+    overhead = gm / dm - 1
+    rows += [
+        ("engine directly (SDK)", f"median {dm * 1000:7.2f} ms  min {min(d) * 1000:7.2f} ms  (the gateway's exact prompt)"),
+        ("through the gateway (SDK)", f"median {gm * 1000:7.2f} ms  min {min(g) * 1000:7.2f} ms  (auth, validation, "
+                                      "retrieval, prompt, routing, one more HTTP hop)"),
+        ("gateway / engine (median)", f"{gm / dm:.3f}x  overhead {overhead * 100:+.1f}% vs target <= "
+                                      f"{OVERHEAD_TARGET * 100:.0f}% {'OK' if overhead <= OVERHEAD_TARGET else 'MISSED'}"),
     ]
-    for label, ratio in (("median", sm / dm), ("min", smin / dmin)):
-        overhead = ratio - 1
-        rows.append((f"server / direct ({label})", f"{ratio:.3f}x  overhead {overhead * 100:+.1f}% vs target <= "
-                                                   f"{OVERHEAD_TARGET * 100:.0f}% {'OK' if overhead <= OVERHEAD_TARGET else 'MISSED'}"))
     return rows
-
-
-def _post(port: int, body: bytes) -> bytes:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-    data = conn.getresponse().read()
-    conn.close()
-    return data
 
 
 def main() -> None:
@@ -223,7 +298,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     report("retrieval latency per query (top-4)", bench_retrieval())
-    report("server overhead (same run, same prompt)", bench_server_overhead())
+    report("serving: gateway + embedded engine, openai SDK clients (same run, same process)", bench_serving())
 
 
 if __name__ == "__main__":

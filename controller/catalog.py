@@ -26,6 +26,8 @@ class GpuType(_Model):
     memory_gib: float = Field(ge=0, alias="memoryGiB", description="Accelerator memory per GPU.")
     usd_per_hour: float = Field(ge=0, description="On-demand price per GPU-hour.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels that select this GPU.")
+    engine: Literal["vllm", "embedded"] = Field(
+        default="vllm", description="The model engine that serves on this pool: vLLM, or ftops' embedded engine.")
 
 
 class Tenancy(_Model):
@@ -104,6 +106,7 @@ class ClusterDefaults(_Model):
     serving_cpu: str = "2"
     serving_memory: str = "8Gi"
     serving_gpus: int = Field(default=0, ge=0, le=16)
+    vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="The vLLM image of engine pools on vLLM.")
 
 
 class OperatorConfig(_Model):

@@ -41,6 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=None, help="Port (default 8000; 0 lets the OS choose).")
     serve.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu).")
     serve.add_argument("--index-cache", default=None, help="Where corpus indexes are kept (default beside the corpus).")
+    serve.add_argument("--gateway-config", default=None,
+                       help="gateway.json to keep the routes in (re-read when it changes; the local deployer writes it).")
+    serve.add_argument("role", nargs="?", default="node", choices=("node", "gateway", "engine", "sidecar"),
+                       help="node (default): the gateway and the embedded engine in one process; gateway: only the "
+                            "gateway (--config gateway.json); engine: only the embedded engine (--base, --adapter); "
+                            "sidecar: keep an engine's adapters equal to the desired set (--desired, --engine).")
+    serve.add_argument("--base", help="engine: the base model directory (default: the one the first adapter's run names).")
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR",
+                       help="engine: an adapter to load at start (repeatable); the first one's manifest gives the chat template.")
+    serve.add_argument("--name", default="base", help="engine: the base model's name in /v1/models (default base).")
+    serve.add_argument("--dtype", default="auto", help="engine: auto (bf16 on a GPU that has it, else fp32), bf16, fp16, fp32.")
+    serve.add_argument("--max-batch", type=int, default=16, help="engine: sequences decoded together (default 16).")
+    serve.add_argument("--desired", help="sidecar: the desired adapter set (adapters.json) in the artifact store.")
+    serve.add_argument("--engine", help="sidecar: the engine replica beside it (default http://127.0.0.1:8000).")
+    serve.add_argument("--cache", default="/adapters", help="sidecar: where fetched adapters are kept (shared with the engine).")
+    serve.add_argument("--interval", type=float, default=5.0, help="sidecar: seconds between two syncs (default 5).")
     serve.set_defaults(func=_serve)
 
     deploy = subparsers.add_parser(
@@ -106,6 +122,8 @@ def config_from_spec(spec_file: str, run_dir: str, corpus: str | None = None):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.role != "node":
+        return _serve_role(args)
     if args.config:
         if args.run or args.spec:
             print("error: give either --config or --run/--spec", file=sys.stderr)
@@ -127,9 +145,39 @@ def _serve(args: argparse.Namespace) -> int:
     if args.corpus and args.config:
         changes["corpus_dir"] = str(Path(args.corpus).resolve())
     config = config.replace(**changes)
-    from controller.serve.server import run_forever
+    from controller.serve.node import run_forever
 
-    return run_forever(config)
+    return run_forever(config, args.gateway_config)
+
+
+def _serve_role(args: argparse.Namespace) -> int:
+    """`ftops serve gateway|engine|sidecar`: one piece of the serving split on its own (pods)."""
+    host, port = args.host or "127.0.0.1", args.port if args.port is not None else 8000
+    if args.role == "gateway":
+        if not args.config:
+            print("error: ftops serve gateway needs --config gateway.json", file=sys.stderr)
+            return exitcodes.USAGE
+        from controller.serve.gateway import run_gateway
+
+        return run_gateway(args.config, host, port)
+    if args.role == "engine":
+        from controller.serve.engine_server import EngineConfig, run_engine
+
+        adapters = dict(a.split("=", 1) for a in args.adapter if "=" in a)
+        if len(adapters) != len(args.adapter) or not (args.base or adapters):
+            print("error: ftops serve engine needs --base DIR and/or --adapter NAME=RUN_DIR", file=sys.stderr)
+            return exitcodes.USAGE
+        first = next(iter(adapters.values()), None)
+        config = EngineConfig(model_dir=args.base, template_run=first, name=args.name, adapters=adapters,
+                              device=args.device or "cpu", dtype=args.dtype, max_batch=args.max_batch)
+        return run_engine(config, host, port)
+    if not args.desired:
+        print("error: ftops serve sidecar needs --desired URI (the adapters.json the deployer writes)", file=sys.stderr)
+        return exitcodes.USAGE
+    from controller.serve.sidecar import run_sidecar
+
+    store = os.environ.get("FTOPS_STORE") or args.desired.rsplit("/_engines/", 1)[0]
+    return run_sidecar(store, args.desired, args.engine or "http://127.0.0.1:8000", args.cache, args.interval)
 
 
 def _deploy(args: argparse.Namespace) -> int:

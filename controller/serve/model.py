@@ -243,3 +243,145 @@ def load_run(run_dir: str | Path, base_uri: str | None = None, base_revision: st
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     return LoadedModel(model, tokenizer, manifest["runId"], manifest, sorted(eos), pad, device, max_pos)
+
+
+# ---------------------------------------------------------------------- the engine's loading
+# The embedded engine (controller.serve.engine) keeps the base model unmerged and serves several
+# LoRA adapters over it (peft multi-adapter), loaded and unloaded at runtime, so it loads the two
+# halves separately: `load_engine_base` once per process, `open_run` per adapter.
+
+@dataclass(frozen=True)
+class RunFiles:
+    """A finished run on disk, its model/ files verified against its manifest."""
+
+    run_dir: Path
+    manifest: dict
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest["runId"])
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    @property
+    def is_adapter(self) -> bool:
+        return (self.model_dir / "adapter_config.json").is_file()
+
+    @property
+    def provenance(self) -> dict:
+        return self.manifest.get("provenance") or {}
+
+    @property
+    def chat_template(self) -> str:
+        template = self.provenance.get("chatTemplate")
+        if not template:
+            raise PermanentError(f"{self.run_dir}/manifest.json records no chatTemplate; cannot guarantee train/serve parity")
+        return str(template)
+
+    def base_dir(self, base_uri: str | None = None, base_revision: str | None = None) -> Path:
+        """The base model's directory on this machine: `base_uri` when given (the serving config's),
+        else the one the manifest records."""
+        from controller.train.loading import resolve_model_dir
+
+        base = self.provenance.get("baseModel") or {}
+        return resolve_model_dir(base_uri or base.get("uri", ""), base_revision if base_uri else base.get("revision"))
+
+
+def open_run(path: str | Path) -> RunFiles:
+    """The run at `path` (the run directory, or its model/ folder as vLLM's lora_path names it),
+    refused unless it finished (manifest) and its model files are the ones trained."""
+    path = Path(path)
+    run_dir = path.parent if path.name == "model" and not (path / "manifest.json").is_file() else path
+    manifest = read_manifest(run_dir)
+    verify_model_files(run_dir, manifest)
+    from controller.train.loading import check_safetensors_only
+
+    check_safetensors_only(run_dir / "model")
+    return RunFiles(run_dir, manifest)
+
+
+@dataclass
+class EngineBase:
+    """The base model as the engine serves it: unmerged, in `dtype`, with the run's chat template."""
+
+    model: Any
+    tokenizer: Any
+    eos_ids: list[int]
+    pad_id: int
+    device: str
+    dtype: str
+    max_positions: int
+    model_dir: Path
+
+
+def engine_dtype(requested: str, device: str) -> str:
+    """bf16 where the device computes it natively (a CUDA GPU with bf16), fp32 elsewhere unless
+    asked: on a CPU bf16 matmuls are emulated for most kernels and slower than fp32."""
+    import torch
+
+    if requested in ("bfloat16", "bf16"):
+        return "bfloat16"
+    if requested in ("float16", "fp16"):
+        return "float16"
+    if requested in ("float32", "fp32"):
+        return "float32"
+    if requested != "auto":
+        raise PermanentError(f"dtype '{requested}' must be auto, bf16, fp16 or fp32")
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def eos_ids(tokenizer: Any, provenance: dict, gen_dir: Path) -> list[int]:
+    """End-of-turn ids: the manifest's eos token and the model's generation_config ones."""
+    eos: set[int] = set()
+    recorded = (provenance.get("specialTokens") or {}).get("eos_token") or {}
+    if isinstance(recorded.get("id"), int):
+        eos.add(recorded["id"])
+    try:
+        gen_eos = json.loads((gen_dir / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, json.JSONDecodeError):
+        gen_eos = None
+    if isinstance(gen_eos, int):
+        eos.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        eos.update(int(i) for i in gen_eos)
+    if not eos and tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    if not eos:
+        raise PermanentError(f"{gen_dir}: no end-of-turn token recorded; generation would never stop")
+    return sorted(eos)
+
+
+def load_engine_base(model_dir: Path, run: RunFiles | None, device: str = "cpu", dtype: str = "auto") -> EngineBase:
+    """Load the model the engine serves from `model_dir` (a base for adapters, or a full run's
+    model/), with `run`'s recorded chat template and special tokens (train/serve parity)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from controller.train.loading import check_safetensors_only, load_tokenizer, resolve_device
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    device = resolve_device(device)
+    dtype = engine_dtype(dtype, device)
+    check_safetensors_only(model_dir)
+    tokenizer = load_tokenizer(run.model_dir if run is not None else model_dir)
+    provenance = run.provenance if run is not None else {}
+    if run is not None:
+        tokenizer.chat_template = run.chat_template
+        check_special_tokens(tokenizer, provenance.get("specialTokens") or {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True,
+                                                     dtype=getattr(torch, dtype))
+    except Exception as exc:
+        raise PermanentError(f"{model_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
+    model.to(device).eval()  # type: ignore[arg-type]
+    model.config.use_cache = True
+    eos = eos_ids(tokenizer, provenance, model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    return EngineBase(model, tokenizer, eos, int(pad), device, dtype, max_pos, model_dir)

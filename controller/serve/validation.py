@@ -8,7 +8,12 @@ model with something that would make it fail or run for minutes.
 What a message may hold is `controller.chat`'s request rules (roles system, user, assistant;
 string or text-part content; the last message the user's; no tools), the same module that
 defines the training data, so the server and the data check cannot drift apart. This module adds
-the limits (body size, message count, characters) and the other request parameters.
+the limits (body size, message count, characters) and the other request parameters, including
+the sampling parameters the engines honour (temperature, top_p, seed, stop).
+
+The gateway (controller.serve.gateway) and the embedded engine (controller.serve.engine) both
+parse with `parse_chat_request`: the gateway so that nothing invalid reaches retrieval or an
+engine, the engine because it is an OpenAI-compatible server of its own.
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ from controller.chat import check_messages, content_text
 MAX_BODY_BYTES = 1 << 20
 MAX_MESSAGES = 64
 MAX_CONTENT_CHARS = 32_000
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
+MAX_SEED = 2**63 - 1
 
 
 class RequestError(Exception):
@@ -39,6 +47,24 @@ class ChatRequest:
     stream: bool
     model: str | None
     include_usage: bool = False
+    temperature: float | None = None
+    """None: the deployment's default (greedy, as evaluated); 0 is greedy too."""
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def sampling(self) -> dict[str, object]:
+        """The sampling fields as an OpenAI request writes them (only those that were given)."""
+        out: dict[str, object] = {"max_tokens": self.max_tokens}
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        if self.seed is not None:
+            out["seed"] = self.seed
+        if self.stop:
+            out["stop"] = list(self.stop)
+        return out
 
     @property
     def query(self) -> str:
@@ -87,4 +113,44 @@ def parse_chat_request(body: bytes, max_tokens_limit: int, default_max_tokens: i
         raise RequestError(400, "'model' must be a string", "model")
     options = data.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return ChatRequest(clean, max_tokens, stream, model, include_usage)
+    return ChatRequest(clean, max_tokens, stream, model, include_usage, _number(data, "temperature", 0.0, 2.0),
+                       _top_p(data), _seed(data), _stop(data))
+
+
+def _number(data: dict, key: str, low: float, high: float) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise RequestError(400, f"'{key}' must be a number from {low:g} to {high:g}", key)
+    return float(value)
+
+
+def _top_p(data: dict) -> float | None:
+    value = _number(data, "top_p", 0.0, 1.0)
+    if value is not None and value <= 0:
+        raise RequestError(400, "'top_p' must be greater than 0 (1 keeps every token)", "top_p")
+    return value
+
+
+def _seed(data: dict) -> int | None:
+    value = data.get("seed")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_SEED <= value <= MAX_SEED:
+        raise RequestError(400, "'seed' must be an integer that fits in 64 bits", "seed")
+    return value
+
+
+def _stop(data: dict) -> tuple[str, ...]:
+    value = data.get("stop")
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError(400, "'stop' must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise RequestError(400, f"'stop' has {len(stops)} sequences; the limit is {MAX_STOP_SEQUENCES}", "stop")
+    if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(400, f"each 'stop' sequence must be 1 to {MAX_STOP_CHARS} characters", "stop")
+    return tuple(stops)

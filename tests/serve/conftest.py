@@ -39,7 +39,10 @@ def env(tmp_path_factory) -> Env:
     for i, run_id in enumerate((RUN_A, RUN_B)):
         rc = {"runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)},
               "method": {"type": "lora", "r": 4, "alpha": 8}, "device": "cpu",
-              "training": {"epochs": 1, "batchSize": 16, "learningRate": 0.01, "maxSeqLength": 128, "seed": 7 + i},
+              # B trains for longer, on longer sequences, with another seed: two adapters over one
+              # base that answer differently (test_engine).
+              "training": {"epochs": 1 + i, "batchSize": 16, "learningRate": 0.01, "maxSeqLength": 128 * (1 + i),
+                           "seed": 7 + i},
               "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
               "outputDir": str(store / SPEC_NAME / run_id), "checkpointDir": str(root / "ckpt" / run_id)}
         cfg = root / f"{run_id}.json"
@@ -64,18 +67,34 @@ def env(tmp_path_factory) -> Env:
 
 @pytest.fixture(scope="session")
 def server(env):
-    """One in-process server for run A (the API tests share it; none of them changes it)."""
+    """One in-process gateway + embedded engine for run A (controller.serve.node; the API tests
+    share it; none of them changes its routes)."""
     from controller.commands.serve_commands import config_from_spec
-    from controller.serve.server import RagServer
+    from controller.serve.node import Node
 
     config = config_from_spec(str(env.spec_file), str(env.run_dir(RUN_A))).replace(
         port=0, index_cache=str(env.root / "index-cache"))
-    srv = RagServer(config)
-    srv.bind()
-    srv.load()
-    srv.start(load=False)
-    yield srv
-    srv.shutdown()
+    node = Node(config, threads=1).start()
+    wait_ready(node.url)
+    yield node
+    node.stop()
+
+
+def wait_ready(url: str, timeout: float = 120) -> dict:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
 @pytest.fixture(scope="session")

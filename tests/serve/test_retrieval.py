@@ -83,31 +83,37 @@ def test_dense_and_hybrid_retrieve_by_meaning(corpus, tmp_path):
     assert embeddings.dtype.name == "float32" and abs(float((embeddings[0] ** 2).sum()) - 1) < 1e-4
 
 
-def test_running_server_reindexes_a_changed_corpus_without_reloading_the_model(server, env, tmp_path):
-    """The same loaded model object keeps serving; only the index is swapped."""
-    from controller.serve.server import RagServer
+def test_running_gateway_reindexes_a_changed_corpus_without_touching_the_engine(server, env, tmp_path):
+    """A new corpus in gateway.json swaps the index; the engine (and its loaded model) is not touched."""
+    import asyncio
+    from dataclasses import replace
+
+    from controller.serve.gateway import Gateway
 
     corpus = tmp_path / "kb"
     shutil.copytree(env.repo / "corpora" / "kb", corpus)
-    srv = RagServer(server.config.replace(corpus_dir=str(corpus), index_cache=str(tmp_path / "cache"), port=0))
-    srv.model = server.model
-    assert srv.reload_index()
-    old = srv.index.version
+    gateway = Gateway(replace(server.gateway.config, corpus_dir=str(corpus), index_cache=str(tmp_path / "cache")))
+    gateway.load_index()
+    old = gateway.index.version
     question = "Which status page shows the Quibbleton datacenter?"
-    assert all(c.path != "status.md" for c, _ in srv.retrieve(question))
+    assert all(c.path != "status.md" for c, _ in asyncio.run(gateway._hits(question)))
+    model = server.engine.engine.model
     (corpus / "status.md").write_text("The Quibbleton datacenter is shown on status.example.com.\n")
-    assert srv.reload_index() is True
-    assert srv.index.version != old
-    assert srv.retrieve(question)[0][0].path == "status.md"
-    assert srv.reload_index() is False
-    assert srv.model is server.model
+    asyncio.run(gateway.apply(replace(gateway.config, index_cache=str(tmp_path / "cache2"))))
+    assert gateway.index.version != old
+    assert asyncio.run(gateway._hits(question))[0][0].path == "status.md"
+    assert server.engine.engine.model is model
 
 
 def test_manifest_chat_template_and_special_tokens_are_what_serving_uses(env, tmp_path):
     from controller.errors import PermanentError
-    from controller.serve.model import load_run
+    from controller.serve.model import load_engine_base, open_run
 
     from serve_helpers import RUN_A, copy_run
+
+    def load_run(path):
+        run = open_run(path)
+        return load_engine_base(run.base_dir(), run)
 
     run = copy_run(env.run_dir(RUN_A), tmp_path / "store")
     manifest = json.loads((run / "manifest.json").read_text())
@@ -115,7 +121,8 @@ def test_manifest_chat_template_and_special_tokens_are_what_serving_uses(env, tm
     manifest["provenance"]["chatTemplate"] = "{{- 'PARITY ' }}" + template
     (run / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_run(run)
-    text = loaded.tokenizer.decode(loaded.prompt_ids([{"role": "user", "content": "hi"}]))
+    text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                add_generation_prompt=True)
     assert text.startswith("PARITY ") and text.rstrip().endswith("assistant")
     manifest["provenance"]["specialTokens"]["eos_token"]["id"] += 1
     (run / "manifest.json").write_text(json.dumps(manifest))
