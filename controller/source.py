@@ -15,6 +15,7 @@ commits, keeps its own writer (controller.demo).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -416,13 +417,45 @@ class WorkingTreeView:
 
 class SpecCache:
     """Parsed specs by (path, blob sha, GPU catalog) and data versions by pointer blob: an
-    unchanged file is read and parsed once, however many passes or revisions look at it."""
+    unchanged file is read and parsed once, however many passes or revisions look at it.
 
-    def __init__(self) -> None:
+    With a `directory` the outcomes also live on disk (`SpecDiskCache`), so a fresh process over
+    unchanged specs (`ftops plan` in a new CI job, with the folder restored by the CI cache) is
+    warm too: a spec whose blob, GPU catalog, loader code and every tree entry its checks read
+    are unchanged is taken from disk without being parsed. `save()` writes what was learnt."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
         self._parsed: dict[tuple[str, str, tuple[str, ...] | None], LoadedSpec] = {}
         self._data: dict[tuple[str, str, str], DataVersion] = {}
         self._checked: dict[tuple, LoadedSpec] = {}
         self._paths: dict[int, tuple[str, ...]] = {}
+        self.disk = SpecDiskCache(Path(directory)) if directory is not None else None
+
+    def load(self, source: "GitSource", files: dict[str, Entry], view: "GitTreeView",
+             gpu_types: tuple[str, ...] | None) -> dict[str, LoadedSpec]:
+        """Every file of `files` parsed and checked against the commit of `view`: from memory,
+        else from disk, else parsed (and remembered in both)."""
+        out: dict[str, LoadedSpec] = {}
+        todo = dict(files)
+        if self.disk is not None:
+            for path, entry in files.items():
+                if (path, entry.sha, gpu_types) in self._parsed:
+                    continue
+                hit = self.disk.checked(path, entry.sha, gpu_types, view.entries)
+                if hit is not None:
+                    out[path] = hit
+                    del todo[path]
+        parsed = self.specs(source, todo, gpu_types)
+        for path, loaded in parsed.items():
+            checked = out[path] = self.checked(loaded, view)
+            if self.disk is not None:
+                paths = self._paths.get(id(loaded), ())
+                self.disk.remember(path, todo[path].sha, gpu_types, paths, view.entries, checked)
+        return out
+
+    def save(self) -> None:
+        if self.disk is not None:
+            self.disk.save()
 
     def checked(self, loaded: LoadedSpec, view: "GitTreeView") -> LoadedSpec:
         """`check_against_repo`, cached on the tree entries it depends on: the entries of every
@@ -464,6 +497,12 @@ class SpecCache:
                 located[path] = (path, "git", direct.sha)
             else:
                 out[path] = DataVersion(path, None, None, None, "missing")
+        if self.disk is not None:
+            for key in located.values():
+                if key not in self._data:
+                    known = self.disk.data_version(key)
+                    if known is not None:
+                        self._data[key] = known
         blobs = source.read_blobs(sorted({key[2] for key in located.values() if key not in self._data}))
         for path, key in located.items():
             if key not in self._data:
@@ -473,8 +512,177 @@ class SpecCache:
                 else:
                     examples = sum(1 for line in content.splitlines() if line.strip())
                     self._data[key] = DataVersion(path, hashlib.md5(content).hexdigest(), len(content), examples, "git")
+                if self.disk is not None:
+                    self.disk.remember_data(key, self._data[key])
             out[path] = self._data[key]
         return out
+
+
+def default_cache_dir() -> Path:
+    """Where `ftops plan` keeps its spec cache: $XDG_CACHE_HOME/ftops, else ~/.cache/ftops."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ftops"
+
+
+class SpecDiskCache:
+    """Checked specs and data versions in one SQLite file (`<directory>/specs.sqlite`).
+
+    A spec's entry is keyed by what decides its outcome: its path, blob sha and GPU catalog, the
+    loader's own code (a new ftops version validates again), and the tree entries of every path
+    its repository checks read (so a deleted dataset or a new symlink is seen). Values are JSON:
+    the model as its aliased JSON dump (validated again on the way in by pydantic's JSON parser,
+    a fraction of the cost of loading the YAML), the issues, and the line of spec.dataset.path (the one location the plan
+    reports without re-reading the file). No pickle. A corrupt or unreadable file is started
+    afresh: the cache only ever saves work."""
+
+    FORMAT = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._db: "sqlite3.Connection | None" = None
+        self._pending: dict[str, str] = {}
+        self._paths: dict[tuple[str, str, tuple[str, ...] | None], tuple[str, ...] | None] = {}
+        self._read: dict[str, LoadedSpec] = {}
+        """Outcomes already read back in this process (a plan reads base and head: mostly the same)."""
+
+    # -- keys
+
+    @staticmethod
+    def _key(*parts: object) -> str:
+        return hashlib.sha256(repr((SpecDiskCache.FORMAT, loader_version(), *parts)).encode()).hexdigest()
+
+    def _spec_key(self, path: str, blob: str, gpu_types: tuple[str, ...] | None) -> str:
+        return self._key("paths", path, blob, gpu_types)
+
+    # -- specs
+
+    def checked(self, path: str, blob: str, gpu_types: tuple[str, ...] | None, entries: dict[str, Entry]) -> LoadedSpec | None:
+        memo = (path, blob, gpu_types)
+        if memo not in self._paths:
+            raw = self._get(self._spec_key(path, blob, gpu_types))
+            self._paths[memo] = tuple(json.loads(raw)) if raw is not None else None
+        paths = self._paths[memo]
+        if paths is None:
+            return None
+        key = self._key("checked", path, blob, gpu_types, tuple(entries.get(p) for p in paths))
+        if key in self._read:
+            return self._read[key]
+        raw = self._get(key)
+        if raw is None:
+            return None
+        try:
+            loaded = self._read[key] = _loaded_from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return loaded
+
+    def remember(self, path: str, blob: str, gpu_types: tuple[str, ...] | None, paths: tuple[str, ...],
+                 entries: dict[str, Entry], loaded: LoadedSpec) -> None:
+        self._pending[self._spec_key(path, blob, gpu_types)] = json.dumps(list(paths))
+        self._paths[(path, blob, gpu_types)] = paths
+        key = self._key("checked", path, blob, gpu_types, tuple(entries.get(p) for p in paths))
+        self._pending[key] = json.dumps(_loaded_to_json(loaded))
+
+    # -- data versions
+
+    def data_version(self, key: tuple[str, str, str]) -> DataVersion | None:
+        raw = self._get(self._key("data", key))
+        if raw is None:
+            return None
+        try:
+            return DataVersion(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
+
+    def remember_data(self, key: tuple[str, str, str], version: DataVersion) -> None:
+        from dataclasses import asdict
+
+        self._pending[self._key("data", key)] = json.dumps(asdict(version))
+
+    # -- storage
+
+    def _connect(self) -> "sqlite3.Connection | None":
+        import sqlite3
+
+        if self._db is None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.directory / "specs.sqlite", timeout=10)
+                self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            except (OSError, sqlite3.Error):
+                self._db = None
+        return self._db
+
+    def _get(self, key: str) -> str | None:
+        import sqlite3
+
+        db = self._connect()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError:
+            self._reset()
+            return None
+        return row[0] if row else None
+
+    def save(self) -> None:
+        import sqlite3
+
+        if not self._pending:
+            return
+        db = self._connect()
+        if db is None:
+            return
+        try:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO entries (key, value) VALUES (?, ?)", self._pending.items())
+        except sqlite3.DatabaseError:
+            self._reset()
+            return
+        self._pending.clear()
+
+    def _reset(self) -> None:
+        """A damaged file (a killed writer, a full disk): start afresh rather than fail a plan."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        (self.directory / "specs.sqlite").unlink(missing_ok=True)
+
+
+_LOADER_VERSION: list[str] = []
+
+
+def loader_version() -> str:
+    """A hash of the code that decides a spec's outcome (controller/spec and this module): a
+    cached outcome from another ftops version is never used."""
+    if not _LOADER_VERSION:
+        digest = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for file in sorted([*(here / "spec").glob("*.py"), here / "source.py"]):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+        _LOADER_VERSION.append(digest.hexdigest()[:16])
+    return _LOADER_VERSION[0]
+
+
+def _loaded_to_json(loaded: LoadedSpec) -> dict:
+    from dataclasses import asdict
+
+    line = None
+    if loaded.located is not None:
+        line = loaded.located.lines.get(("spec", "dataset", "path"))
+    return {"file": loaded.file, "spec": loaded.spec.model_dump_json(by_alias=True) if loaded.spec else None,
+            "issues": [asdict(i) for i in loaded.issues], "datasetLine": line}
+
+
+def _loaded_from_json(data: dict) -> LoadedSpec:
+    from controller.spec.finetune import FineTune
+    from controller.spec.load import SpecIssue
+    from controller.spec.yamlsafe import Located
+
+    spec = FineTune.model_validate_json(data["spec"]) if data["spec"] is not None else None
+    lines = {("spec", "dataset", "path"): data["datasetLine"]} if data.get("datasetLine") else {}
+    return LoadedSpec(data["file"], spec, tuple(SpecIssue(**i) for i in data["issues"]), Located(None, lines=lines))
 
 
 @dataclass(frozen=True)
@@ -517,9 +725,8 @@ def load_specs_at(
     catalog = tuple(sorted(gpu_types)) if gpu_types is not None else None
     entries = source.tree(sha)
     files = spec_paths(entries)
-    parsed = cache.specs(source, files, catalog)
     view = GitTreeView(source, sha)
-    checked = {path: cache.checked(loaded, view) for path, loaded in parsed.items()}
+    checked = cache.load(source, files, view, catalog)
     data = cache.data_versions(source, entries, [l.spec.spec.dataset.path for l in checked.values() if l.spec is not None])
     return {
         path: SpecAtRev(path, files[path].sha, loaded, data[loaded.spec.spec.dataset.path] if loaded.spec is not None else None)
@@ -589,10 +796,8 @@ def load_specs_incremental(
     files = {p: e for p, e in spec_paths(entries).items() if p in changed}
     result = {p: s for p, s in specs.items() if p not in changed}
     if files:
-        parsed = cache.specs(source, files, catalog)
         view = GitTreeView(source, sha)
-        for path, loaded in parsed.items():
-            loaded = cache.checked(loaded, view)
+        for path, loaded in cache.load(source, files, view, catalog).items():
             data = None
             if loaded.spec is not None:
                 data = cache.data_versions(source, entries, [loaded.spec.spec.dataset.path])[loaded.spec.spec.dataset.path]

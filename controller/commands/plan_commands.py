@@ -64,7 +64,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from controller.manifest_diff import for_spec
     from controller.plan import attach_data, plan_change, to_json, to_markdown
     from controller.render import template_version
-    from controller.source import GitSource, SpecCache, corpus_version, load_specs_at
+    from controller.source import GitSource, SpecCache, corpus_version, default_cache_dir, load_specs_at
 
     if args.detailed_exitcode:
         args.error_exit = FAILURE  # 2 means "changes" now: an unreadable repository is an error like any other
@@ -73,10 +73,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     source.refresh()
     head = source.resolve(args.head)
     base = source.resolve(args.base) if args.base else None
-    cache = SpecCache()
+    cache_dir = None if args.cache_dir == "none" else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = SpecCache(cache_dir)
     gpu_types = sorted(operator.gpus)
     head_specs = load_specs_at(source, head, cache, gpu_types)
     base_specs = load_specs_at(source, base, cache, gpu_types) if base else {}
+    cache.save()
     corpora = {}
     for path in set(head_specs) | set(base_specs):
         versions = []
