@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from controller.errors import PermanentError
 from controller.reconcile.context import Deps, SpecContext
-from controller.reconcile.result import Done, LedgerRecord, Retry, StepResult
+from controller.reconcile.result import Done, LedgerRecord, Retry, StepResult, Waiting
 from controller.reconcile.train import base_model
 from controller.seams import DeployEvent, DeployRequest, DeployResult, Serving
 from controller.status import Reason
+
+
+ROLLOUT_POLL_SECONDS = 5.0
+"""How soon a pass looks at a rollout again when the deployer names no time."""
 
 
 def request(ctx: SpecContext, deps: Deps) -> DeployRequest:
@@ -38,12 +42,15 @@ def run(ctx: SpecContext, deps: Deps) -> StepResult:
         return Done("the serving block was removed: stopped", Reason.NOT_SERVED, records=records(ctx.name, result))
     result = deps.deployer.promote(request(ctx, deps))
     if result.serving_run_id is not None:
-        ctx.serving = Serving(ctx.name, result.serving_run_id, result.outcome in ("promoted", "unchanged"), result.url,
+        ctx.serving = Serving(ctx.name, result.serving_run_id, result.outcome in ("promoted", "unchanged", "rolling_out"), result.url,
                               result.message, ctx.serving_id if result.serving_run_id == ctx.run_id else None)
     else:
         ctx.serving = None
     if result.outcome in ("promoted", "unchanged"):
         return Done(result.message or f"run {ctx.run_id} is serving", records=records(ctx.name, result))
+    if result.outcome == "rolling_out":  # the deployer never blocks; the next pass advances it
+        return Waiting(result.after if result.after is not None else ROLLOUT_POLL_SECONDS, Reason.ROLLING_OUT,
+                       result.message or f"rolling out run {ctx.run_id}", records=records(ctx.name, result))
     reason = Reason.ROLLED_BACK if result.outcome == "rolled_back" else Reason.DEPLOY_FAILED
     return Retry(f"deploy of run {ctx.run_id}: {result.message}", reason, records=records(ctx.name, result))
 

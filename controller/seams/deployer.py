@@ -15,7 +15,10 @@ from controller.seams.backend import Lineage
 from controller.seams.json import JsonObject
 from controller.spec.finetune import FineTune
 
-DeployOutcome = Literal["promoted", "unchanged", "refused", "rolled_back", "failed", "stopped"]
+DeployOutcome = Literal["promoted", "unchanged", "refused", "rolled_back", "failed", "stopped", "rolling_out"]
+"""`rolling_out`: a rollout is under way (a new version starting, a canary being analysed); the
+call returned without waiting for it, and the next call advances it (`DeployResult.after` says
+when to look again). What served before keeps serving meanwhile."""
 DeployEvent = JsonObject
 """`{kind, spec, runId, servingRunId, previousRunId, backend, time, reason, message, ...}`;
 kinds deploy.refused, deploy.started, deploy.canary_ready, deploy.promoted, deploy.rolled_back,
@@ -67,10 +70,12 @@ class DeployResult:
     events: tuple[DeployEvent, ...] = field(default=())
     url: str | None = None
     message: str = ""
+    after: float | None = None
+    """With `rolling_out`: seconds until the rollout is worth looking at again."""
 
     def to_dict(self) -> JsonObject:
         return {"outcome": self.outcome, "servingRunId": self.serving_run_id, "url": self.url,
-                "message": self.message, "events": list(self.events)}
+                "message": self.message, "events": list(self.events), "after": self.after}
 
 
 @runtime_checkable
@@ -82,7 +87,9 @@ class Deployer(Protocol):
         ...
 
     def promote(self, request: DeployRequest) -> DeployResult:
-        """Make the request's run serve; `unchanged` when it already does with the same serving id."""
+        """Make the request's run serve; `unchanged` when it already does with the same serving id.
+        Returns promptly: a rollout that takes time comes back `rolling_out`, and calling again
+        with the same request advances it (never blocks on readiness or a canary's analysis)."""
         ...
 
     def stop(self, spec: str) -> DeployResult:

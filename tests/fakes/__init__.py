@@ -270,6 +270,10 @@ class FakeDeployer:
     history: dict[str, list[str]] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)
     requests: list[DeployRequest] = field(default_factory=list)
+    rolling: dict[str, int] = field(default_factory=dict)
+    """run id -> how many more promote calls come back `rolling_out` before it serves (what the
+    real deployers do while a process starts or a canary is analysed)."""
+    started: set[str] = field(default_factory=set)
 
     def current(self, spec: str) -> Serving | None:
         return self.serving.get(spec)
@@ -292,14 +296,21 @@ class FakeDeployer:
             return DeployResult("refused", prev, (self._event("deploy.refused", spec, run_id, "gate"),), message="gate not passed")
         if before is not None and before.run_id == run_id and before.serving_id == request.serving_id and before.healthy:
             return DeployResult("unchanged", run_id, (), before.url, "already serving")
+        if self.rolling.get(run_id, 0) > 0:
+            self.rolling[run_id] -= 1
+            events = () if run_id in self.started else (self._event("deploy.started", spec, run_id),)
+            self.started.add(run_id)
+            return DeployResult("rolling_out", prev, events, before.url if before else None, f"rolling out run {run_id}",
+                                after=2.0)
         if run_id in self.failing:
             return DeployResult("rolled_back", prev, (self._event("deploy.started", spec, run_id),
                                                       self._event("deploy.rolled_back", spec, run_id, "not ready")),
                                 message=f"run {run_id} failed readiness; {prev or 'nothing'} serves")
         self.serving[spec] = Serving(spec, run_id, True, f"http://fake/{spec}", "", request.serving_id)
         self.history.setdefault(spec, []).append(run_id)
-        return DeployResult("promoted", run_id, (self._event("deploy.started", spec, run_id),
-                                                 self._event("deploy.promoted", spec, run_id)),
+        started = () if run_id in self.started else (self._event("deploy.started", spec, run_id),)
+        self.started.discard(run_id)
+        return DeployResult("promoted", run_id, (*started, self._event("deploy.promoted", spec, run_id)),
                             f"http://fake/{spec}", f"run {run_id} is serving")
 
     def stop(self, spec: str) -> DeployResult:

@@ -284,6 +284,24 @@ def test_a_rollout_that_never_gets_ready_is_retried_and_the_old_run_keeps_servin
     assert kinds(result) == ["deploy.started", "deploy.rolled_back"]
 
 
+def test_a_rollout_in_progress_waits_without_blocking_and_the_old_run_serves_meanwhile(world):
+    """The deployer returns `rolling_out` (a process starting, a canary under analysis): the step
+    waits for the time the deployer names, the old run stays the serving one, and a later pass
+    finishes the rollout. Each transition is recorded once."""
+    world.deployer.serving["triage"] = Serving("triage", "aaaa11112222", True)
+    ctx = _gated(world)
+    world.deployer.rolling[ctx.run_id] = 2
+    first = deploy.run(ctx, world.deps)
+    assert isinstance(first, Waiting) and first.reason == Reason.ROLLING_OUT and first.after == 2.0
+    assert kinds(first) == ["deploy.started"]
+    assert ctx.serving is not None and ctx.serving.run_id == "aaaa11112222" and ctx.serving.healthy
+    second = deploy.run(ctx, world.deps)
+    assert isinstance(second, Waiting) and kinds(second) == []
+    third = deploy.run(ctx, world.deps)
+    assert isinstance(third, Done) and kinds(third) == ["deploy.promoted"]
+    assert ctx.serving.run_id == ctx.run_id
+
+
 def test_a_deployer_refusal_is_retried_not_served(world):
     ctx = _evaluated(world)  # no gate decision written
     result = deploy.run(ctx, world.deps)
