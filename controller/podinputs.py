@@ -98,7 +98,7 @@ def _download(uri: str, revision: str | None, dest: Path) -> None:
     src = Path(uri)
     if not src.is_dir():
         raise PermanentError(f"{uri}: not a directory; check spec.baseModel.uri")
-    shutil.copytree(src, dest)
+    shutil.copytree(src, dest, dirs_exist_ok=True)
 
 
 def materialise(uri: str, revision: str | None, cache: Path) -> Path:

@@ -124,9 +124,11 @@ class KubernetesEvaluator:
         # same cache entry as the run's (content-addressed), never a second download.
         model = ModelSource(publish_dir(self.store, Path(cfg.repo_root) / bm.uri)) if bm.kind == "path" else \
             ModelSource(bm.uri, bm.revision)
+        serving = getattr(cfg, "serving", None)
+        corpus = publish_dir(self.store, Path(serving.corpus)) if serving is not None and serving.corpus else None
         return render_evaluation(EvaluationInput(
             finetune=request.finetune, config=cfg, data_md5=request.lineage.data_md5, git_commit=request.lineage.git_commit,
-            operator=self.operator, data_uri=data_uri, repo_uri=repo_uri, model=model))
+            operator=self.operator, data_uri=data_uri, repo_uri=repo_uri, model=model, corpus_uri=corpus))
 
     def _delete(self, request: EvalRequest) -> None:
         job = self._job(request)

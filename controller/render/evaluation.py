@@ -28,6 +28,7 @@ from controller.render.templates import EVALUATION_TEMPLATES, render_template
 from controller.spec.finetune import FineTune
 
 EVALUATOR = "evaluator"
+CORPUS_DIR = "/workspace/corpus"
 EVAL_BACKOFF_LIMIT = 2
 """Attempts of an evaluation Job beyond the first (a temporary failure: the store or a node away)."""
 
@@ -45,6 +46,8 @@ class EvaluationInput:
     repo_uri: str | None = None
     """The repository's files at the commit, published; None: named by the commit."""
     model: ModelSource | None = None
+    corpus_uri: str | None = None
+    """The corpus the evaluation serves through (eval.json's serving.corpus), published."""
     namespace: str | None = None
 
 
@@ -80,20 +83,26 @@ def _evaluation_context(inp: EvaluationInput) -> dict:
     data_uri = inp.data_uri or f"{root}/inputs/unpublished/data-{inp.data_md5}"
     repo_uri = inp.repo_uri or f"{root}/inputs/unpublished/repo-{inp.git_commit}"
     gpus = 0 if hw.gpu_type == "cpu" else c.eval_gpus
-    pod_config = cfg.model_copy(update={
+    update: dict[str, object] = {
         "data": EvalData(test=f"{DATA_DIR}/test.jsonl", train=f"{DATA_DIR}/train.jsonl" if cfg.data.train else None),
         "repo_root": REPO_DIR,
         "device": "cuda" if gpus else "cpu",
-    })
+    }
+    bundles = [(data_uri, DATA_DIR), (repo_uri, REPO_DIR)]
+    fetch_mounts = [{"name": "data", "mountPath": DATA_DIR}, {"name": "repo", "mountPath": REPO_DIR}]
+    serving = getattr(cfg, "serving", None)  # the served configuration the evaluation runs through
+    if serving is not None and serving.corpus:
+        bundles.append((inp.corpus_uri or f"{root}/inputs/unpublished/corpus-{inp.git_commit}", CORPUS_DIR))
+        fetch_mounts.append({"name": "corpus", "mountPath": CORPUS_DIR})
+        update["serving"] = serving.model_copy(update={"corpus": CORPUS_DIR, "index_cache": "/tmp/index"})
+    pod_config = cfg.model_copy(update=update)
     eval_json = json.dumps(pod_config.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n"
-    inputs = inputs_container(c, ft, [(data_uri, DATA_DIR), (repo_uri, REPO_DIR)], model,
-                              [{"name": "data", "mountPath": DATA_DIR}, {"name": "repo", "mountPath": REPO_DIR}])
+    inputs = inputs_container(c, ft, bundles, model, fetch_mounts)
     evaluator = container(
         EVALUATOR, c, ["python", "-m", "controller.evaluate", "--config", f"{CONFIG_DIR}/eval.json"],
         [*base_env(cfg.run_id), *store_env(c)], with_ephemeral(pod_resources(op, hw.gpu_type, gpus), c),
         [{"name": "eval-config", "mountPath": CONFIG_DIR, "readOnly": True},
-         {"name": "data", "mountPath": DATA_DIR, "readOnly": True}, {"name": "repo", "mountPath": REPO_DIR, "readOnly": True},
-         model_cache_mount(), {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
+         *({**m, "readOnly": True} for m in fetch_mounts), model_cache_mount(), {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
     )
     tolerations = list(c.tolerations) + (list(c.spot_tolerations) if hw.spot else [])
     pod = {
@@ -111,7 +120,7 @@ def _evaluation_context(inp: EvaluationInput) -> dict:
         "containers": [evaluator],
         "volumes": [
             {"name": "eval-config", "configMap": {"name": names["evalConfig"], "items": [{"key": "eval.json", "path": "eval.json"}]}},
-            {"name": "data", "emptyDir": {}}, {"name": "repo", "emptyDir": {}}, model_cache_volume(c),
+            *({"name": m["name"], "emptyDir": {}} for m in fetch_mounts), model_cache_volume(c),
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": c.shm_size if gpus else "1Gi"}},
             {"name": "tmp", "emptyDir": {}},
         ],
