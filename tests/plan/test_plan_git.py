@@ -282,3 +282,35 @@ def test_advisor_error_below_200_examples_fails_the_plan(git_repo):
     done = run_cli(git_repo.root, "--head", sha, "--no-data")
     assert done.returncode == 1
     assert "150 examples: fine-tuning needs at least 200" in done.stdout
+
+
+def test_the_comment_stays_under_githubs_limit_and_says_what_it_cut(git_repo):
+    """40 specs retrained at once: the full renders, then the long tables, are cut until the
+    comment fits GitHub's 65,536 characters, and the comment says so; JSON keeps everything."""
+    git_repo.write("models/tiny/config.json", "{}")
+    git_repo.write("corpora/kb/a.md", "# A\n")
+    for i in range(40):
+        git_repo.write(f"data/t{i}.jsonl.dvc", dvc_pointer("ab" * 15 + f"{i:02x}", 4_000_000, 1000).replace("tickets", f"t{i}"))
+        git_repo.write(f"specs/s{i}.yaml", SPEC.replace("name: triage", f"name: s{i}").replace("tickets", f"t{i}"))
+    base = git_repo.commit("forty specs")
+    for i in range(40):
+        git_repo.write(f"specs/s{i}.yaml", SPEC.replace("name: triage", f"name: s{i}").replace("tickets", f"t{i}")
+                       .replace("epochs: 2", "epochs: 4"))
+    head = git_repo.commit("train them all longer")
+    done = run_cli(git_repo.root, "--base", base, "--head", head, "--no-data")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert len(text) <= 65_536 - 1_536 < 65_536
+    assert "✂️ cut to stay under GitHub's 65,536-character comment limit: the full rendered manifests" in text
+    assert text.count("| changed |") >= 40  # the summary table keeps every spec
+    full = json.loads(run_cli(git_repo.root, "--base", base, "--head", head, "--no-data", "-o", "json").stdout)
+    assert len(full["specs"]) == 40 and all(s["manifests"]["fullRenderAtHead"] for s in full["specs"])
+
+
+def test_max_hours_is_compared_with_the_training_estimate_and_its_top_of_range():
+    from controller.cost import HIGH, max_hours_warnings
+
+    assert max_hours_warnings(30.0, 24) and "exceeds hardware.maxHours 24" in max_hours_warnings(30.0, 24)[0]
+    near = max_hours_warnings(20.0, 24)
+    assert near and f"({20.0 * HIGH:,.1f} h)" in near[0]  # fits the point estimate, not the range
+    assert max_hours_warnings(10.0, 24) == []
