@@ -12,10 +12,10 @@ One module per concern:
 * `evaluation`  the evaluation Job (+ eval.json ConfigMap)
 * `schema`      validation against the real Kubernetes schemas plus the checks they do not carry
 * `output`      manifests as deterministic YAML text
-* `diff`        what `ftops plan` shows (diff_manifests, render_for_plan)
 
 The output is deterministic: the same inputs give byte-identical YAML (sorted keys, no
-timestamps), so `ftops plan` can diff base against head and a re-render is a no-op apply.
+timestamps), so `ftops plan` can diff base against head (controller.manifest_diff pairs the
+objects by role) and a re-render is a no-op apply.
 This module re-exports the public names; callers import from here."""
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from controller.render.context import (
     owner_namespace,
     pod_run_config,
 )
-from controller.render.diff import diff_manifests, render_for_plan
 from controller.render.errors import RenderError
 from controller.render.evaluation import EvaluationInput, evaluation_names, render_evaluation
 from controller.render.names import MAX_NAME, model_cache_key, object_name, run_label
@@ -39,8 +38,8 @@ from controller.render.yamlsubset import load_manifests
 
 __all__ = [
     "CONFIG_ERROR_EXIT_CODES", "KUBERNETES_VERSION", "MAX_NAME", "MODEL_DIR", "ModelSource", "model_cache_claim", "model_cache_key", "PREEMPTED_EXIT_CODE", "SERVING_TEMPLATES",
-    "TRAINING_TEMPLATES", "EvaluationInput", "RenderError", "evaluation_names", "render_evaluation", "RenderInput", "ServingInput", "diff_manifests", "input_for",
+    "TRAINING_TEMPLATES", "EvaluationInput", "RenderError", "evaluation_names", "render_evaluation", "RenderInput", "ServingInput", "input_for",
     "load_manifests", "manifest_problems", "object_name", "owner_namespace", "pod_run_config",
-    "render", "render_for_plan", "render_serving", "run_config_for", "run_label", "template_version", "to_yaml",
+    "render", "render_serving", "run_config_for", "run_label", "template_version", "to_yaml",
     "training_templates", "validate_manifests",
 ]

@@ -21,10 +21,8 @@ from controller.render import (
     RenderError,
     RenderInput,
     ServingInput,
-    diff_manifests,
     object_name,
     render,
-    render_for_plan,
     render_serving,
     template_version,
     to_yaml,
@@ -507,24 +505,6 @@ def test_serving_manifests():
     assert gpu_pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert json.loads(gpu["ConfigMap"]["data"]["serve.json"])["device"] == "cuda"
     assert gpu["ConfigMap"]["metadata"]["name"] != cm["metadata"]["name"]  # immutable: new content, new name
-
-
-# ----------------------------------------------------------------------------- plan diff
-
-
-def test_plan_diff():
-    base = render_input()
-    assert render_for_plan(base, base) == ""
-    assert render_for_plan(base, render_input(git_commit="b" * 40)) == ""  # a new commit alone is no change
-    ft = finetune(**{"spec.hardware.maxHours": 2})
-    head = render_input(ft)
-    diff = render_for_plan(base, head)
-    assert "-  activeDeadlineSeconds: 21600" in diff and "+  activeDeadlineSeconds: 7200" in diff
-    assert diff.count("+++ head/") == 1  # only the Job changed
-    added = render_for_plan(None, head)
-    assert added.count("+++ head/") == 3 and "\n-" not in added.replace("\n---", "")
-    removed = diff_manifests(render(base), [])
-    assert removed.count("--- base/") == 3
 
 
 # ----------------------------------------------------------------------------- CLI
