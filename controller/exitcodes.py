@@ -57,8 +57,9 @@ PREEMPTED = 143
 COMMANDS: dict[str, str] = {
     "validate": "0 every spec is valid; 1 a spec is invalid; 2 also when the repository, revision or operator config cannot be read",
     "schema": "0",
-    "plan": "0 head is valid; 1 head has errors (invalid specs, data errors, advisor errors, budget breaches); "
-            "2 also when the repository cannot be read; with --detailed-exitcode 0 no changes, 2 changes",
+    "plan": "0 head is valid; 1 head has errors (invalid specs, data errors, data that cannot be pulled, advisor errors, "
+            "budget breaches unless `--budget-breach warning`); 2 also when the repository cannot be read; with "
+            "`--detailed-exitcode` 0 no changes, 2 changes, 1 errors (an unreadable repository included): [docs/ci.md](ci.md)",
     "reconcile": "0 the pass ran; 1 it ended with an error (git unreachable, a refused commit); 2 no repository given",
     "controller": "0 stopped; 2 no repository given",
     "get": "0; 1 no controller home, or no object of that name",
