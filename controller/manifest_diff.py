@@ -11,7 +11,8 @@ every name, label and path, and what is left is compared field by field. JSON he
 for a `<details>` block.
 
 The git commit is not a change: the reconciler keeps the commit that first asked for a run, so
-a commit that changes nothing else renders nothing new.
+both sides are rendered with one lineage commit and a commit that changes nothing else renders
+nothing new.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ JsonValue = Any
 
 RUN = "<run>"
 DATA = "<data-md5>"
-COMMIT = "<commit>"
 
 _ROLES = {
     ("training", "ConfigMap", "run"): "run config (run.json)",
@@ -117,7 +117,7 @@ def _substitutions(base_ids: dict[str, str | None], head_ids: dict[str, str | No
     """(value, placeholder), longest first: a full run id before its 12-character prefix."""
     out: list[tuple[str, str]] = []
     for ids in (base_ids, head_ids):
-        for key, placeholder in (("run", RUN), ("data", DATA), ("commit", COMMIT)):
+        for key, placeholder in (("run", RUN), ("data", DATA)):
             value = ids.get(key)
             if value:
                 out.append((value, placeholder))
@@ -221,27 +221,22 @@ def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig) 
     manifests = list(render(inp))
     if spec.spec.serving is not None:
         manifests += render_serving(ServingInput(finetune=spec, run_id=inp.run_id, data_md5=md5, git_commit=sha,
-                                                 operator=operator, **_adapter_uri(spec.name, inp.run_id)))
+                                                 operator=operator))
     return manifests, {"run": inp.run_id, "data": md5, "commit": sha}
-
-
-def _adapter_uri(spec: str, run_id: str) -> dict[str, str]:
-    """ServingInput's `adapter_uri`, where this version of controller.render still takes one (the
-    cluster issue replaces it with the store's run URI, which ServingInput then derives itself)."""
-    from dataclasses import fields
-
-    return {"adapter_uri": f"{spec}/{run_id}/model"} if "adapter_uri" in {f.name for f in fields(ServingInput)} else {}
 
 
 def for_spec(base: SpecAtRev | None, head: SpecAtRev | None, base_sha: str | None, head_sha: str | None,
              operator: OperatorConfig) -> ManifestDiff:
-    """The manifest diff of one spec between two commits (either side may be absent)."""
+    """The manifest diff of one spec between two commits (either side may be absent). Both sides
+    render with the same lineage commit (head's): what is derived from the commit (its label,
+    a base model named by commit before it is published) is not a change."""
+    commit = head_sha or base_sha
     try:
-        before, base_ids = _render(base, base_sha, operator)
+        before, base_ids = _render(base, commit if base_sha else None, operator)
     except RenderError:
         before, base_ids = [], {}  # base did not render either: everything at head is new
     try:
-        after, head_ids = _render(head, head_sha, operator)
+        after, head_ids = _render(head, commit if head_sha else None, operator)
     except RenderError as exc:
         return ManifestDiff(error=str(exc), objects_base=len(before))
     identities = tuple(
