@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +14,9 @@ from pydantic.alias_generators import to_camel
 
 from controller.errors import PermanentError
 from controller.paths import defaults_dir
+
+if TYPE_CHECKING:
+    from controller.spec.finetune import FineTune
 
 ENV_VAR = "FTOPS_OPERATOR_CONFIG"
 
@@ -109,6 +112,43 @@ class ClusterDefaults(_Model):
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="The vLLM image of engine pools on vLLM.")
 
 
+class ProviderCredentials(_Model):
+    """The Secret key holding the provider's API key. It reaches the controller as the variable
+    `FTOPS_SECRET_<NAME>_<KEY>` (controller.spec.base.secret_env_name): exported on one machine,
+    a `secretKeyRef` in the controller's pod. Never the key itself."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+    @property
+    def env_name(self) -> str:
+        from controller.spec.base import secret_env_name
+
+        return secret_env_name(self.name, self.key)
+
+
+class ProviderPrices(_Model):
+    """What a provider bills, in US dollars per million tokens."""
+
+    usd_per_million_training_tokens: float = Field(ge=0, description="Training: tokens in the training file x epochs.")
+    usd_per_million_input_tokens: float = Field(default=0.0, ge=0, description="The fine-tuned model's prompts.")
+    usd_per_million_output_tokens: float = Field(default=0.0, ge=0, description="The fine-tuned model's answers.")
+
+
+class ApiProvider(ProviderPrices):
+    """A managed fine-tuning API (OpenAI's or a compatible one) that specs with method api use.
+    The prices above are the provider's default; `models` lists the base models specs may
+    fine-tune there, each with its own prices (an empty table allows any model at the default)."""
+
+    base_url: str = Field(pattern=r"^https?://[^\s]+$", description="The API root, e.g. https://api.openai.com/v1.")
+    credentials: ProviderCredentials = Field(description="The operator's API key for this provider (a Secret key).")
+    models: dict[str, ProviderPrices] = Field(default_factory=dict, description="Fine-tunable base models and their prices.")
+    organization: str = Field(default="", description="Sent as the OpenAI-Organization header when set.")
+
+    def prices(self, model: str) -> ProviderPrices:
+        return self.models.get(model, self)
+
+
 class OperatorConfig(_Model):
     gpus: dict[str, GpuType]
     throughput7b: dict[Literal["lora", "qlora", "full"], dict[str, float]]
@@ -118,6 +158,28 @@ class OperatorConfig(_Model):
     bytes_per_token: float = Field(default=4.0, gt=0)
     tenancy: Tenancy = Field(default_factory=Tenancy)
     cluster: ClusterDefaults
+    providers: dict[str, ApiProvider] = Field(
+        default_factory=dict, description="Managed fine-tuning APIs that specs with method api may use, by name.")
+
+
+def api_method_problems(spec: "FineTune", operator: OperatorConfig) -> list[tuple[str, str]]:
+    """What the operator's configuration says against a spec with method api, as (field, message):
+    a provider it does not configure (the configured ones listed), a model that provider does not
+    fine-tune here. Validation, plan and the api backend all ask this one function."""
+    from controller.spec.load import did_you_mean
+
+    method = spec.spec.method
+    if method.type != "api":
+        return []
+    provider = operator.providers.get(method.provider)
+    if provider is None:
+        known = ", ".join(sorted(operator.providers)) or "none (the operator config has no providers: block)"
+        return [("spec.method.provider", f"'{method.provider}' is not a provider the operator configured."
+                 f"{did_you_mean(method.provider, operator.providers, cutoff=0.5)} Configured: {known}")]
+    if provider.models and method.model not in provider.models:
+        return [("spec.method.model", f"'{method.model}' is not a model {method.provider} fine-tunes here."
+                 f"{did_you_mean(method.model, provider.models, cutoff=0.5)} Write one of: {', '.join(sorted(provider.models))}")]
+    return []
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

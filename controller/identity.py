@@ -30,9 +30,16 @@ def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:RUN_ID_LENGTH]
 
 
+API_TRAINER_VERSION = "api-1"
+"""Bump when what ftops uploads to a provider changes for the same inputs (the file's rendering,
+the job's parameters), so every api spec trains again."""
+
+
 def run_inputs(spec: FineTune, data_md5: str, template_version: str) -> dict[str, Any]:
     """The exact inputs hashed into the run id (shown by `ftops plan` when they change)."""
     s = spec.spec
+    if s.method.type == "api":
+        return api_run_inputs(spec, data_md5)
     return {
         # Two specs with the same inputs are still two runs: each owns its artifacts and history.
         "spec": spec.metadata.name,
@@ -45,6 +52,25 @@ def run_inputs(spec: FineTune, data_md5: str, template_version: str) -> dict[str
                  "nearDuplicateThreshold": s.dataset.near_duplicate_threshold},
         "template": template_version,
         "trainer": TRAINER_VERSION,
+    }
+
+
+def api_run_inputs(spec: FineTune, data_md5: str) -> dict[str, Any]:
+    """What determines a managed fine-tune's result: the provider, its base model, the
+    hyper-parameters and seed, and the data it is given (the dataset version, the split, and the
+    training fields that shape the uploaded file: RAFT prompts, the length check). Not the
+    credentials (whose key pays changes nothing), the hardware (the provider's) or the Kubernetes
+    templates (nothing is rendered)."""
+    s = spec.spec
+    method = s.method.model_dump(mode="json", by_alias=True, exclude={"credentials"})
+    training = s.training.model_dump(mode="json", by_alias=True, include={"retrieval", "max_seq_length"})
+    return {
+        "spec": spec.metadata.name,
+        "method": method,
+        "training": training,
+        "data": {"md5": data_md5, "testFraction": s.dataset.test_fraction,
+                 "nearDuplicateThreshold": s.dataset.near_duplicate_threshold},
+        "trainer": API_TRAINER_VERSION,
     }
 
 

@@ -8,17 +8,14 @@ reference (`secret_env_name`), the same way on a laptop and in a Job that maps t
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from controller.errors import PermanentError, TemporaryError
+from controller.spec.base import secret_env_name
 
-
-def secret_env_name(name: str, key: str) -> str:
-    """`{name: openai, key: api-key}` -> `FTOPS_SECRET_OPENAI_API_KEY`."""
-    return "FTOPS_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", f"{name}_{key}".upper()).strip("_")
+__all__ = ["EndpointModel", "endpoint_from_spec", "local_path", "secret_env_name"]
 
 
 @dataclass

@@ -40,6 +40,17 @@ class SecretRef(SpecModel):
         description="Key inside the Secret whose value is the credential."
     )
 
+    @property
+    def env_name(self) -> str:
+        """The environment variable that holds the credential (`secret_env_name`)."""
+        return secret_env_name(self.name, self.key)
+
+
+def secret_env_name(name: str, key: str) -> str:
+    """The environment variable a Secret key reaches a process as: `{name: openai, key: api-key}`
+    -> `FTOPS_SECRET_OPENAI_API_KEY`, the same on a laptop (exported) and in a pod (`secretKeyRef`)."""
+    return "FTOPS_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", f"{name}_{key}".upper()).strip("_")
+
 
 def check_repo_path(rel: str) -> str:
     """Lexical checks for a path inside the GitOps repository. Symlinks that lead out are caught

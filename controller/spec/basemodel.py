@@ -10,14 +10,18 @@ from controller.spec.base import SecretRef, SpecModel, check_repo_path
 HF_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)$")
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][-a-z0-9.]{1,61}[a-z0-9])/(?P<key>.+)$")
 GIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+API_URI = re.compile(r"^api://(?P<provider>[a-z0-9]([-a-z0-9]*[a-z0-9])?)/(?P<model>[A-Za-z0-9][-A-Za-z0-9_.:]{0,127})$")
 
 
 def uri_kind(uri: str) -> str:
-    """'hf', 's3' or 'path' (a path inside the GitOps repository)."""
+    """'hf', 's3', 'api' (a provider's model, for method api) or 'path' (a path inside the GitOps
+    repository)."""
     if uri.startswith("hf://"):
         return "hf"
     if uri.startswith("s3://"):
         return "s3"
+    if uri.startswith("api://"):
+        return "api"
     return "path"
 
 
@@ -59,6 +63,8 @@ class BaseModelSpec(SpecModel):
             raise ValueError("must look like hf://org/name")
         if uri_kind(uri) == "s3" and not S3_URI.match(uri):
             raise ValueError("must look like s3://bucket/prefix")
+        if uri_kind(uri) == "api" and not API_URI.match(uri):
+            raise ValueError("must look like api://provider/model (method api writes it from method.provider and method.model)")
         if uri_kind(uri) == "path":
             check_repo_path(uri)
         return uri

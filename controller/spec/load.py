@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from controller.spec.base import check_repo_path
 from controller.spec.finetune import FineTune
+from controller.spec.method import METHOD_TYPES
 from controller.spec.yamlsafe import (
     YAML11_BOOLS,
     YAML11_EXPONENT_STRING,
@@ -233,10 +234,10 @@ def _message(err: Any, path: Path_, located: Located, data: Any) -> str:
         about = f" ({field.description})" if field is not None and field.description else ""
         return f"required field '{field_name}' is missing{about}"
     if kind == "union_tag_not_found":
-        return "needs `type:` set to one of lora, qlora, full"
+        return f"needs `type:` set to one of {', '.join(METHODS)}"
     if kind == "union_tag_invalid":
         tag = str(err.get("ctx", {}).get("tag"))
-        return f"type '{tag}' is not a method: write one of lora, qlora, full.{did_you_mean(tag, METHODS)}".rstrip(".")
+        return f"type '{tag}' is not a method: write one of {', '.join(METHODS)}.{did_you_mean(tag, METHODS)}".rstrip(".")
     if kind == "string_type" and scalar is not None and scalar.plain:
         value = _value_at(data, path)
         what = "a boolean" if isinstance(value, bool) else "nothing (null)" if value is None else f"the number {value!r}"
@@ -255,7 +256,7 @@ def _message(err: Any, path: Path_, located: Located, data: Any) -> str:
     return msg[0].lower() + msg[1:] if msg else kind
 
 
-METHODS = ("lora", "qlora", "full")
+METHODS = METHOD_TYPES
 
 
 def did_you_mean(typed: str, known: typing.Iterable[str], cutoff: float = 0.6) -> str:
@@ -540,6 +541,20 @@ def check_against_repo(loaded: LoadedSpec, repo: RepoView) -> LoadedSpec:
     extra = _repo_issues(located.data, located, loaded.file, repo, flagged)
     if not extra:
         return loaded
+    return _result(loaded.file, loaded.spec, list(loaded.issues) + extra, located, loaded.source)
+
+
+def with_issues(loaded: LoadedSpec, problems: typing.Iterable[tuple[str, str]]) -> LoadedSpec:
+    """`loaded` with more errors, each `(field, message)` placed at its field's line (checks that
+    need what a spec file does not hold, such as the operator's providers)."""
+    located = loaded.located
+    extra = []
+    for field, message in problems:
+        path = tuple(_split(field))
+        line, column, length = _span(located, path, at_value=True) if located is not None else (1, 1, 1)
+        extra.append(SpecIssue(loaded.file, line, field, message, column=column, length=length))
+    if not extra or located is None:
+        return loaded if not extra else LoadedSpec(loaded.file, None, loaded.issues + tuple(extra), None, loaded.source)
     return _result(loaded.file, loaded.spec, list(loaded.issues) + extra, located, loaded.source)
 
 
