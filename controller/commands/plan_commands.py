@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--github-comment", type=int, metavar="PR",
                       help="also post the plan on this pull request, or update the comment posted before (its first line "
                            "is the plan's marker); uses $GITHUB_TOKEN, $GITHUB_REPOSITORY and $GITHUB_API_URL as Actions sets them")
+    plan.add_argument("--json-out", metavar="FILE", help="also write the plan as JSON to FILE (one run for the comment "
+                                                         "and the machine-readable plan)")
     add_output_flag(plan)
     uses(plan, "repo", "operator_config")
     plan.set_defaults(func=cmd_plan, error_exit=USAGE)
@@ -108,6 +110,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("\n".join(f"finetune/{p.name}" for p in plan.changed()))
     else:  # table / wide: the pull-request comment (markdown)
         print(to_markdown(plan), end="")
+    if args.json_out:
+        Path(args.json_out).write_text(to_json(plan) + "\n", encoding="utf-8")
     if args.github_comment is not None:
         _comment(args.github_comment, to_markdown(plan))
     if plan.has_errors:

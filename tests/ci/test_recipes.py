@@ -62,6 +62,7 @@ def test_the_github_workflow_plans_with_full_history_dvc_secrets_and_one_comment
     runs = "\n".join(s.get("run", "") for s in steps)
     assert "ftops validate" in runs
     assert re.search(r"ftops plan --base \"\$BASE_SHA\" --head HEAD --detailed-exitcode --github-comment \"\$PR_NUMBER\"", runs)
+    assert "--json-out plan.json" in runs
     plan = next(s for s in steps if "--github-comment" in s.get("run", ""))
     assert plan["env"]["AWS_ACCESS_KEY_ID"] == "${{ secrets.DVC_AWS_ACCESS_KEY_ID }}"
     assert plan["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
