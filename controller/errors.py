@@ -18,6 +18,11 @@ class PermanentError(FtopsError):
 
 
 class TemporaryError(FtopsError):
-    """Retrying later may help (network, remote, conflict)."""
+    """Retrying later may help (network, remote, conflict). `retry_after`: seconds the remote
+    asked to wait (an HTTP 429's Retry-After), which the controller's backoff honours."""
 
     temporary = True
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -89,7 +89,7 @@ def compute(step: Step, result: StepResult | BaseException, conditions: tuple[Co
             config: ControllerConfig) -> Outcome:
     """What one step's result means for the spec (pure)."""
     if isinstance(result, TemporaryError):
-        result = Retry(str(result), reason="")
+        result = Retry(str(result), reason="", after=_asked_wait(result, state, content_key, config))
     elif isinstance(result, PermanentError):
         result = Stalled(step.failure_reason, str(result))
     elif isinstance(result, BaseException):
@@ -128,6 +128,15 @@ def compute(step: Step, result: StepResult | BaseException, conditions: tuple[Co
     return Outcome(retrying, False, wait,
                    SpecState(retry_key=content_key, failures=failures, retry_at=now + wait, last_error=result.message),
                    result.records)
+
+
+def _asked_wait(error: TemporaryError, state: SpecState, content_key: str, config: ControllerConfig) -> float | None:
+    """A remote that said how long to wait (429 Retry-After) is waited at least that long; the
+    controller's own backoff still grows with each failure (None: just the backoff)."""
+    if error.retry_after is None:
+        return None
+    failures = state.failures + 1 if state.retry_key == content_key else 1
+    return max(error.retry_after, config.backoff(failures))
 
 
 def finish(conditions: tuple[Condition, ...], *, serving_expected: bool, revision: str, run_id: str,

@@ -13,7 +13,7 @@ import os
 from controller.reconcile.context import Deps, SpecContext
 from controller.reconcile.result import Done, LedgerRecord, Retry, Stalled, StepResult, Waiting
 from controller.runconfig import Distributed, RunBaseModel, RunConfig, RunData
-from controller.seams import Phase, Run, RunManifest, RunNotFound, RunReason
+from controller.seams import PERMANENT_REASONS, JsonValue, Phase, Run, RunManifest, RunNotFound, RunState
 from controller.status import Reason
 
 
@@ -29,7 +29,7 @@ def run(ctx: SpecContext, deps: Deps) -> StepResult:
         if blocked:
             return Waiting(10, Reason.QUEUED, blocked)
         state = deps.backend.submit(training_run(ctx, deps))
-    submitted = _submitted(ctx, deps)
+    submitted = _submitted(ctx, deps, state)
     if state.phase in (Phase.PENDING, Phase.RUNNING):
         reason = Reason.RUNNING if state.phase is Phase.RUNNING else Reason.PENDING
         return Waiting(2, reason, f"run {ctx.run_id} {state.phase.value}", records=(submitted,))
@@ -45,7 +45,7 @@ def run(ctx: SpecContext, deps: Deps) -> StepResult:
         ctx.manifest = manifest
         return Done(f"run {ctx.run_id} finished", records=(submitted, _finished(ctx, manifest)))
     message = f"{state.reason}: {state.message}"
-    if state.reason == RunReason.CONFIG_ERROR:
+    if state.reason in PERMANENT_REASONS:
         logs = deps.backend.logs(ctx.run_id, tail=15)
         return Stalled(Reason.TRAINING_FAILED,
                        f"run {ctx.run_id} failed permanently ({state.message}); last log lines:\n{logs}", records=(submitted,))
@@ -86,19 +86,21 @@ def base_model(ctx: SpecContext, deps: Deps) -> str:
     return str(deps.repo.folder(ctx.commit.sha, bm.uri, "spec.baseModel.uri"))
 
 
-def _submitted(ctx: SpecContext, deps: Deps) -> LedgerRecord:
+def _submitted(ctx: SpecContext, deps: Deps, state: RunState) -> LedgerRecord:
+    """The submission as the backend knows it: its `handles` (a provider's job and file ids)
+    name the run outside ftops; a managed fine-tune has no image or templates of ours."""
     from controller.render import object_name
 
-    return LedgerRecord(
-        "run.submitted", ctx.run_id,
-        {"commit": ctx.commit.sha, "dataMd5": ctx.lineage.data_md5, "backend": deps.backend.name,
-         "job": object_name(ctx.name, ctx.run_id, "train"),
-         "image": os.environ.get("FTOPS_IMAGE", deps.operator.cluster.image),
-         "imageDigest": os.environ.get("FTOPS_IMAGE_DIGEST"), "owner": ctx.spec.metadata.owner,
-         "method": ctx.spec.spec.method.type, "baseModel": ctx.spec.spec.base_model.uri,
-         "baseModelRevision": ctx.spec.spec.base_model.revision, "templateVersion": deps.template_version},
-        key=ctx.run_id,
-    )
+    payload: dict[str, JsonValue] = {
+        "commit": ctx.commit.sha, "dataMd5": ctx.lineage.data_md5, "backend": deps.backend.name,
+        "job": object_name(ctx.name, ctx.run_id, "train"), "owner": ctx.spec.metadata.owner,
+        "method": ctx.spec.spec.method.type, "baseModel": ctx.spec.spec.base_model.uri,
+        "baseModelRevision": ctx.spec.spec.base_model.revision}
+    if ctx.spec.spec.method.type != "api":
+        payload.update({"image": os.environ.get("FTOPS_IMAGE", deps.operator.cluster.image),
+                        "imageDigest": os.environ.get("FTOPS_IMAGE_DIGEST"), "templateVersion": deps.template_version})
+    payload.update(state.handles)
+    return LedgerRecord("run.submitted", ctx.run_id, payload, key=ctx.run_id)
 
 
 def _submitted_if_known(ctx: SpecContext, deps: Deps) -> tuple[LedgerRecord, ...]:
@@ -107,19 +109,22 @@ def _submitted_if_known(ctx: SpecContext, deps: Deps) -> tuple[LedgerRecord, ...
     if deps.ledger.find_one("run.submitted", ctx.run_id) is not None:
         return ()
     try:
-        deps.backend.status(ctx.run_id)
+        state = deps.backend.status(ctx.run_id)
     except RunNotFound:
         return ()
-    return (_submitted(ctx, deps),)
+    return (_submitted(ctx, deps, state),)
 
 
 def _finished(ctx: SpecContext, manifest: RunManifest) -> LedgerRecord:
-    return LedgerRecord(
-        "run.finished", ctx.run_id,
-        {"outputDir": ctx.run_uri, "artifacts": dict(manifest.files), "dataMd5": ctx.lineage.data_md5,
-         "commit": ctx.commit.sha, "manifestSha256": manifest.sha256},
-        key=ctx.run_id,
-    )
+    """What the run left: its files by sha256, and for a managed fine-tune the provider's record
+    (job id, file ids, the hosted model's id) from its manifest."""
+    payload: dict[str, JsonValue] = {
+        "outputDir": ctx.run_uri, "artifacts": dict(manifest.files), "dataMd5": ctx.lineage.data_md5,
+        "commit": ctx.commit.sha, "manifestSha256": manifest.sha256}
+    provider = manifest.data.get("provider")
+    if isinstance(provider, dict):
+        payload["provider"] = provider
+    return LedgerRecord("run.finished", ctx.run_id, payload, key=ctx.run_id)
 
 
 def _concurrency_block(ctx: SpecContext, deps: Deps) -> str | None:

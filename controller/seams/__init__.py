@@ -12,7 +12,7 @@ tests/fakes.
 - `Deployer` (deployer.py): current / promote / stop / rollback of what serves a spec.
 - `Notifier` (notifier.py): tells the forge what became of each spec of a merged commit.
 """
-from controller.seams.backend import Backend, Lineage, Phase, Run, RunNotFound, RunReason, RunState
+from controller.seams.backend import PERMANENT_REASONS, Backend, Lineage, Phase, Run, RunNotFound, RunReason, RunState
 from controller.seams.deployer import Deployer, DeployEvent, DeployOutcome, DeployRequest, DeployResult, Serving
 from controller.seams.evaluator import EvalRequest, EvalState, Evaluator
 from controller.seams.json import JsonObject, JsonValue
@@ -20,6 +20,7 @@ from controller.seams.notifier import CommitReport, CommitState, Notifier
 from controller.seams.store import ArtifactStore, ManifestError, RunManifest
 
 __all__ = [
+    "PERMANENT_REASONS",
     "ArtifactStore",
     "Backend",
     "CommitReport",

@@ -8,7 +8,7 @@ preempted (wait; `submit` again resumes it from its checkpoint where the backend
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from controller.errors import PermanentError
@@ -38,11 +38,17 @@ class RunReason:
     CONFIG_ERROR = "ConfigError"
     """Retrying cannot help: the trainer refused its input (the dedicated exit code)."""
     TEMPORARY_FAILURE = "TemporaryFailure"
+    PROVIDER_FAILED = "ProviderFailed"
+    """A managed fine-tuning job failed at its provider: the provider's reason is the message."""
     CANCELLED = "Cancelled"
     DEADLINE = "DeadlineExceeded"
     BACKOFF = "BackoffLimitExceeded"
     LOST = "ProcessLost"
     EXIT = "NonZeroExit"
+
+
+PERMANENT_REASONS = frozenset({RunReason.CONFIG_ERROR, RunReason.PROVIDER_FAILED})
+"""Failures that a new attempt of the same run cannot fix: the spec stalls until it changes."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class RunState:
     exit_code: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    handles: JsonObject = field(default_factory=dict)
+    """What the backend knows the run by outside ftops (a provider's job and file ids), recorded
+    in the ledger with the submission so an auditor can find it there."""
 
     @property
     def finished(self) -> bool:
@@ -63,7 +72,8 @@ class RunState:
 
     def to_dict(self) -> JsonObject:
         return {"runId": self.run_id, "phase": self.phase.value, "reason": self.reason, "message": self.message,
-                "exitCode": self.exit_code, "startedAt": self.started_at, "finishedAt": self.finished_at}
+                "exitCode": self.exit_code, "startedAt": self.started_at, "finishedAt": self.finished_at,
+                "handles": dict(self.handles)}
 
 
 @dataclass(frozen=True)
