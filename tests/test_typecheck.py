@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from controller.artifacts import FsspecStore
+from controller.backends.api_finetune import ApiFineTuneBackend
+from controller.backends.by_method import ByMethod
 from controller.backends.kubernetes import KubernetesBackend
 from controller.backends.local import LocalBackend, LocalEvaluator
 from controller.seams import ArtifactStore, Backend, Deployer, Evaluator
@@ -32,7 +34,7 @@ from controller.serve.kube import KubernetesServing
 ROOT = Path(__file__).resolve().parents[1]
 
 IMPLEMENTATIONS: list[tuple[type, type]] = [
-    (Backend, LocalBackend), (Backend, KubernetesBackend),
+    (Backend, LocalBackend), (Backend, KubernetesBackend), (Backend, ApiFineTuneBackend), (Backend, ByMethod),
     (Evaluator, LocalEvaluator),
     (Deployer, LocalServing), (Deployer, KubernetesServing),
     (ArtifactStore, FsspecStore),
@@ -41,6 +43,8 @@ IMPLEMENTATIONS: list[tuple[type, type]] = [
 CONFORMANCE = '''\
 """Each implementation where its seam is expected: mypy checks every signature."""
 from controller.artifacts import FsspecStore
+from controller.backends.api_finetune import ApiFineTuneBackend
+from controller.backends.by_method import ByMethod
 from controller.backends.kubernetes import KubernetesBackend
 from controller.backends.local import LocalBackend, LocalEvaluator
 from controller.seams import ArtifactStore, Backend, Deployer, Evaluator
@@ -48,8 +52,8 @@ from controller.serve.deploy import LocalServing
 from controller.serve.kube import KubernetesServing
 
 
-def backends(local: LocalBackend, kube: KubernetesBackend) -> list[Backend]:
-    return [local, kube]
+def backends(local: LocalBackend, kube: KubernetesBackend, api: ApiFineTuneBackend, routed: ByMethod) -> list[Backend]:
+    return [local, kube, api, routed]
 
 
 def evaluators(local: LocalEvaluator) -> list[Evaluator]:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(TESTS))  # fakes, fakekube
 sys.path.insert(0, str(TESTS / "render"))  # render_sample
 
 from fakekube.fixtures import fake_kube, kubelet  # noqa: E402,F401
+from fakeprovider.fixtures import fake_provider  # noqa: E402,F401
 from fakes import FakeBackend, FakeEvaluator, MemoryStore  # noqa: E402
 from render_sample import finetune, operator, render_input  # noqa: E402
 
@@ -199,12 +200,45 @@ class FakeDriver:
         pass
 
 
-@pytest.fixture(params=["local", "kubernetes", "fake"])
+class ApiDriver:
+    """The api backend against the fake provider over HTTP; the provider's own steps move the job."""
+
+    def __init__(self, served, tmp: Path) -> None:
+        from fakeprovider.fixtures import KEY_ENV, api_run
+
+        from controller.backends.api_finetune import ApiFineTuneBackend
+        from controller.catalog import load_operator_config
+
+        self.served, self.tmp, self.make_run = served, tmp, api_run
+        self.backend = ApiFineTuneBackend(tmp / "api", MemoryStore(), load_operator_config(None),
+                                          env={KEY_ENV: served.provider.api_keys[0]})
+
+    def run(self) -> Run:
+        return self.make_run(self.tmp / "data")
+
+    def exit(self, run: Run, code: int) -> None:
+        provider = self.served.provider
+        if code == 0:
+            provider.settle()
+        else:
+            [job] = provider.jobs_for_run(run.run_id)
+            provider.fail_job(job.id, "The job failed due to an internal error.")
+
+    def started(self) -> int:
+        return len(self.served.provider.jobs)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["local", "kubernetes", "fake", "api"])
 def driver(request, tmp_path):
     if request.param == "local":
         d = LocalDriver(tmp_path)
     elif request.param == "kubernetes":
         d = KubernetesDriver(request.getfixturevalue("fake_kube"), request.getfixturevalue("kubelet"), tmp_path)
+    elif request.param == "api":
+        d = ApiDriver(request.getfixturevalue("fake_provider"), tmp_path)
     else:
         d = FakeDriver()
     yield d
