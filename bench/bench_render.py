@@ -24,7 +24,7 @@ def _inputs(n: int):
 
     base = load_operator_config()
     operators = {}
-    for flavor in ("job", "pytorchjob", "jobset"):
+    for flavor in ("job", "trainjob", "jobset"):
         data = base.model_dump(by_alias=True)
         data["cluster"]["trainingFlavor"] = flavor
         data["cluster"]["kueueQueue"] = "gpus"
@@ -56,7 +56,7 @@ def _inputs(n: int):
             "training": ft.spec.training.model_dump(mode="json", by_alias=True),
             "data": {"train": "/d/train.jsonl", "test": "/d/test.jsonl", "md5": md5},
             "outputDir": "/o", "checkpointDir": "/c"}))
-        op = operators[("job", "pytorchjob", "jobset")[i % 3]]
+        op = operators[("job", "trainjob", "jobset")[i % 3]]
         out.append(RenderInput(finetune=ft, run_id=run_id, data_md5=md5, git_commit=f"{i:040x}", operator=op, run_config=rc))
     return out
 
