@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 from controller.serve.validation import MAX_BODY_BYTES, RequestError
 
@@ -97,7 +97,7 @@ def sse(events: AsyncIterator[dict], on_close: Callable[[], None] | None = None)
             finally:
                 await body_iterator.aclose()
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             async for event in events:
                 yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()

@@ -37,7 +37,7 @@ def serving(env, tmp_path):
         copy_run(env.run_dir(run_id), store)
     local = LocalServing(store, ready_timeout=240)
     yield local
-    for spawn in store.glob(f"{SPEC_NAME}/serving/*/spawn.json"):
+    for spawn in store.glob(f"{SPEC_NAME}/serving/node-*/spawn.json"):
         try:
             os.killpg(json.loads(spawn.read_text())["pid"], 9)
         except (ProcessLookupError, PermissionError):
@@ -80,8 +80,8 @@ def test_rollout_failing_readiness_keeps_the_old_version_then_rollback_to(env, s
     assert _ask(url_a) == (RUN_A, _ask(url_a)[1]) and _ask(url_a)[1][0]["path"] == ANSWER_DOC
     pid_a = serving.record(SPEC_NAME)["pid"]
 
-    # Run B passed its gate, but its adapter changed after training: the new server refuses to
-    # load it, fails readiness, and is rolled back automatically. A keeps answering.
+    # Run B passed its gate, but its adapter changed after training: the engine refuses to load
+    # it (sha256 against the manifest), and the rollout is rolled back automatically. A keeps answering.
     adapter = run_b / "model" / "adapter_model.safetensors"
     good = adapter.read_bytes()
     adapter.write_bytes(good[:-64] + bytes(64))
@@ -92,13 +92,19 @@ def test_rollout_failing_readiness_keeps_the_old_version_then_rollback_to(env, s
     assert _ask(url_a)[0] == RUN_A
     assert serving.record(SPEC_NAME)["pid"] == pid_a
 
-    # The repaired run B rolls out: ready first, then A stops.
+    # The repaired run B rolls out in the same process: its adapter loaded at runtime, the route
+    # switched, then A's adapter unloaded. Nothing restarted.
     adapter.write_bytes(good)
     second = serving.deploy(_config(env, run_b))
     assert second.outcome == "promoted" and second.serving_run_id == RUN_B, second.message
     assert _ask(second.url)[0] == RUN_B
-    assert not _alive(pid_a)
+    record = serving.record(SPEC_NAME)
+    assert record["pid"] == pid_a and _alive(pid_a) and second.url == url_a
+    engine = OpenAI(base_url=f"{record['engineUrl']}/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in engine.models.list().data} == {"base", RUN_B}
     assert serving.deploy(_config(env, run_b)).outcome == "unchanged"
+
+
 
     # A controller restart (a new LocalServing over the same store) finds the serving process.
     again = LocalServing(serving.store).current(SPEC_NAME)
@@ -140,14 +146,16 @@ def _alive(pid: int) -> bool:
 
 
 def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, tmp_path):
-    """Same run, new corpus version (the reconciler extracts one folder per version): a new server
-    for the same weights starts beside the old one, and answers cite the new document."""
+    """Same run, new corpus version (the reconciler extracts one folder per version): the same
+    process's gateway takes the new corpus (gateway.json rewritten: the index is rebuilt, the
+    engine untouched), and answers cite the new document."""
     import shutil
 
     run_a = serving.run_dir(SPEC_NAME, RUN_A)
     first = serving.deploy(_config(env, run_a))
     assert first.outcome == "promoted", first.message
     assert serving.deploy(_config(env, run_a)).outcome == "unchanged"
+    pid = serving.record(SPEC_NAME)["pid"]
     corpus = tmp_path / "corpora" / "v2"
     shutil.copytree(env.repo / "corpora" / "kb", corpus)
     (corpus / ANSWER_DOC).unlink()
@@ -157,7 +165,64 @@ def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, 
     assert changed.outcome == "promoted" and changed.serving_run_id == RUN_A, changed.message
     assert changed.events[-1]["reason"] == "ServingConfigChanged"
     assert changed.events[-1]["corpusVersion"] != first.events[-1]["corpusVersion"]
-    assert changed.url != first.url
+    assert changed.url == first.url and serving.record(SPEC_NAME)["pid"] == pid  # nothing restarted
     run_id, cites = _ask(changed.url)
     assert run_id == RUN_A and cites[0]["path"] == "zx.md"
     assert (run_a / "manifest.json").read_bytes() == manifest_before  # nothing retrained or rewritten
+
+
+def _poison(run_dir: Path) -> None:
+    """NaN in the run's LoRA weights, with a manifest that matches them: it loads, and then every
+    answer fails at the engine (what a diverged run looks like)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    weights = run_dir / "model" / "adapter_model.safetensors"
+    tensors = {k: (v * float("nan") if "lora_B" in k else v) for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["files"]["model/adapter_model.safetensors"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_canary_whose_adapter_fails_is_rolled_back_by_the_analysis_while_the_old_one_answers(env, serving):
+    """Canary through the gateway: run B gets 50% of the spec's requests beside A. B's adapter
+    fails every answer; the gateway retries those on A (users see A's answers only), counts B's
+    errors, and the analysis of the gateway's metrics rolls B back by itself, long before its
+    window ends. Nothing restarted: B's adapter is unloaded from the same engine."""
+    import threading
+
+    from controller.serve import history
+    from controller.serve.rollout import Policy
+
+    run_a, run_b = serving.run_dir(SPEC_NAME, RUN_A), serving.run_dir(SPEC_NAME, RUN_B)
+    first = serving.deploy(_config(env, run_a))
+    assert first.outcome == "promoted", first.message
+    pid = serving.record(SPEC_NAME)["pid"]
+    _poison(run_b)
+    write_gate(run_b, passed=True)  # the gate passed (say, on an evaluation that missed it)
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            answers.append(_ask(first.url)[0])
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        result = serving.deploy(_config(env, run_b), canary=50, policy=Policy(window_seconds=600, min_errors=3))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A, result.message
+    assert "analysis" in result.message and "canary failed" in result.message, result.message
+    assert [e["kind"] for e in result.events] == ["deploy.started", "deploy.rolled_back"]
+    assert result.events[0]["strategy"] == "canary" and result.events[-1]["automatic"] is True
+    assert len(answers) >= 3 and set(answers) == {RUN_A}, answers
+    record = serving.record(SPEC_NAME)
+    assert record["runId"] == RUN_A and record["pid"] == pid
+    engine = OpenAI(base_url=f"{record['engineUrl']}/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in engine.models.list().data} == {"base", RUN_A}
+    assert _ask(first.url)[0] == RUN_A and history.serving_run(serving.store, SPEC_NAME) == RUN_A

@@ -122,6 +122,25 @@ def deploy_request(world, run_id: str, serving_id: str = "s1") -> DeployRequest:
                          corpus_dir=corpus)
 
 
+def settle(deployer, request: DeployRequest, limit: float = 300):
+    """Call promote until the rollout is no longer `rolling_out` (what reconcile passes do, each
+    after the time the deployer names): the first non-`rolling_out` result, with every event of
+    the calls before it. Each call must return promptly: none may wait for the rollout itself."""
+    import time
+    from dataclasses import replace
+
+    events: list = []
+    deadline = time.monotonic() + limit
+    while True:
+        result = deployer.promote(request)
+        events.extend(result.events)
+        if result.outcome != "rolling_out":
+            return replace(result, events=tuple(events))
+        assert result.after is not None and result.after > 0, result
+        assert time.monotonic() < deadline, f"still rolling out after {limit}s: {result.message}"
+        time.sleep(min(result.after, 0.5))
+
+
 def test_deployer_promotes_only_a_passed_run_and_is_idempotent(world):
     deployer = world.deployer
     assert isinstance(deployer, Deployer)
@@ -131,9 +150,9 @@ def test_deployer_promotes_only_a_passed_run_and_is_idempotent(world):
     assert refused.outcome == "refused" and deployer.current(SPEC_NAME) is None
     assert [e["kind"] for e in refused.events] == ["deploy.refused"]
     world.gate(RUN_A, passed=True)
-    promoted = deployer.promote(deploy_request(world, RUN_A))
+    promoted = settle(deployer, deploy_request(world, RUN_A))
     assert promoted.outcome == "promoted" and promoted.serving_run_id == RUN_A, promoted.message
-    assert promoted.events[-1]["kind"] == "deploy.promoted"
+    assert [e["kind"] for e in promoted.events] == ["deploy.started", "deploy.promoted"]
     current = deployer.current(SPEC_NAME)
     assert current is not None and current.run_id == RUN_A and current.healthy
     again = deployer.promote(deploy_request(world, RUN_A))
@@ -144,8 +163,8 @@ def test_deployer_stop_and_rollback(world):
     deployer = world.deployer
     for run_id in (RUN_A, RUN_B):
         world.gate(run_id, passed=True)
-    assert deployer.promote(deploy_request(world, RUN_A)).outcome == "promoted"
-    assert deployer.promote(deploy_request(world, RUN_B, "s2")).serving_run_id == RUN_B
+    assert settle(deployer, deploy_request(world, RUN_A)).outcome == "promoted"
+    assert settle(deployer, deploy_request(world, RUN_B, "s2")).serving_run_id == RUN_B
     back = deployer.rollback(SPEC_NAME)
     assert back.outcome == "rolled_back" and back.serving_run_id == RUN_A, back.message
     assert deployer.current(SPEC_NAME).run_id == RUN_A
@@ -153,3 +172,28 @@ def test_deployer_stop_and_rollback(world):
     assert stopped.outcome == "stopped" and [e["kind"] for e in stopped.events] == ["deploy.stopped"]
     assert deployer.current(SPEC_NAME) is None
     assert deployer.stop(SPEC_NAME).events == ()  # nothing left to stop
+
+
+def test_a_rollout_in_progress_never_blocks_and_the_old_run_serves_until_it_is_done(world):
+    """The reconcile loop never blocks on a rollout: promote of a new run returns at once
+    (`rolling_out`, or done already), what served before stays the serving run and healthy until
+    the new one is, and repeating the call finishes it."""
+    import time
+
+    deployer = world.deployer
+    for run_id in (RUN_A, RUN_B):
+        world.gate(run_id, passed=True)
+    if isinstance(world, Fake):
+        deployer.rolling[RUN_B] = 2
+    assert settle(deployer, deploy_request(world, RUN_A)).outcome == "promoted"
+    started = time.monotonic()
+    first = deployer.promote(deploy_request(world, RUN_B, "s2"))
+    assert time.monotonic() - started < 30, "promote waited for the rollout"
+    assert first.outcome in ("rolling_out", "promoted"), first.message
+    if first.outcome == "rolling_out":
+        assert first.serving_run_id == RUN_A and [e["kind"] for e in first.events] == ["deploy.started"]
+        current = deployer.current(SPEC_NAME)
+        assert current.run_id == RUN_A and current.healthy
+    done = settle(deployer, deploy_request(world, RUN_B, "s2"))
+    assert done.outcome == "promoted" and done.serving_run_id == RUN_B, done.message
+    assert deployer.current(SPEC_NAME).run_id == RUN_B
