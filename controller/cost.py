@@ -75,11 +75,14 @@ class CostEstimate:
 
 def estimate(
     spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None = None,
-    tokens_counted_by: str = "counted",
+    tokens_counted_by: str = "counted", examples: int | None = None,
 ) -> CostEstimate | None:
     """Estimate one training run's cost, or None when the dataset's size is unknown.
-    `tokens_counted_by` says where a given `data_tokens` came from (shown as an assumption)."""
+    `tokens_counted_by` says where a given `data_tokens` came from (shown as an assumption);
+    `examples` (the dataset's count) sizes a provider's `auto` epochs for method api."""
     s = spec.spec
+    if s.method.type == "api":
+        return api_training_estimate(spec, operator, data_bytes, data_tokens, tokens_counted_by, examples)
     method = s.method.type
     gpu = s.hardware.gpu_type
     assumptions: list[str] = []
@@ -149,6 +152,109 @@ def max_hours_warnings(wall_hours: float, max_hours: float) -> list[str]:
     return []
 
 
+# ----------------------------------------------------------------------------- method api
+
+API_LOW, API_HIGH = 0.8, 1.25
+"""A provider bills what its own tokenizer counts; ours (the base model's, or bytes) is close but
+not the same, and nothing else is uncertain: the price is the provider's list price."""
+API_TARGET_EPOCHS, API_MIN_EXAMPLES, API_MAX_EXAMPLES = 3, 100, 25_000
+"""OpenAI's published rule for `auto` epochs: 3, raised for small datasets and lowered for large
+ones so that examples x epochs stays within 100-25,000 (1-25 epochs)."""
+API_ANSWER_TOKENS = 256
+"""Tokens an answer may take when the spec is not served (no serving.maxTokens)."""
+
+
+def api_epochs(epochs: int | str, train_examples: int | None) -> tuple[int, str]:
+    """The epochs a provider runs, and how that was known (the spec, or its `auto` rule)."""
+    if epochs != "auto":
+        return int(epochs), f"{epochs} epochs (spec.method.hyperparameters.epochs)"
+    if not train_examples:
+        return API_TARGET_EPOCHS, f"epochs auto: {API_TARGET_EPOCHS} assumed (the example count is unknown)"
+    n = API_TARGET_EPOCHS
+    if train_examples * n < API_MIN_EXAMPLES:
+        n = min(25, API_MIN_EXAMPLES // train_examples)
+    elif train_examples * n > API_MAX_EXAMPLES:
+        n = max(1, API_MAX_EXAMPLES // train_examples)
+    return n, f"epochs auto: {n} for {train_examples:,} training examples (the provider keeps examples × epochs in " \
+              f"{API_MIN_EXAMPLES:,}-{API_MAX_EXAMPLES:,})"
+
+
+def _api_tokens(operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None, counted_by: str,
+                assumptions: list[str]) -> int | None:
+    if data_tokens is not None:
+        assumptions.append(f"dataset = {data_tokens:,} tokens ({counted_by}; the provider counts with its own tokenizer)")
+        return data_tokens
+    if data_bytes is None:
+        return None
+    tokens = int(data_bytes / operator.bytes_per_token)
+    assumptions.append(f"dataset ≈ {tokens:,} tokens ({data_bytes:,} bytes at {operator.bytes_per_token:g} bytes/token)")
+    return tokens
+
+
+def api_training_estimate(spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None,
+                          tokens_counted_by: str = "counted", examples: int | None = None) -> CostEstimate | None:
+    """A managed fine-tune: the operator's price per million training tokens x the tokens of the
+    train split x the epochs (the provider's `auto` rule when the spec says auto). No GPU-hours:
+    the provider's hardware is not ours to count."""
+    from controller.spec.method import ApiMethod
+
+    method = spec.spec.method
+    assert isinstance(method, ApiMethod)
+    assumptions: list[str] = []
+    tokens = _api_tokens(operator, data_bytes, data_tokens, tokens_counted_by, assumptions)
+    if tokens is None:
+        return None
+    share = 1 - spec.spec.dataset.test_fraction
+    train_examples = round(examples * share) if examples else None
+    epochs, how = api_epochs(method.hyperparameters.epochs, train_examples)
+    assumptions.append(how)
+    training_tokens = tokens * share * epochs
+    assumptions.append(f"training tokens = {tokens:,} × {share:.2f} (train split) × {epochs} epochs = {training_tokens:,.0f}")
+    provider = operator.providers.get(method.provider)
+    if provider is None:
+        return CostEstimate(0, 0, 0, 0, 0, training_tokens, assumptions,
+                            [f"provider {method.provider} is not in the operator config's providers: cost not estimated"])
+    price = provider.prices(method.model).usd_per_million_training_tokens
+    usd = training_tokens / 1e6 * price
+    assumptions.append(f"price ${price:.2f} per million training tokens ({method.provider}, {method.model}) × "
+                       f"{training_tokens / 1e6:,.3f}M tokens")
+    return CostEstimate(usd, usd * API_LOW, usd * API_HIGH, 0, 0, training_tokens, assumptions, [])
+
+
+def api_evaluation_estimate(spec: FineTune, operator: OperatorConfig, data_bytes: int | None, data_tokens: int | None,
+                            examples: int | None, tokens_counted_by: str = "counted") -> CostEstimate | None:
+    """An evaluation of a managed fine-tune: every prompt and answer is the provider's inference,
+    billed per token (the fine-tuned model's prices; the base model's are taken to be the same)."""
+    from controller.spec.method import ApiMethod
+
+    s = spec.spec
+    method = s.method
+    assert isinstance(method, ApiMethod)
+    assumptions: list[str] = []
+    tokens = _api_tokens(operator, data_bytes, data_tokens, tokens_counted_by, assumptions)
+    if tokens is None:
+        return None
+    per_example = tokens / examples if examples else TOKENS_PER_EXAMPLE_UNKNOWN
+    test_examples = round(examples * s.dataset.test_fraction) if examples else 0
+    compare = s.evaluation.compare
+    calls = (test_examples + 2 * REGRESSION_SUITE_EXAMPLES + 2 * compare.samples) if examples else 0
+    prompt_tokens = tokens * s.dataset.test_fraction + (2 * REGRESSION_SUITE_EXAMPLES + 2 * compare.samples) * per_example
+    answer = s.serving.max_tokens if s.serving is not None else API_ANSWER_TOKENS
+    answer_tokens = calls * answer
+    assumptions.append(f"prompts ≈ {prompt_tokens:,.0f} tokens (the test split, the regression suite and {compare.samples} "
+                       f"comparison samples, fine-tuned and base); answers at most {answer} tokens × {calls:,} requests")
+    provider = operator.providers.get(method.provider)
+    if provider is None:
+        return CostEstimate(0, 0, 0, 0, 0, prompt_tokens, assumptions,
+                            [f"provider {method.provider} is not in the operator config's providers: cost not estimated"],
+                            "evaluation")
+    prices = provider.prices(method.model)
+    usd = prompt_tokens / 1e6 * prices.usd_per_million_input_tokens + answer_tokens / 1e6 * prices.usd_per_million_output_tokens
+    assumptions.append(f"price ${prices.usd_per_million_input_tokens:.2f} / ${prices.usd_per_million_output_tokens:.2f} per "
+                       f"million input / output tokens ({method.provider}, {method.model})")
+    return CostEstimate(usd, usd * LOW, usd, 0, 0, prompt_tokens, assumptions, [], "evaluation")
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 FORWARD_SPEEDUP = 3.0
@@ -167,6 +273,8 @@ def evaluation_estimate(spec: FineTune, operator: OperatorConfig, data_bytes: in
     """One evaluation of an existing run on its test split, the regression suite and the A/B
     comparison, on one GPU of the spec's type. None when the dataset's size is unknown."""
     s = spec.spec
+    if s.method.type == "api":
+        return api_evaluation_estimate(spec, operator, data_bytes, data_tokens, examples, tokens_counted_by)
     gpu = s.hardware.gpu_type
     assumptions: list[str] = []
     if data_tokens is None:
@@ -267,7 +375,7 @@ def change_cost(action: str, spec: FineTune, operator: OperatorConfig, data_byte
     """The cost of `action` (a controller.desired.Action value: Train, Evaluate, Deploy, Update,
     None, Prune) for `spec`. None when a phase that runs cannot be sized (dataset size unknown)."""
     if action == "Train":
-        train = estimate(spec, operator, data_bytes, data_tokens, tokens_counted_by)
+        train = estimate(spec, operator, data_bytes, data_tokens, tokens_counted_by, examples)
         evaluation = evaluation_estimate(spec, operator, data_bytes, data_tokens, examples, tokens_counted_by)
         if train is None or evaluation is None:
             return None

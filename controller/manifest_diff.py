@@ -216,6 +216,8 @@ def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig) 
     if state is None or sha is None or state.loaded.spec is None or state.data is None or not state.data.known:
         return [], {}
     spec = state.loaded.spec
+    if spec.spec.method.type == "api":
+        return [], {}  # a provider's job and its hosted model: ftops applies no Kubernetes objects for them
     md5 = state.data.md5 or ""
     inp = input_for(spec, md5, sha, operator)
     manifests = list(render(inp))

@@ -81,6 +81,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     head_specs = load_specs_at(source, head, cache, gpu_types)
     base_specs = load_specs_at(source, base, cache, gpu_types) if base else {}
     cache.save()
+    head_specs = {path: _provider_checked(state, operator) for path, state in head_specs.items()}
     corpora = {}
     for path in set(head_specs) | set(base_specs):
         versions = []
@@ -211,3 +212,15 @@ def _compare_with_base(check: "DataCheck", source, base_sha: str, base: "SpecAtR
     check.shift = shift.to_dict()
     check.warnings.extend(shift.warnings())
 
+
+def _provider_checked(state, operator):
+    """A spec with method api at head, checked against the operator's providers: an unknown
+    provider or model is an error of the plan, named at its line, before anything merges."""
+    from dataclasses import replace
+
+    from controller.catalog import api_method_problems
+    from controller.spec.load import with_issues
+
+    if state.loaded.spec is None:
+        return state
+    return replace(state, loaded=with_issues(state.loaded, api_method_problems(state.loaded.spec, operator)))

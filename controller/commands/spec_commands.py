@@ -106,6 +106,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         results = validate_paths(path, gpu_types)
         root = _find_repo_root(path.resolve())
         shown = {r.file: _from_cwd(root / r.file) for r in results}
+    results = [_provider_checked(r, operator) for r in results]
     issues = [(result, issue) for result in results for issue in result.issues]
     format_ = fmt(args)
     if format_ in ("json", "yaml"):
@@ -121,6 +122,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         bad = sum(1 for r in results if not r.ok)
         print(f"{len(results)} spec(s): {len(results) - bad} valid, {bad} invalid; {errors} error(s), {warnings} warning(s)")
     return OK if all(r.ok for r in results) else FAILURE
+
+
+def _provider_checked(loaded, operator):
+    """A spec with method api, checked against the operator's providers (the provider, its models)."""
+    from controller.catalog import api_method_problems
+    from controller.spec.load import with_issues
+
+    return with_issues(loaded, api_method_problems(loaded.spec, operator)) if loaded.spec is not None else loaded
 
 
 def _from_cwd(path: Path) -> str:

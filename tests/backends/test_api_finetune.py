@@ -470,3 +470,42 @@ def test_the_run_id_hashes_what_the_provider_trains_on_and_nothing_else():
         rid(base + "  training: {maxSeqLength: 1024}\n"),
     ]
     assert len(set(changed)) == len(changed) and rid(base) not in changed
+
+
+# ----------------------------------------------------------------------------- cost, validate
+
+
+def test_the_cost_of_an_api_run_is_the_providers_price_per_training_token_times_epochs(fake_provider):
+    from controller.cost import change_cost
+
+    ops = operator(fake_provider)
+    spec = _load(api_spec_text(epochs=4)).spec
+    cost = change_cost("Train", spec, ops, data_bytes=None, data_tokens=1_000_000, examples=2000)
+    assert cost is not None and [p.phase for p in cost.phases] == ["training", "evaluation"]
+    train = cost.training
+    assert train is not None and train.training_tokens == pytest.approx(1_000_000 * 0.85 * 4)
+    assert train.usd == pytest.approx(3.4 * 3.00) and train.gpu_hours == 0  # $3.00 per million, 3.4M tokens
+    assert any("$3.00 per million training tokens (fakeai, gpt-4o-mini-2024-07-18)" in a for a in train.assumptions)
+    evaluation = cost.phases[1]
+    assert 0 < evaluation.usd < train.usd and any("per million input / output tokens" in a for a in evaluation.assumptions)
+    auto = change_cost("Train", _load(api_spec_text(epochs="auto")).spec, ops, None, 1_000_000, examples=20)
+    assert auto is not None and auto.training is not None
+    assert any("epochs auto: 5 for 17 training examples" in a for a in auto.training.assumptions)  # 17 x 3 < 100
+    gpt4o = change_cost("Train", _load(api_spec_text(provider="openai", model="gpt-4o-2024-08-06", epochs=4)).spec, ops,
+                        None, 1_000_000, examples=2000)
+    assert gpt4o is not None and gpt4o.training is not None and gpt4o.training.usd == pytest.approx(3.4 * 25.00)
+
+
+def test_ftops_validate_names_an_unknown_provider_at_its_line(fake_provider, tmp_path):
+    import subprocess
+
+    spec = tmp_path / "specs" / "triage-api.yaml"
+    spec.parent.mkdir()
+    spec.write_text(api_spec_text(provider="fakeia"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tickets.jsonl").write_text("{}\n")
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "validate", str(spec)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "specs/triage-api.yaml:8:15: error: spec.method.provider: 'fakeia' is not a provider the operator configured" \
+        in done.stdout
