@@ -222,9 +222,7 @@ def load_run(run_dir: str | Path, base_uri: str | None = None, base_revision: st
         except Exception as exc:
             raise PermanentError(f"{run_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
         gen_dir = model_dir
-    # transformers declares PreTrainedModel.to with functools.wraps(torch.nn.Module.to), which mypy
-    # reads as an unbound function whose first argument is `self`; the call itself is the usual one.
-    model.to(device).eval()  # type: ignore[arg-type]
+    model.to(device).eval()
     model.config.use_cache = True
     eos = set()
     recorded_eos = (prov.get("specialTokens") or {}).get("eos_token") or {}
@@ -379,7 +377,7 @@ def load_engine_base(model_dir: Path, run: RunFiles | None, device: str = "cpu",
                                                      dtype=getattr(torch, dtype))
     except Exception as exc:
         raise PermanentError(f"{model_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
-    model.to(device).eval()  # type: ignore[arg-type]
+    model.to(device).eval()
     model.config.use_cache = True
     eos = eos_ids(tokenizer, provenance, model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
