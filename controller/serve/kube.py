@@ -6,8 +6,8 @@ the kubernetes client).
 
 Rolling (default): one Deployment per spec; a new run changes its pod template, and Kubernetes'
 RollingUpdate with maxUnavailable 0 keeps the old pods serving until new ones pass /readyz.
-We wait until the rollout is complete (observedGeneration caught up, every replica updated, ready
-and available). If the Deployment reports ProgressDeadlineExceeded, or the rollout does not
+The rollout is complete when observedGeneration caught up and every replica is updated, ready
+and available. If the Deployment reports ProgressDeadlineExceeded, or the rollout does not
 complete in time, the previous run's manifests are applied again (automatic rollback); with no
 previous run the failed version is scaled to 0 so it does not hold GPUs while crash-looping.
 
@@ -19,7 +19,12 @@ at full size and the canary scaled to 0. A canary that never gets ready is scale
 stable one was never touched; one that stops being ready while observed is scaled to 0 and the
 stable one scaled back to full size.
 
-Readiness is observed by re-reading the Deployment (a level-triggered poll through the backend's
+Asynchronous: `promote` never waits. Each call applies what the rollout's current phase needs,
+reads the Deployments once and returns `rolling_out` (with when to look again) until the rollout
+is done; the phase and its start time (from the injected clock) are kept in
+`<state>/<spec>/serving/rollout.json`, so the reconcile loop is never blocked and a restarted
+controller resumes the rollout. `rollout` (the CLI's rollback) repeats the steps until it settles.
+Readiness is observed by re-reading the Deployment (a level-triggered read through the backend's
 `get`), which sees the same final state a watch would and survives API-server restarts and
 compaction without relist logic. Events and history are those of controller.serve.deploy.
 """
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,25 +145,6 @@ class KubernetesServing:
                 return None
             raise TemporaryError(f"reading Deployment {meta['name']}: {err}") from None
 
-    def wait(self, dep: dict, replicas: int, run_id: str | None, timeout: float) -> RolloutState:
-        deadline = self.clock.monotonic() + timeout
-        while True:
-            state = deployment_state(self._get(dep), replicas, run_id)
-            if state.ready or state.failed:
-                return state
-            if self.clock.monotonic() >= deadline:
-                return RolloutState(False, True, f"rollout not complete after {timeout:.0f}s ({state.message})",
-                                    state.ready_replicas)
-            self.clock.sleep(self.poll_interval)
-
-    def _stays_ready(self, dep: dict, replicas: int, run_id: str, seconds: float) -> RolloutState:
-        deadline = self.clock.monotonic() + seconds
-        state = deployment_state(self._get(dep), replicas, run_id)
-        while state.ready and self.clock.monotonic() < deadline:
-            self.clock.sleep(min(self.poll_interval, max(0.0, deadline - self.clock.monotonic())))
-            state = deployment_state(self._get(dep), replicas, run_id)
-        return state if not state.ready else RolloutState(True, False, f"ready for {seconds:.0f}s", state.ready_replicas)
-
     # ---------------------------------------------------------------- transitions
     def _record(self, spec: str, ev: DeployEvent) -> DeployEvent:
         return history.append(self.store, spec, ev)
@@ -166,17 +152,50 @@ class KubernetesServing:
     def promote(self, request: DeployRequest) -> DeployResult:
         """The Deployer seam: roll the spec's server to the request's run."""
         self.inputs[(request.spec, request.run_id)] = self.kube.publish_serving_inputs(request)
-        return self.rollout(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit)
+        return self.step(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit)
 
     def rollout(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
                 kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
-        """Roll the spec's server to `run_id` (rolling or canary, per spec.serving.rollout), only
-        when that run's gate passed; roll back automatically when it does not become ready."""
+        """Roll the spec's server to `run_id` and wait until the rollout settles (`ftops rollback`,
+        tests): the steps of `promote`, repeated, with every step's events."""
+        events: list[DeployEvent] = []
+        while True:
+            result = self.step(finetune, run_id, data_md5, git_commit, timeout, kind, reason)
+            events.extend(result.events)
+            if result.outcome != "rolling_out":
+                return replace(result, events=tuple(events))
+            self.clock.sleep(min(result.after or self.poll_interval, self.poll_interval))
+
+    def _state_path(self, spec: str) -> Path:
+        return self.store / spec / "serving" / "rollout.json"
+
+    def _state(self, spec: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._state_path(spec).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _save(self, spec: str, state: dict[str, Any]) -> None:
+        path = self._state_path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    def _clear(self, spec: str) -> None:
+        self._state_path(spec).unlink(missing_ok=True)
+
+    def step(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
+             kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
+        """Move the rollout of `run_id` one step (rolling or canary, per spec.serving.rollout) and
+        return at once: `rolling_out` until it is done, never waiting on the Deployments. Only when
+        that run's gate passed; rolled back automatically when it does not become ready in
+        `timeout`. The state between steps is `<state>/<spec>/serving/rollout.json`."""
         spec = finetune.name
         serving = finetune.spec.serving
         if serving is None:
             raise PermanentError(f"spec '{spec}' has no spec.serving block; there is nothing to deploy")
-        timeout = timeout or self.ready_timeout
         prev = self._previous(spec)
         prev_id = prev["servingRunId"] if prev else None
         try:
@@ -184,6 +203,12 @@ class KubernetesServing:
         except GateNotPassed as exc:
             ev = event("deploy.refused", spec, run_id, self.name, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
             return DeployResult("refused", prev_id, (self._record(spec, ev),), message=str(exc))
+        state = self._state(spec)
+        if state is not None and state["runId"] != run_id:  # a newer run supersedes the rollout in progress
+            self._undo(finetune, state, prev)
+            state = None
+        if state is not None:
+            return self._advance(finetune, state, prev, timeout or self.ready_timeout)
         stable = self.manifests(finetune, run_id, data_md5, git_commit, "stable")
         stable_dep = self._deployment(stable)
         if prev_id == run_id and deployment_state(self._get(stable_dep), serving.replicas, run_id).ready:
@@ -192,51 +217,106 @@ class KubernetesServing:
         lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"],
                    "finetune": finetune.model_dump(mode="json", by_alias=True)}
         strategy = serving.rollout.strategy if prev_id else "rolling"
-        events = [self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id,
-                                           Reason.ROLLING_OUT, f"{strategy} rollout of run {run_id}", strategy=strategy,
-                                           **lineage))]
+        started = self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
+                                           f"{strategy} rollout of run {run_id}", strategy=strategy, **lineage))
+        state = {"runId": run_id, "dataMd5": data_md5, "gitCommit": git_commit, "kind": kind, "reason": reason,
+                 "strategy": strategy, "since": self.clock.time(), "lineage": lineage}
         if strategy == "canary" and prev is not None:  # a canary needs a previous run (strategy above)
             n = min(serving.replicas - 1, max(1, math.ceil(serving.replicas * serving.rollout.canary_percent / 100)))
-            canary = self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=n)
-            self._apply(canary)
-            state = self.wait(self._deployment(canary), n, run_id, timeout)
-            previous_stable = self._previous_manifests(finetune, prev, replicas=serving.replicas - n)
-            if state.ready:
-                # The stable side gives up the canary's share, so the canary takes canaryPercent of
-                # the replicas (and of the traffic) while it is observed.
-                self._apply(previous_stable)
-                state = self._stays_ready(self._deployment(canary), n, run_id, serving.rollout.stable_seconds)
-            if not state.ready:
-                self._scale_canary_down(finetune, run_id, data_md5, git_commit)
-                self._apply(self._previous_manifests(finetune, prev))
-                msg = f"canary of run {run_id} failed ({state.message}); run {prev_id} keeps serving"
-                events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, prev_id, prev_id,
-                                                       Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
-                return DeployResult("rolled_back", prev_id, tuple(events), message=msg)
-            events.append(self._record(spec, event("deploy.canary_ready", spec, run_id, self.name, prev_id, prev_id,
-                                                   Reason.ROLLING_OUT, f"{n} canary replica(s) stayed ready for "
-                                                   f"{serving.rollout.stable_seconds}s", canaryReplicas=n,
-                                                   stableReplicas=serving.replicas - n, **lineage)))
-        self._apply(stable)
-        state = self.wait(stable_dep, serving.replicas, run_id, timeout)
-        if strategy == "canary":
-            self._scale_canary_down(finetune, run_id, data_md5, git_commit)
-        if not state.ready:
+            self._apply(self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=n))
+            state.update(phase="canary", canaryReplicas=n)
+        else:
+            self._apply(stable)
+            state.update(phase="stable")
+        self._save(spec, state)
+        return DeployResult("rolling_out", prev_id, (started,), message=f"{strategy} rollout of run {run_id} started",
+                            after=self.poll_interval)
+
+    def _advance(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None,
+                 timeout: float) -> DeployResult:
+        spec, run_id = finetune.name, str(state["runId"])
+        serving = finetune.spec.serving
+        assert serving is not None
+        prev_id = prev["servingRunId"] if prev else None
+        md5, commit, lineage = state["dataMd5"], state["gitCommit"], state["lineage"]
+        elapsed = self.clock.time() - float(state["since"])
+        if state["phase"] in ("canary", "observing"):
+            n = int(state["canaryReplicas"])
+            canary = self._deployment(self.manifests(finetune, run_id, md5, commit, "canary", replicas=n))
+            st = deployment_state(self._get(canary), n, run_id)
+            if state["phase"] == "canary":
+                if not st.ready and not st.failed and elapsed < timeout:
+                    return self._waiting(prev_id, f"canary of run {run_id}: {st.message}")
+                if st.ready:
+                    # The stable side gives up the canary's share, so the canary takes canaryPercent
+                    # of the replicas (and of the traffic) while it is observed.
+                    assert prev is not None
+                    self._apply(self._previous_manifests(finetune, prev, replicas=serving.replicas - n))
+                    self._save(spec, {**state, "phase": "observing", "observedAt": self.clock.time()})
+                    return self._waiting(prev_id, f"canary of run {run_id} is ready; observing it")
+                why = st.message if st.failed else f"not ready after {timeout:.0f}s ({st.message})"
+                return self._canary_failed(finetune, state, prev, why)
+            if not st.ready:
+                return self._canary_failed(finetune, state, prev, st.message)
+            watched = self.clock.time() - float(state["observedAt"])
+            if watched < serving.rollout.stable_seconds:
+                left = serving.rollout.stable_seconds - watched
+                return self._waiting(prev_id, f"canary of run {run_id} ready for {watched:.0f}s of "
+                                              f"{serving.rollout.stable_seconds}s", min(self.poll_interval, left))
+            ready = self._record(spec, event("deploy.canary_ready", spec, run_id, self.name, prev_id, prev_id,
+                                             Reason.ROLLING_OUT, f"{n} canary replica(s) stayed ready for "
+                                             f"{serving.rollout.stable_seconds}s", canaryReplicas=n,
+                                             stableReplicas=serving.replicas - n, **lineage))
+            self._apply(self.manifests(finetune, run_id, md5, commit, "stable"))
+            self._save(spec, {**state, "phase": "stable", "since": self.clock.time()})
+            return DeployResult("rolling_out", prev_id, (ready,), message=f"rolling the stable replicas to run {run_id}",
+                                after=self.poll_interval)
+        stable = self._deployment(self.manifests(finetune, run_id, md5, commit, "stable"))
+        st = deployment_state(self._get(stable), serving.replicas, run_id)
+        if not st.ready and not st.failed and elapsed < timeout:
+            return self._waiting(prev_id, f"rollout of run {run_id}: {st.message}")
+        if state["strategy"] == "canary":
+            self._scale_canary_down(finetune, run_id, md5, commit)
+        self._clear(spec)
+        if not st.ready:
+            why = st.message if st.failed else f"rollout not complete after {timeout:.0f}s ({st.message})"
             if prev:
+                # maxUnavailable 0: the previous pods kept serving while the new ones failed
                 self._apply(self._previous_manifests(finetune, prev))
-                back = self.wait(stable_dep, serving.replicas, prev_id, timeout)
-                serving_now = prev_id if back.ready else None
+                serving_now = prev_id
             else:
-                self._apply(self.manifests(finetune, run_id, data_md5, git_commit, "stable", replicas=0))
+                self._apply(self.manifests(finetune, run_id, md5, commit, "stable", replicas=0))
                 serving_now = None
-            msg = (f"run {run_id} failed readiness ({state.message}); "
+            msg = (f"run {run_id} failed readiness ({why}); "
                    f"{'run ' + serving_now + ' serves again' if serving_now else 'nothing serves'}")
-            events.append(self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, serving_now, prev_id,
-                                                   Reason.ROLLED_BACK, msg, automatic=True, **lineage)))
-            return DeployResult("rolled_back", serving_now, tuple(events), message=msg)
+            ev = self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, serving_now, prev_id,
+                                          Reason.ROLLED_BACK, msg, automatic=True, **lineage))
+            return DeployResult("rolled_back", serving_now, (ev,), message=msg)
+        kind, reason = str(state["kind"]), str(state["reason"])
         msg = f"run {run_id} serves on {serving.replicas} replica(s)" + (f" (was {prev_id})" if prev_id else "")
-        events.append(self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **lineage)))
-        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, tuple(events), message=msg)
+        ev = self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **lineage))
+        return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, (ev,), message=msg)
+
+    def _waiting(self, prev_id: str | None, message: str, after: float | None = None) -> DeployResult:
+        return DeployResult("rolling_out", prev_id, (), message=message, after=after or self.poll_interval)
+
+    def _canary_failed(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None,
+                       why: str) -> DeployResult:
+        spec, run_id = finetune.name, str(state["runId"])
+        prev_id = prev["servingRunId"] if prev else None
+        self._undo(finetune, state, prev)
+        msg = f"canary of run {run_id} failed ({why}); run {prev_id} keeps serving"
+        ev = self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, prev_id, prev_id,
+                                      Reason.ROLLED_BACK, msg, automatic=True, **state["lineage"]))
+        return DeployResult("rolled_back", prev_id, (ev,), message=msg)
+
+    def _undo(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        """Take a rollout in progress back: its canary scaled to 0, the previous run at full size."""
+        if state.get("strategy") == "canary":
+            self._scale_canary_down(finetune, str(state["runId"]), state["dataMd5"], state["gitCommit"])
+        if prev is not None:
+            self._apply(self._previous_manifests(finetune, prev))
+        self._clear(finetune.name)
 
     def _scale_canary_down(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str) -> None:
         self._apply([self._deployment(self.manifests(finetune, run_id, data_md5, git_commit, "canary", replicas=0))])
@@ -268,7 +348,14 @@ class KubernetesServing:
         found = self._get(dep)
         replicas = int(((found or {}).get("spec") or {}).get("replicas") or 0)
         state = deployment_state(found, replicas, run_id)
-        return Serving(spec, run_id, state.ready and replicas > 0, message=state.message)
+        healthy = state.ready and replicas > 0
+        rollout = self._state(spec)
+        if not healthy and rollout is not None and rollout["runId"] != run_id:
+            # A rolling update to another run is under way: with maxUnavailable 0 this run's pods
+            # keep serving until the new ones are ready.
+            available = int(((found or {}).get("status") or {}).get("availableReplicas") or 0)
+            healthy = replicas > 0 and available >= replicas
+        return Serving(spec, run_id, healthy, message=state.message)
 
     def _lineage(self, spec: str, run_id: str) -> dict | None:
         return next((e for e in reversed(history.read(self.store, spec))
