@@ -234,7 +234,7 @@ def bench_serving(max_tokens: int = 32) -> list[tuple[str, str]]:
         corpus = root / "kb"
         corpus.mkdir()
         for i, text in enumerate(_synthetic_chunks(200, seed=3)):
-            (corpus / f"doc{i:03d}.md").write_text(text[:300] + "\n")
+            (corpus / f"doc{i:03d}.md").write_text(text[:120] + "\n")  # two fit the 512-token context
         question = _queries(_synthetic_chunks(200, seed=3), 1)[0]
         messages = [{"role": "user", "content": question}]
         serving = _ServingProcess(root, run_dir, corpus, max_tokens)
