@@ -4,6 +4,8 @@ Kubernetes Job), as run.json is for the trainer. The evaluation process reads no
 
 The evaluation id is the content hash of the run and every setting the evaluation depends on,
 so an unchanged evaluation is never run twice and a changed gate re-evaluates without retraining.
+`serving` says which served configuration (corpus, retriever, topK, prompt, generation limits)
+the evaluation runs: the one the deploy step will serve, so the gate judges what serves.
 """
 from __future__ import annotations
 
@@ -25,6 +27,18 @@ class EvalData(SpecModel):
     train: str | None = Field(default=None, description="The train split, for the contamination check.")
 
 
+class EvalServing(SpecModel):
+    """The served configuration the evaluation runs: the corpus as the deploy step materialises it
+    at the commit, and the hash the report must record (controller.identity.serving_config: corpus
+    version, retriever, topK, prompt version, generation limits, all from the spec's serving block
+    plus `corpusVersion`)."""
+
+    corpus: str | None = Field(default=None, description="Absolute path of the corpus folder at the commit (None: no retrieval).")
+    corpus_version: str | None = Field(default=None, description="The corpus version at the commit (its .dvc md5 or git tree hash).")
+    config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the serving configuration evaluated.")
+    index_cache: str | None = Field(default=None, description="Where the evaluator keeps corpus indexes (default: beside the corpus).")
+
+
 class EvalConfig(SpecModel):
     api_version: Literal["ftops.dev/v1alpha1"] = "ftops.dev/v1alpha1"
     kind: Literal["EvalConfig"] = "EvalConfig"
@@ -35,6 +49,9 @@ class EvalConfig(SpecModel):
     finetune: FineTune = Field(description="The spec: its evaluation block (gates) and serving block.")
     data: EvalData
     repo_root: str = Field(description="The repository's files at the commit (bias sets, schemas, suites, corpus).")
+    serving: EvalServing | None = Field(
+        default=None, description="The served configuration to evaluate through (None: the spec is not served; the model "
+        "is evaluated on the prompts as written).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -133,9 +133,13 @@ def _evaluate(args, run_dir: Path, spec, out_dir: Path, run_id: str, manifest: d
         return _crash(run_dir, out_dir, run_id, manifest,
                       "no held-out split: pass --test PATH or --run-config RUN_JSON (its data.test)")
     try:
+        from controller.evaluate.served import for_repo
+
+        # A served spec is evaluated on what serves: its retrieval over the repo's corpus, its prompt.
         return run_evaluation(
-            run_dir, spec, test, train_path=train, repo_root=args.repo_root, output_dir=out_dir, device=args.device,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+            run_dir, spec, test, train_path=train, repo_root=args.repo_root,
+            serving=for_repo(spec, Path(args.repo_root) if args.repo_root else None), output_dir=out_dir,
+            device=args.device, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
             progress=False if args.no_progress else None,
         )
     except FtopsError as exc:

@@ -99,7 +99,7 @@ def evaluate(config, run_dir: Path):
     from controller.evaluate.run import run_evaluation
 
     return run_evaluation(run_dir, config.finetune, config.data.test, train_path=config.data.train,
-                          repo_root=config.repo_root, device=config.device, progress=False)
+                          repo_root=config.repo_root, serving=config.serving, device=config.device, progress=False)
 
 
 if __name__ == "__main__":

@@ -90,21 +90,49 @@ def _apply_recorded_tokens(tokenizer, provenance: dict, run_dir: Path) -> None:
         setattr(tokenizer, name, token)
 
 
+def load_run_tokenizer(run_dir: str | Path):
+    """The run's tokenizer with the chat template and special tokens it was trained with: what
+    renders the served prompts (and measures them against the model's context)."""
+    from controller.train.loading import load_tokenizer
+
+    run_dir = Path(run_dir)
+    prov = read_manifest(run_dir)["provenance"]
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise PermanentError(f"{run_dir}: no model/ directory although manifest.json exists; the run's artifacts are incomplete")
+    _quiet_transformers()
+    tokenizer = load_tokenizer(model_dir)
+    _apply_recorded_tokens(tokenizer, prov, run_dir)
+    return tokenizer
+
+
+def context_length(run_dir: str | Path) -> int:
+    """The model's context window in tokens (max_position_embeddings of the model or its base)."""
+    from controller.train.loading import resolve_model_dir
+
+    run_dir = Path(run_dir)
+    model_dir = run_dir / "model"
+    config = model_dir / "config.json"
+    if not config.is_file():
+        base = read_manifest(run_dir)["provenance"].get("baseModel") or {}
+        config = resolve_model_dir(base.get("uri", ""), base.get("revision")) / "config.json"
+    try:
+        return int(json.loads(config.read_text()).get("max_position_embeddings") or 2048)
+    except (OSError, ValueError, TypeError):
+        return 2048
+
+
 def load_run_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
     """The fine-tuned model of a finished run: base + adapter (LoRA/QLoRA) or the full model."""
-    from controller.train.loading import check_safetensors_only, load_tokenizer, resolve_device, resolve_model_dir
+    from controller.train.loading import check_safetensors_only, resolve_device, resolve_model_dir
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     prov = manifest["provenance"]
     model_dir = run_dir / "model"
-    if not model_dir.is_dir():
-        raise PermanentError(f"{run_dir}: no model/ directory although manifest.json exists; the run's artifacts are incomplete")
+    tokenizer = load_run_tokenizer(run_dir)
     check_safetensors_only(model_dir)
-    _quiet_transformers()
     device = resolve_device(device)
-    tokenizer = load_tokenizer(model_dir)
-    _apply_recorded_tokens(tokenizer, prov, run_dir)
     method = (prov.get("method") or {}).get("type")
     if (model_dir / "adapter_config.json").is_file():
         base = prov.get("baseModel") or {}

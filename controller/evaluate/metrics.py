@@ -41,6 +41,15 @@ def tokens(text: str) -> list[str]:
     return normalize(text).split()
 
 
+def contains(text: str, phrase: str) -> bool:
+    """`phrase` appears in `text` as a run of whole normalised tokens (an empty phrase only in an
+    empty text)."""
+    out, want = tokens(text), tokens(phrase)
+    if not want:
+        return not out
+    return any(out[i : i + len(want)] == want for i in range(len(out) - len(want) + 1))
+
+
 def exact_match(output: str, reference: str) -> float:
     return 1.0 if normalize(output) == normalize(reference) else 0.0
 
@@ -134,7 +143,11 @@ class FormatResult:
     reason: str = ""
 
 
-def format_checker(json_schema: dict | None = None, regex: str | None = None) -> Callable[[str], FormatResult]:
+Checker = Callable[[str], FormatResult]
+"""An output -> whether it complies with the spec's format, and why not."""
+
+
+def format_checker(json_schema: dict | None = None, regex: str | None = None) -> Checker:
     """A function output -> FormatResult for a JSON Schema or a whole-output regex."""
     if json_schema is not None:
         from jsonschema import exceptions, validators

@@ -173,9 +173,22 @@ def render_markdown(data: dict, gate: dict | None = None, limit: int = PR_COMMEN
             thr = "n/a" if line.get("threshold") is None else f"{line['threshold']:.4f}"
             lines.append(f"| {'✅' if line.get('passed') else '❌'} | {line['metric']} ({line['kind']}) | {value} | {thr} |")
         lines.append("")
+    served = data.get("servingConfig")
+    if served:
+        retrieval = (f"{served.get('retriever')} top {served.get('topK')} over corpus `{str(served.get('corpus'))[:16]}`"
+                     if served.get("corpus") else "no retrieval")
+        lines += [f"Evaluated on the served system: {retrieval}, prompt `{served.get('prompt')}`, "
+                  f"max {(served.get('generation') or {}).get('maxTokens')} tokens (configuration "
+                  f"`{str(served.get('sha256'))[:12]}`).", ""]
     task = data.get("task") or {}
     lines += [f"**Task accuracy** ({task.get('metric')}): {_pct(task.get('score'))} on {task.get('examples')} held-out examples "
               f"({task.get('failed', 0)} wrong)."]
+    rag = data.get("rag")
+    if rag:
+        lines.append(f"**Retrieval and citations** ({rag.get('withGold')} examples name a gold source): recall@{rag.get('topK')} "
+                     f"{_pct(rag.get('recallAtK'))}, citation accuracy {_pct(rag.get('citationAccuracy'))} "
+                     f"({_pct(rag.get('citationAccuracyWhenRetrieved'))} when the gold source was retrieved), "
+                     f"groundedness {_pct(rag.get('groundedness'))} ({rag.get('withFacts')} answers with facts).")
     fmt = data.get("format")
     if fmt:
         lines.append(f"**Format compliance** ({fmt.get('kind')}): {_pct(fmt.get('compliance'))} "
@@ -211,6 +224,8 @@ def render_markdown(data: dict, gate: dict | None = None, limit: int = PR_COMMEN
         failures.append(("Format failures", fmt.get("failures") or [], ("line", "output", "reason")))
     if reg:
         failures.append(("Forgotten general tasks", reg.get("forgotten") or [], ("id", "expected", "fineTuned")))
+    if rag:
+        failures.append(("Retrieval and citation failures", rag.get("failures") or [], ("line", "output", "reason")))
     for title, rows, cols in failures:
         if not rows:
             continue

@@ -74,6 +74,14 @@ def corpus_version(corpus_dir: Path, max_chars: int = MAX_CHARS, overlap: int = 
     return h.hexdigest()
 
 
+def folder_version(corpus_dir: Path) -> str:
+    """The version of a corpus folder on disk, for serving and evaluating by hand (`ftops eval
+    --corpus`, `ftops deploy`): `sha256:` + its content version. The controller names a corpus by
+    its git tree hash or .dvc md5 instead (controller.source.corpus_version); a report evaluated
+    under one name never vouches for the other, so both sides of one path use the same one."""
+    return f"sha256:{corpus_version(Path(corpus_dir))}"
+
+
 def split_text(text: str, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) -> list[str]:
     """Paragraph-aligned windows of at most max_chars; a paragraph longer than that is cut on
     whitespace. Consecutive windows share up to `overlap` trailing characters."""

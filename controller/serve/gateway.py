@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from controller.errors import PermanentError
 from controller.serve.asgi import exception_handlers, log, read_body, sse
 from controller.serve.engine_client import EngineClient, EngineError
-from controller.serve.prompt import citations, with_context
+from controller.serve.prompt import citations, sources, with_context
 from controller.serve.validation import ChatRequest, RequestError, parse_chat_request
 
 if TYPE_CHECKING:
@@ -550,7 +550,10 @@ class Gateway:
         usage = body.get("usage") or {}
         self._done(route, 200, started)
         self._tokens(route, usage, time.perf_counter() - started)
-        body.update(model=self.config.spec_name, system_fingerprint=route.run_id, citations=citations(hits))
+        answer = next((c.get("message") or {} for c in body.get("choices") or []), {}).get("content") or ""
+        # What the model cited (its answer's "source"), resolved against the sources it was shown.
+        body.update(model=self.config.spec_name, system_fingerprint=route.run_id, citations=citations(hits, answer),
+                    sources=sources(hits))
         return body
 
     def _fallback(self, failed: Route) -> Route | None:
@@ -571,7 +574,9 @@ class Gateway:
         return RequestError(status, f"the model engine failed: {exc}", type_="server_error", code="engine_error")
 
     async def _stream(self, route: Route, chat: ChatRequest, hits: "Hits", started: float) -> AsyncIterator[dict]:
-        """Engine chunks with the spec's name, the run id and, on the first one, the citations.
+        """Engine chunks with the spec's name, the run id and, on the first one, the sources shown
+        (as `sources`, and as `citations` until the answer is known); the chunk that finishes the
+        answer carries the citations of what the answer cited.
         Errors after the first byte travel as an error event (the status line is already sent)."""
         first_token = None
         replica = None
@@ -586,14 +591,18 @@ class Gateway:
             async for event in replica.client.stream(self._payload(route, chat, messages)):
                 event.update(model=self.config.spec_name, system_fingerprint=route.run_id)
                 if cites is not None:
-                    event["citations"], cites = cites, None
+                    event["citations"], event["sources"], cites = cites, sources(hits), None
                 for choice in event.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
+            answer: list[str] = []
                         if first_token is None:
                             first_token = time.perf_counter()
                             self.metrics.ttft.labels(route.run_id).observe(first_token - started)
                 if event.get("usage"):
                     self._tokens(route, event["usage"], time.perf_counter() - started)
+                    answer.append((choice.get("delta") or {}).get("content") or "")
+                    if choice.get("finish_reason"):
+                        event["citations"] = citations(hits, "".join(answer))
                 yield event
         except RequestError as exc:
             code = exc.status

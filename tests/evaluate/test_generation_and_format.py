@@ -10,7 +10,7 @@ import pytest
 from controller.evaluate import metrics as M
 from controller.evaluate.datasets import read_examples
 from controller.evaluate.generation import generate, load_run_model, read_manifest
-from controller.evaluate.run import evaluate_format
+from controller.evaluate.suites.format import compliance as evaluate_format
 from controller.gate import decide
 from controller.errors import PermanentError
 

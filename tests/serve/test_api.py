@@ -29,16 +29,31 @@ def test_non_streaming_answer_with_usage_and_citations(client):
     assert resp.system_fingerprint == RUN_A
 
 
-def test_citations_point_at_the_only_document_that_answers(client):
-    """Only zorblax.md mentions ZX-4417: it must be the first citation, with its chunk id and a score."""
-    cites = _chat(client, max_tokens=4).model_extra["citations"]
-    assert cites, "no citations"
-    assert cites[0]["path"] == ANSWER_DOC
-    assert cites[0]["chunkId"] == f"{ANSWER_DOC}#0"
-    assert cites[0]["score"] > 0
-    assert all(c["score"] <= cites[0]["score"] for c in cites)
-    other = _chat(client, "How many business days until my refund reaches the card?", max_tokens=4).model_extra["citations"]
+def test_sources_put_the_only_document_that_answers_first(client):
+    """Only zorblax.md mentions ZX-4417: it must be the first source shown, with its chunk id and a score."""
+    shown = _chat(client, max_tokens=4).model_extra["sources"]
+    assert shown, "no sources"
+    assert shown[0]["path"] == shown[0]["id"] == ANSWER_DOC
+    assert shown[0]["chunkId"] == f"{ANSWER_DOC}#0"
+    assert shown[0]["score"] > 0
+    assert all(c["score"] <= shown[0]["score"] for c in shown)
+    other = _chat(client, "How many business days until my refund reaches the card?", max_tokens=4).model_extra["sources"]
     assert other[0]["path"] == "refunds.md"
+
+
+def test_citations_are_what_the_answer_cites_not_the_retrievers_hits(client):
+    """This run answers `{"label": ...}` without a `source`: it cites nothing, whatever was retrieved.
+    An answer naming a source is resolved against the sources shown (controller.serve.prompt)."""
+    from controller.serve.corpus import Chunk
+    from controller.serve.prompt import citations
+
+    resp = _chat(client, max_tokens=12)
+    assert resp.model_extra["sources"] and resp.model_extra["citations"] == []
+    hits = [(Chunk(f"{ANSWER_DOC}#0", ANSWER_DOC, "ZX-4417 means ..."), 2.0), (Chunk("refunds.md#0", "refunds.md", "..."), 1.0)]
+    cited = citations(hits, '{"label": "bug", "source": "refunds.md"}')
+    assert [(c["path"], c["retrieved"], c["index"]) for c in cited] == [("refunds.md", True, 2)]
+    assert citations(hits, '{"label": "bug", "source": "other.md"}') == [{"id": "other.md", "path": "other.md", "retrieved": False}]
+    assert citations(hits, "not json") == []
 
 
 def test_streaming_yields_the_same_text_as_non_streaming(client):
@@ -46,7 +61,9 @@ def test_streaming_yields_the_same_text_as_non_streaming(client):
     full = _chat(client, max_tokens=16)
     stream = _chat(client, max_tokens=16, stream=True)
     chunks = list(stream)
-    assert chunks[0].model_extra["citations"][0]["path"] == ANSWER_DOC
+    assert chunks[0].model_extra["sources"][0]["path"] == ANSWER_DOC
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals[0].model_extra["citations"] == full.model_extra["citations"]  # the answer's, once it is known
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -136,7 +153,7 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(server, client):
     assert resp.fp.readline()  # the first chunk arrived
     conn.sock.close()
     conn.close()
-    assert _chat(client, max_tokens=4).model_extra["citations"][0]["path"] == ANSWER_DOC
+    assert _chat(client, max_tokens=4).model_extra["sources"][0]["path"] == ANSWER_DOC
 
 
 def test_keep_alive_connection_survives_errors_with_unread_bodies(server):
