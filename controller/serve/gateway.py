@@ -588,21 +588,21 @@ class Gateway:
             self.metrics.in_flight.inc()
             messages, hits = await self._fit(replica, route, chat, hits)
             cites: list[dict] | None = citations(hits)
+            answer: list[str] = []
             async for event in replica.client.stream(self._payload(route, chat, messages)):
                 event.update(model=self.config.spec_name, system_fingerprint=route.run_id)
                 if cites is not None:
                     event["citations"], event["sources"], cites = cites, sources(hits), None
                 for choice in event.get("choices") or []:
+                    answer.append((choice.get("delta") or {}).get("content") or "")
+                    if choice.get("finish_reason"):
+                        event["citations"] = citations(hits, "".join(answer))
                     if (choice.get("delta") or {}).get("content"):
-            answer: list[str] = []
                         if first_token is None:
                             first_token = time.perf_counter()
                             self.metrics.ttft.labels(route.run_id).observe(first_token - started)
                 if event.get("usage"):
                     self._tokens(route, event["usage"], time.perf_counter() - started)
-                    answer.append((choice.get("delta") or {}).get("content") or "")
-                    if choice.get("finish_reason"):
-                        event["citations"] = citations(hits, "".join(answer))
                 yield event
         except RequestError as exc:
             code = exc.status
