@@ -23,7 +23,7 @@ from fakekube.fixtures import fake_kube, kubelet  # noqa: E402,F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_helpers
 
-from serve_helpers import RUN_A, RUN_B, SPEC_NAME, CORPUS, Env, spec_text, write_gate  # noqa: E402
+from serve_helpers import RUN_A, RUN_B, SPEC_NAME, CORPUS, Env, spec_text, wait_ready, write_gate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -79,22 +79,6 @@ def server(env):
     yield node
     node.stop()
 
-
-def wait_ready(url: str, timeout: float = 120) -> dict:
-    import time
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
-                return json.loads(resp.read())
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,21 @@ def copy_run(src: Path, store: Path) -> Path:
     dst = store / SPEC_NAME / src.name
     shutil.copytree(src, dst)
     return dst
+
+
+def wait_ready(url: str, timeout: float = 120) -> dict:
+    """Poll `url`/readyz until it answers 200 (a gateway or node started in the test)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready after {timeout}s: {last}")

@@ -19,8 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import wait_ready
-from serve_helpers import ANSWER_DOC, QUESTION, RUN_A, RUN_B, SPEC_NAME
+from serve_helpers import ANSWER_DOC, QUESTION, RUN_A, RUN_B, SPEC_NAME, wait_ready
 
 
 class Running:
