@@ -12,17 +12,15 @@ with, written last and atomically; files beside it can be edited or half-copied.
   must have the manifest's ids, or loading fails with the difference named.
 
 Weights load through the trainer's loader rules: safetensors only, trust_remote_code off
-(controller.train.loading). A LoRA adapter is merged into the float base once at load, so each
-request runs a plain model (same outputs, no adapter overhead per token).
+(controller.train.loading). The engine (controller.serve.engine) keeps the base unmerged and
+serves each run's LoRA adapter over it, several at once, loaded and unloaded at runtime.
 """
 from __future__ import annotations
 
 import json
-import queue
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 from controller.errors import PermanentError
 from controller.fsutil import sha256_file
@@ -70,177 +68,6 @@ def check_special_tokens(tokenizer, recorded: dict) -> None:
             problems.append(f"{name} is {tok!r} (id {tid}), manifest records {want.get('token')!r} (id {want.get('id')})")
     if problems:
         raise PermanentError("tokenizer does not match the run's manifest: " + "; ".join(problems))
-
-
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    run_id: str
-    manifest: dict
-    eos_ids: list[int]
-    pad_id: int
-    device: str
-    max_positions: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-
-    def _kwargs(self, ids: list[int], max_new_tokens: int) -> dict:
-        import torch
-
-        input_ids = torch.tensor([ids], device=self.device)
-        return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                    do_sample=False, eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True)
-
-    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
-        """Greedy completion of `ids`: (new token ids without the end-of-turn token, finish reason)."""
-        import torch
-
-        with self.lock, torch.inference_mode():
-            out = self.model.generate(**self._kwargs(ids, max_new_tokens))
-        return self._finish(out[0, len(ids):].tolist())
-
-    def _finish(self, new: list[int]) -> tuple[list[int], str]:
-        if new and new[-1] in self.eos_ids:
-            return new[:-1], "stop"
-        return new, "length"
-
-    def stream(self, ids: list[int], max_new_tokens: int) -> Generator[str | tuple[list[int], str], None, None]:
-        """Yields text deltas as tokens are generated, then one final (token ids, finish reason)."""
-        import torch
-
-        tokens: "queue.Queue[Any]" = queue.Queue()
-        done = object()
-
-        class _Streamer:
-            first = True
-
-            def put(self, value):
-                if self.first:  # generate() first passes the prompt
-                    self.first = False
-                    return
-                tokens.put(value.reshape(-1).tolist())
-
-            def end(self):
-                tokens.put(done)
-
-        failure: list[BaseException] = []
-
-        cancelled = threading.Event()
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Cancelled(StoppingCriteria):
-            """Stops generation when the consumer went away (client disconnected)."""
-
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set()
-
-        def work():
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**self._kwargs(ids, max_new_tokens), streamer=_Streamer(),
-                                        stopping_criteria=StoppingCriteriaList([_Cancelled()]))
-            except BaseException as exc:  # surfaced in the caller's thread
-                failure.append(exc)
-                tokens.put(done)
-
-        with self.lock:
-            thread = threading.Thread(target=work, daemon=True)
-            thread.start()
-            new: list[int] = []
-            sent = ""
-            try:
-                while True:
-                    item = tokens.get()
-                    if item is done:
-                        break
-                    new.extend(item)
-                    body = [t for t in new if t not in self.eos_ids]
-                    text = self.tokenizer.decode(body, skip_special_tokens=True)
-                    if len(text) > len(sent) and not text.endswith("\ufffd"):
-                        yield text[len(sent):]
-                        sent = text
-            finally:
-                # Also on GeneratorExit (client gone): stop the worker and wait for it, so the next
-                # request never runs the model concurrently with a leftover generation.
-                cancelled.set()
-                thread.join()
-        if failure:
-            raise failure[0]
-        yield self._finish(new)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def load_run(run_dir: str | Path, base_uri: str | None = None, base_revision: str | None = None,
-             device: str = "cpu") -> LoadedModel:
-    """Load a finished run for inference (see module docstring for the checks)."""
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    verify_model_files(run_dir, manifest)
-    prov = manifest["provenance"]
-    model_dir = run_dir / "model"
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from controller.train.loading import check_safetensors_only, load_tokenizer, resolve_device, resolve_model_dir
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    device = resolve_device(device)
-    tokenizer = load_tokenizer(model_dir)
-    template = prov.get("chatTemplate")
-    if not template:
-        raise PermanentError(f"{run_dir}/manifest.json records no chatTemplate; cannot guarantee train/serve parity")
-    tokenizer.chat_template = template
-    check_special_tokens(tokenizer, prov.get("specialTokens") or {})
-    kwargs = dict(trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
-    check_safetensors_only(model_dir)
-    if (model_dir / "adapter_config.json").is_file():
-        base = prov.get("baseModel") or {}
-        base_dir = resolve_model_dir(base_uri or base.get("uri", ""), base_revision if base_uri else base.get("revision"))
-        from peft import PeftModel
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-            model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
-        except PermanentError:
-            raise
-        except Exception as exc:
-            raise PermanentError(f"{run_dir}: cannot load base {base_dir} + adapter: {type(exc).__name__}: {exc}") from None
-        gen_dir = base_dir
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-        except Exception as exc:
-            raise PermanentError(f"{run_dir}: cannot load the model: {type(exc).__name__}: {exc}") from None
-        gen_dir = model_dir
-    model.to(device).eval()
-    model.config.use_cache = True
-    eos = set()
-    recorded_eos = (prov.get("specialTokens") or {}).get("eos_token") or {}
-    if isinstance(recorded_eos.get("id"), int):
-        eos.add(recorded_eos["id"])
-    try:
-        gen_eos = json.loads((gen_dir / "generation_config.json").read_text()).get("eos_token_id")
-    except (OSError, json.JSONDecodeError):
-        gen_eos = None
-    if isinstance(gen_eos, int):
-        eos.add(gen_eos)
-    elif isinstance(gen_eos, list):
-        eos.update(int(i) for i in gen_eos)
-    if not eos:
-        raise PermanentError(f"{run_dir}: no end-of-turn token recorded; generation would never stop")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    max_pos = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    return LoadedModel(model, tokenizer, manifest["runId"], manifest, sorted(eos), pad, device, max_pos)
 
 
 # ---------------------------------------------------------------------- the engine's loading
