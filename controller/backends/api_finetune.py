@@ -215,16 +215,22 @@ class ApiFineTuneBackend:
                                  f"Configured: {known}")
         return provider
 
-    def _client_for(self, record: ApiRun) -> "openai.OpenAI":
+    def _key_env(self, record: ApiRun) -> tuple[str, str, str]:
+        """(variable, Secret name, key) of the run's API key: the spec's secretRef, else the operator's."""
+        from controller.spec.base import secret_env_name
+
         provider = self._provider(record)
         ref = record.credentials
         name, key = (str(ref["name"]), str(ref["key"])) if ref else (provider.credentials.name, provider.credentials.key)
-        from controller.spec.base import secret_env_name
+        return secret_env_name(name, key), name, key
 
-        var = secret_env_name(name, key)
+    def _client_for(self, record: ApiRun) -> "openai.OpenAI":
+        provider = self._provider(record)
+        var, name, key = self._key_env(record)
         api_key = self.env.get(var, "")
         if not api_key:
-            where = "spec.method.credentials" if ref else f"operator config providers.{record.provider}.credentials"
+            where = "spec.method.credentials" if record.credentials else \
+                f"operator config providers.{record.provider}.credentials"
             raise TemporaryError(f"{where}: the API key for {record.provider} is not in the controller's environment: "
                                  f"set {var} (from Secret {name}, key {key}); the run waits until it is there")
         cached = self._clients.get((record.provider, api_key))
@@ -378,7 +384,8 @@ class ApiFineTuneBackend:
             "fineTunedModel": job.fine_tuned_model, "trainingFile": record.files.get("training") or job.training_file,
             "validationFile": record.files.get("validation") or job.validation_file, "trainedTokens": job.trained_tokens,
             "hyperparameters": job.hyperparameters.model_dump(mode="json"), "resultFiles": list(job.result_files),
-            "seed": job.seed, "finishedAt": iso(job.finished_at) if job.finished_at else None}
+            "seed": job.seed, "finishedAt": iso(job.finished_at) if job.finished_at else None,
+            "apiKeyEnv": self._key_env(record)[0]}  # the variable's name, never the key
         manifest = {
             "runId": record.run_id,
             "files": {rel: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for rel, data in files.items()},

@@ -184,8 +184,8 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
         allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None, device=args.device,
     )
     cluster = None
+    operator = load_operator_config(args.operator_config)
     if args.backend == "kubernetes":
-        operator = load_operator_config(args.operator_config)
         config = replace(config, store=operator.cluster.artifact_store.uri)
         cluster = _cluster(args, operator, stop or threading.Event())
         backend = cluster.backend
@@ -195,10 +195,24 @@ def build_reconciler(args: argparse.Namespace, stop: threading.Event | None = No
         backend = LocalBackend(Path(args.home) / "runs")
     fence = cluster.elector.ensure_leader if cluster is not None and cluster.elector is not None else None
     ledger = Ledger(Home(Path(args.home)).ledger, before_write=fence)
-    reconciler = Reconciler(config, backend, ledger=ledger, deployer=_deployer(args, backend, cluster), metrics=metrics,
+    reconciler = Reconciler(config, _by_method(args, config, operator, backend, cluster), ledger=ledger,
+                            deployer=_deployer(args, backend, cluster), metrics=metrics,
                             notifier=_notifier(args), evaluator=cluster.evaluator if cluster is not None else None,
                             store=cluster.store if cluster is not None else None)
     return reconciler, cluster
+
+
+def _by_method(args: argparse.Namespace, config, operator, backend, cluster: Cluster | None):
+    """The reconciler's one Backend: specs of method api train at their provider (the api backend,
+    which writes their manifests to the same artifact store), every other spec on `backend`
+    (controller.backends.by_method says why this is per spec, not a flag)."""
+    from controller.artifacts import open_store
+    from controller.backends.api_finetune import ApiFineTuneBackend
+    from controller.backends.by_method import ByMethod
+    from controller.home import Home
+
+    store = cluster.store if cluster is not None else open_store(config.store or str(Home(Path(args.home)).store))
+    return ByMethod(backend, ApiFineTuneBackend(Path(args.home) / "api", store, operator))
 
 
 def _deployer(args: argparse.Namespace, backend, cluster: Cluster | None = None):
@@ -213,9 +227,11 @@ def _deployer(args: argparse.Namespace, backend, cluster: Cluster | None = None)
 
         return KubernetesServing(backend, load_operator_config(args.operator_config), store,
                                  artifacts=cluster.store if cluster is not None else None)
+    from controller.serve.api_deploy import ApiServing, ByMethod
     from controller.serve.deploy import LocalServing
 
-    return LocalServing(store)
+    # a spec of method api serves through the gateway in front of its provider (controller.serve.api_deploy)
+    return ByMethod(LocalServing(store), ApiServing(store, load_operator_config(args.operator_config)))
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

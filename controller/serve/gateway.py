@@ -83,6 +83,9 @@ class GatewayConfig:
     burst: int = 20
     api_keys_env: str = API_KEYS_ENV
     replica_poll_seconds: float = 2.0
+    engine_api_key_env: str = ""
+    """The variable holding the API key the engines want (a provider's chat endpoint serving a
+    managed fine-tune); empty: engines take no key (ours, vLLM in the cluster)."""
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -91,7 +94,8 @@ class GatewayConfig:
                 "engines": list(self.engines), "corpus": self.corpus_dir, "retriever": self.retriever, "topK": self.top_k,
                 "maxTokens": self.max_tokens, "temperature": self.temperature, "indexCache": self.index_cache,
                 "maxConcurrency": self.max_concurrency, "maxQueue": self.max_queue, "rateLimit": self.rate_limit,
-                "burst": data["burst"], "apiKeysEnv": self.api_keys_env, "replicaPollSeconds": self.replica_poll_seconds}
+                "burst": data["burst"], "apiKeysEnv": self.api_keys_env, "replicaPollSeconds": self.replica_poll_seconds,
+                "engineApiKeyEnv": self.engine_api_key_env}
 
     @classmethod
     def from_json(cls, data: dict) -> "GatewayConfig":
@@ -105,7 +109,8 @@ class GatewayConfig:
                        max_concurrency=int(data.get("maxConcurrency", 16)), max_queue=int(data.get("maxQueue", 64)),
                        rate_limit=float(data.get("rateLimit", 0.0)), burst=int(data.get("burst", 20)),
                        api_keys_env=str(data.get("apiKeysEnv", API_KEYS_ENV)),
-                       replica_poll_seconds=float(data.get("replicaPollSeconds", 2.0)))
+                       replica_poll_seconds=float(data.get("replicaPollSeconds", 2.0)),
+                       engine_api_key_env=str(data.get("engineApiKeyEnv", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentError(f"gateway config: missing or invalid field ({type(exc).__name__}: {exc})") from None
 
@@ -297,7 +302,8 @@ class Gateway:
         for url in self._urls:
             replica = self.replicas.get(url)
             if replica is None:
-                replica = self.replicas[url] = _Replica(EngineClient(url))
+                key = os.environ.get(self.config.engine_api_key_env) if self.config.engine_api_key_env else None
+                replica = self.replicas[url] = _Replica(EngineClient(url, api_key=key or None))
             try:
                 cards = await replica.client.models()
             except EngineError:

@@ -52,6 +52,13 @@ class _WrittenForApi(dict[str, Any]):
     """A `baseModel` the author wrote beside method api: refused where it was written."""
 
 
+def _set_fields(value: dict[str, Any], default: SpecModel) -> list[str]:
+    """The keys of `value` that say something other than `default` does: what an author set. A
+    spec dumped and read back (eval.json, run.json, the CR mirror) writes every default out."""
+    defaults = default.model_dump(mode="json", by_alias=True)
+    return [k for k, v in value.items() if k not in defaults or defaults[k] != v]
+
+
 def _is_api(data: Any) -> bool:
     method = data.get("method") if isinstance(data, dict) else None
     return isinstance(method, dict) and method.get("type") == "api"
@@ -89,14 +96,18 @@ class FineTuneSpec(SpecModel):
         id, plan, the ledger, trace) names the provider's model without a second place to write it."""
         if not _is_api(data):
             return data
-        for key in ("baseModel", "base_model"):
-            if key in data:
-                return {**data, key: _WrittenForApi(data[key]) if isinstance(data[key], dict) else data[key]}
         method = data["method"]
         provider, model = method.get("provider"), method.get("model")
+        filled = {"uri": f"api://{provider}/{model}"}
+        for key in ("baseModel", "base_model"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, dict) and {k: v for k, v in value.items() if v is not None} != filled:
+                    value = _WrittenForApi(value)  # the filled value itself (a dumped spec read back) is fine
+                return {**data, key: value}
         if not isinstance(provider, str) or not isinstance(model, str):
             return data  # the method's own errors say what is missing
-        return {**data, "baseModel": {"uri": f"api://{provider}/{model}"}}
+        return {**data, "baseModel": filled}
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -110,7 +121,7 @@ class FineTuneSpec(SpecModel):
     @classmethod
     def _no_hardware_for_api(cls, value: Any, info: ValidationInfo) -> Any:
         method = info.data.get("method")
-        if isinstance(value, dict) and getattr(method, "type", None) == "api":
+        if isinstance(value, dict) and getattr(method, "type", None) == "api" and _set_fields(value, HardwareSpec()):
             raise ValueError("does not apply to method api: the provider trains on its own hardware; remove spec.hardware")
         return value
 
@@ -119,7 +130,7 @@ class FineTuneSpec(SpecModel):
     def _api_training_fields(cls, value: Any, info: ValidationInfo) -> Any:
         method = info.data.get("method")
         if isinstance(value, dict) and getattr(method, "type", None) == "api":
-            other = [k for k in value if k not in API_TRAINING_FIELDS]
+            other = [k for k in _set_fields(value, TrainingSpec()) if k not in API_TRAINING_FIELDS]
             if other:
                 raise ValueError(
                     f"{', '.join(other)} {'does' if len(other) == 1 else 'do'} not apply to method api: the provider "

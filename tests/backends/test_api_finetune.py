@@ -391,7 +391,7 @@ def test_an_api_spec_names_the_providers_model_as_its_base_model():
 
 @pytest.mark.parametrize("extra, where, says", [
     ("  hardware: {gpuType: a100-80gb}\n", "spec.hardware", "does not apply to method api"),
-    ("  training: {epochs: 3, learningRate: 1.0e-4}\n", "spec.training",
+    ("  training: {epochs: 5, learningRate: 1.0e-4}\n", "spec.training",
      "epochs, learningRate do not apply to method api"),
     ("  baseModel: {uri: models/tiny}\n", "spec.baseModel", "remove spec.baseModel"),
 ])
@@ -404,6 +404,15 @@ def test_what_an_api_spec_does_not_take_is_refused_where_it_is_written(extra, wh
 
 def test_the_training_fields_that_shape_the_upload_are_allowed():
     assert _load(api_spec_text() + "  training: {maxSeqLength: 4096}\n").ok
+
+
+def test_an_api_spec_survives_being_dumped_and_read_back():
+    """eval.json, run.json and the FineTune CR carry the spec with every default written out."""
+    from controller.spec.finetune import FineTune
+
+    spec = _load(api_spec_text() + "  training: {maxSeqLength: 1024}\n").spec
+    assert FineTune.model_validate(spec.model_dump(mode="json", by_alias=True)) == spec
+    assert FineTune.model_validate_json(spec.model_dump_json(by_alias=True)) == spec
 
 
 @pytest.mark.parametrize("hyper, field, says", [
@@ -509,3 +518,35 @@ def test_ftops_validate_names_an_unknown_provider_at_its_line(fake_provider, tmp
     assert done.returncode == 1, done.stdout + done.stderr
     assert "specs/triage-api.yaml:8:15: error: spec.method.provider: 'fakeia' is not a provider the operator configured" \
         in done.stdout
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def test_the_api_deployer_refuses_a_run_without_its_passed_gate_and_starts_nothing(fake_provider, tmp_path):
+    from controller.artifacts import FsspecStore
+    from controller.identity import serving_config, serving_config_sha256
+    from controller.seams import DeployRequest
+    from controller.serve.api_deploy import ApiServing
+
+    store = FsspecStore(str(tmp_path / "store"))
+    text = api_spec_text(name="triage") + "  serving: {retriever: bm25, topK: 2}\n"
+    run = api_run(tmp_path / "data", text)
+    api = ApiFineTuneBackend(tmp_path / "api", store, operator(fake_provider), env={KEY_ENV: fake_provider.provider.api_keys[0]})
+    api.submit(run)
+    fake_provider.provider.settle()
+    assert api.status(run.run_id).phase is Phase.SUCCEEDED
+    deployer = ApiServing(tmp_path / "store", operator(fake_provider))
+    config = serving_config_sha256(serving_config(run.finetune, None))
+    request = DeployRequest(finetune=run.finetune, run_id=run.run_id, run_uri=store.run_uri("triage", run.run_id),
+                            serving_id="s1", lineage=run.lineage, base_model=run.finetune.spec.base_model.uri,
+                            serving_config_sha256=config)
+    result = deployer.promote(request)
+    assert result.outcome == "refused" and "no gate decision" in result.message
+    assert [e["kind"] for e in result.events] == ["deploy.refused"]
+    assert not deployer.owns("triage") and deployer.current("triage") is None
+    assert not (tmp_path / "store" / "triage" / "serving-api" / "spawn.json").exists()  # no gateway started
+    store.put(store.join(request.run_uri, "eval/gate.json"),
+              json.dumps({"runId": run.run_id, "passed": True, "servingConfigSha256": "0" * 64}).encode())
+    result = deployer.promote(request)
+    assert result.outcome == "refused" and "not on the one being deployed" in result.message

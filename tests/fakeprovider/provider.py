@@ -11,7 +11,9 @@ It behaves like OpenAI's fine-tuning API where ftops can tell the difference:
   event per epoch) -> succeeded, with `fine_tuned_model` `ft:<base>:<org>:<suffix>:<id>` and the
   trained tokens. A training file under 10 examples fails the job while validating
   (`invalid_n_examples`), as the real one does. `fail_job` fails a running job with a given
-  reason (an outage at the provider). Nothing here sleeps: tests (or a fixture) call advance().
+  reason (an outage at the provider). Nothing here sleeps: tests call advance(), or set
+  `advance_on_poll` so that each read of a job is one tick of the provider's clock (a controller
+  in another process then sees its job move as it polls).
 - Lists are newest first with cursor pagination (`after` an id, `limit`, `has_more`); jobs can
   be filtered by `metadata[k]=v`.
 - `fail_next(429|500, n)` answers the next n requests with that status (429 with retry-after),
@@ -120,6 +122,11 @@ class FakeProvider:
     """(status, retry-after seconds) to answer the next requests with."""
     filters_metadata: bool = True
     """False: `metadata[k]=v` on the job list is ignored, as some compatible providers do."""
+    advance_on_poll: bool = False
+    """True: each read of a live job moves it one step (the provider's clock ticks once per poll),
+    so a controller polling from another process sees its job progress without any sleep here."""
+    noise_for_new_models: float = 0.0
+    """The noise of every model fine-tuned from now on (a provider-side regression to test a gate)."""
     _serial: int = 0
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -144,6 +151,15 @@ class FakeProvider:
                 return
             self.advance()
         raise AssertionError("jobs still live after 100 steps")
+
+    def poll(self, job_id: str) -> Job:
+        """A read of one job, as the server answers GET /fine_tuning/jobs/{id}."""
+        with self._lock:
+            job = self.get_job(job_id)
+            if self.advance_on_poll and not job.terminal:
+                self.now += self.seconds_per_step
+                self._step(job)
+            return job
 
     def fail_job(self, job_id: str, message: str, code: str = "server_error") -> None:
         with self._lock:
@@ -357,6 +373,8 @@ class FakeProvider:
                                                                     for c in job.checkpoints).encode(), self.now)
                 self.files[results.id] = results
                 job.result_files = [results.id]
+                if self.noise_for_new_models:
+                    self.noise[job.fine_tuned_model] = self.noise_for_new_models
                 self._event(job, "info", f"New fine-tuned model created: {job.fine_tuned_model}")
                 self._event(job, "info", "The job has successfully completed")
 

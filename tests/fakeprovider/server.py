@@ -105,7 +105,7 @@ def _handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
                     return provider.list_events(m["id"], after, limit)
                 if m["rest"] == "/checkpoints":
                     return provider.list_checkpoints(m["id"], after, limit)
-                return provider.get_job(m["id"]).to_json()
+                return provider.poll(m["id"]).to_json()
             if path == "/v1/models":
                 return {"object": "list", "data": provider.models()}
             if m := MODEL.match(path):
