@@ -198,7 +198,13 @@ def _rollback(args: argparse.Namespace) -> int:
     else:
         if name.endswith((".yaml", ".yml")) and Path(name).is_file():
             name = _load_spec(name)[0].name
-        result = LocalServing(_store(args), ready_timeout=args.timeout).rollback(name, args.to)
+        from controller.catalog import load_operator_config
+        from controller.serve.api_deploy import ApiServing
+
+        api = ApiServing(_store(args), load_operator_config(getattr(args, "operator_config", None)),
+                         ready_timeout=args.timeout)
+        # a managed fine-tune's rollback routes its gateway back to the earlier model id
+        result = (api if api.owns(name) else LocalServing(_store(args), ready_timeout=args.timeout)).rollback(name, args.to)
     _print_result(args, result)
     ok = result.serving_run_id and result.outcome in ("rolled_back", "unchanged")
     return exitcodes.OK if ok else exitcodes.FAILURE

@@ -235,9 +235,12 @@ def _deployer(args: argparse.Namespace, view: HomeView) -> Any:
         operator = load_operator_config(getattr(args, "operator_config", None))
         return KubernetesServing(KubernetesBackend(kubeconfig=args.kubeconfig, operator=operator), operator,
                                  view.home.store)
+    from controller.catalog import load_operator_config
+    from controller.serve.api_deploy import ApiServing, ByMethod
     from controller.serve.deploy import LocalServing
 
-    return LocalServing(view.home.store)
+    return ByMethod(LocalServing(view.home.store),  # specs of method api serve through the gateway at their provider
+                    ApiServing(view.home.store, load_operator_config(getattr(args, "operator_config", None))))
 
 
 def _short(value: str | None) -> str:

@@ -5,7 +5,7 @@ step boundary (the crash matrix) until the job has trained at the provider, the 
 the served configuration against the provider's chat endpoint, the gate has decided and the
 gateway serves the fine-tuned model with retrieval in front. Then a second commit retrains and the
 gateway's route switches to the new model id; a third one whose model the provider got wrong fails
-its gate while the second keeps serving; a rollback switches the route back to the first."""
+its gate while the second keeps serving; `ftops rollback` switches the route back to the first."""
 from __future__ import annotations
 
 import json
@@ -248,8 +248,10 @@ def test_a_retrain_switches_the_route_a_bad_model_fails_its_gate_and_rollback_sw
     assert conditions["GatePassed"]["reason"] == "GateFailed" and bad["servingRunId"] == second
     assert serving.current(SPEC).run_id == second  # the gate kept the bad model away from the route
 
-    result = serving.rollback(SPEC, to=first)
-    assert result.outcome == "rolled_back" and result.serving_run_id == first
+    done = ftops(world, "rollback", SPEC, "--to", first, "--home", str(world["home"]), "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "rolled_back" and result["servingRunId"] == first
     current = json.loads((world["home"] / "store" / SPEC / "serving-api" / "current.json").read_text())
     [first_job] = provider.provider.jobs_for_run(first)
     assert current["model"] == first_job.fine_tuned_model and current["pid"] == pid
