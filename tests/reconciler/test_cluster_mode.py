@@ -4,6 +4,7 @@ condition, and a fenced (non-leader) controller writes nothing, not even to its 
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -114,6 +115,11 @@ def test_cluster_mode_promotes_through_the_kubernetes_deployer_and_prunes_a_dele
         request = evaluator.submitted[0]
         evaluator.complete(request, passing_report(first.run_id, request.finetune))
         ready = reconciler.reconcile_once().statuses[demo.SPEC_NAME]
+        for _ in range(500):  # the rollout is asynchronous: each pass advances it, none waits for it
+            if ready.phase != "RollingOut":
+                break
+            time.sleep(0.02)
+            ready = reconciler.reconcile_once().statuses[demo.SPEC_NAME]
         assert ready.phase == "Ready" and ready.serving_run_id == first.run_id, ready.to_dict()
         serving = deployer.current(demo.SPEC_NAME)
         assert serving is not None and serving.healthy and serving.run_id == first.run_id
