@@ -185,7 +185,7 @@ def test_watch_reverts_an_edit_without_waiting_for_the_next_sync(cluster):
     thread.start()
     ft = specs[0]
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not fake.list(*API)["items"]:
+    while time.monotonic() < deadline and len(fake.list(*API)["items"]) < len(specs):  # the first sync is done
         time.sleep(0.05)
     time.sleep(0.3)  # let the watch start
     cr = cr_of(fake, ft)

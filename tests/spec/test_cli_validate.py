@@ -17,11 +17,13 @@ def ftops(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_there_are_three_example_specs_covering_each_method():
+def test_the_example_specs_cover_each_method():
     import yaml
 
+    from controller.spec.method import METHOD_TYPES
+
     methods = {yaml.safe_load(p.read_text())["spec"]["method"]["type"] for p in EXAMPLES}
-    assert methods == {"lora", "qlora", "full"}
+    assert methods == set(METHOD_TYPES) == {"lora", "qlora", "full", "api"}
 
 
 @pytest.mark.parametrize("spec", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -55,7 +57,7 @@ def test_validate_text_output_and_usage_errors(tmp_path):
     done = ftops("validate", "--bogus")
     assert done.returncode == 2
     done = ftops("validate", str(REPO_ROOT))
-    assert done.returncode == 0 and "3 spec(s): 3 valid, 0 invalid" in done.stdout
+    assert done.returncode == 0 and "4 spec(s): 4 valid, 0 invalid" in done.stdout
 
 
 def test_validate_at_a_git_revision_ignores_uncommitted_edits(git_repo):
