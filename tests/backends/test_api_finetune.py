@@ -550,3 +550,18 @@ def test_the_api_deployer_refuses_a_run_without_its_passed_gate_and_starts_nothi
               json.dumps({"runId": run.run_id, "passed": True, "servingConfigSha256": "0" * 64}).encode())
     result = deployer.promote(request)
     assert result.outcome == "refused" and "not on the one being deployed" in result.message
+
+
+def test_prune_cancels_the_provider_job_of_a_deleted_spec(fake_provider, tmp_path):
+    from controller.reconcile import prune, train
+
+    world = _step_world(tmp_path, fake_provider, SplitData(tmp_path / "prepared"))
+    ctx = world.context(api_spec_text(name="triage"))
+    _, out = _pass(world, ctx, train)
+    for record in out.records:  # what the reconciler writes after the step
+        world.ledger.append_once(record.kind, "triage", record.run_id, record.payload, key=record.key)
+    [job] = fake_provider.provider.jobs.values()
+    assert job.status == "validating_files"
+    result = prune.run(prune.PruneContext("triage", "d" * 40), world.deps)
+    assert type(result).__name__ == "Done" and job.status == "cancelled"
+    assert result.records[-1].payload["cancelledRuns"] == [ctx.run_id]
