@@ -1,6 +1,7 @@
 """Build a self-contained demo GitOps repository: the tiny model, a synthetic support-ticket
-dataset versioned with DVC (to a local remote), the expert reviews, a small document corpus
-and one FineTune spec. Used by `make demo` (`ftops demo`) and by the end-to-end tests, so both
+dataset versioned with DVC (to a local remote; each ticket names the article that answers it),
+the expert reviews, the knowledge base (one short article per product and topic) and one
+FineTune spec that trains retrieval-aware and serves behind retrieval. Used by `make demo` (`ftops demo`) and by the end-to-end tests, so both
 exercise exactly what a user's repo looks like."""
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from pathlib import Path
 
 SPEC_NAME = "support-triage"
 DATA_PATH = "data/tickets.jsonl"
+CORPUS = "corpora/support"
 
 SPEC_TEMPLATE = """\
-# The demo fine-tune: a tiny Llama learns to route support tickets to a JSON label, and is
-# served behind retrieval over the support knowledge base.
+# The demo fine-tune: the guide's hybrid. A tiny Llama learns the behaviour and the format (route
+# a support ticket, answer in JSON, cite the article that answers it), trained on the prompts it
+# will be served (RAFT: retrieved articles in every prompt); retrieval over the knowledge base
+# supplies the facts (the cited article travels with the answer), so a corpus commit changes
+# what a user is told without retraining.
 apiVersion: ftops.dev/v1alpha1
 kind: FineTune
 metadata:
@@ -38,31 +43,35 @@ spec:
     epochs: {epochs}
     learningRate: 1.0e-2
     batchSize: 16
-    maxSeqLength: 256
+    maxSeqLength: 384
     warmupRatio: 0.05
     seed: 1
-    checkpointEverySteps: 20
+    checkpointEverySteps: 50
+    retrieval: {{goldShare: 0.9, distractors: 1}}
   hardware:
     gpuType: cpu
     maxHours: 1
   evaluation:
-    task: {{metric: json_field_match, fields: [label], min: {task_min}}}
+    task: {{metric: json_field_match, fields: [label, source], min: {task_min}}}
     format:
-      jsonSchema:
-        type: object
-        required: [label]
-        properties:
-          label: {{enum: [billing, bug, account]}}
+      jsonSchema: {schema}
       min: 1.0
-    regression: {{maxDrop: 1.0}}
+    regression: {{maxDrop: {max_drop}}}
     compare: {{mustBeat: [base], samples: 40}}
+    rag:
+      recallAtK: {{min: 0.9}}
+      citationAccuracy: {{min: 0.9}}
   serving:
-    corpus: corpora/support
+    corpus: {corpus}
     retriever: bm25
     topK: 2
-    maxTokens: 24
+    maxTokens: 48
 """
 
+MAX_DROP = 1.0
+"""The demo's regression gate. The default suite measures general skills the tiny base model
+learns in `ftops model init-tiny`'s pretraining; until that base exists, a random base scores 0
+before and after fine-tuning, so no drop can be measured and the gate is open."""
 
 @dataclass(frozen=True)
 class DemoRepo:
@@ -83,38 +92,43 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
-def spec_text(epochs: int = 3, task_min: float = 0.9, name: str = SPEC_NAME) -> str:
-    return SPEC_TEMPLATE.format(name=name, data=DATA_PATH, epochs=epochs, task_min=task_min)
+def spec_text(epochs: int = 4, task_min: float = 0.9, name: str = SPEC_NAME) -> str:
+    import json
+
+    from controller.tiny.task import RAG_ANSWER_SCHEMA
+
+    return SPEC_TEMPLATE.format(name=name, data=DATA_PATH, epochs=epochs, task_min=task_min, corpus=CORPUS,
+                                schema=json.dumps(RAG_ANSWER_SCHEMA), max_drop=MAX_DROP)
 
 
-def corpus_documents() -> dict[str, str]:
-    """The knowledge base the served model answers from (facts no model weights contain)."""
-    return {
-        "refunds.md": "# Refund policy\n\nRefunds are available within 30 days of a charge. A refund goes back to the "
-                      "original payment method and takes 5 to 7 business days. Open Billing > Invoices and choose "
-                      "Request refund.\n",
-        "login-help.md": "# Login help\n\nAfter five failed sign-in attempts an account is locked for 15 minutes. "
-                         "Password reset links expire after 1 hour.\n",
-        "status-page.md": "# Incidents\n\nKnown outages are posted on the status page within 10 minutes. When the app "
-                          "shows a blank page, check the status page and clear the browser cache.\n",
-    }
+def corpus_documents(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The knowledge base the served model answers from (facts no model weights contain): one
+    article per route plus two on other subjects; `overrides` changes the fact an article states."""
+    from controller.tiny.task import kb_documents
+
+    return kb_documents(overrides)
 
 
-def build(root: Path, remote: Path, examples: int = 600, seed: int = 3, epochs: int = 3) -> DemoRepo:
+def write_corpus(root: Path, overrides: dict[str, str] | None = None) -> Path:
+    folder = root / CORPUS
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in corpus_documents(overrides).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def build(root: Path, remote: Path, examples: int = 600, seed: int = 3, epochs: int = 4) -> DemoRepo:
     """Create the repo at `root` with one commit. DVC pushes the dataset to `remote`."""
     from controller.data import dvc
     from controller.tiny.model import init_tiny_model
-    from controller.tiny.task import generate_examples, write_jsonl
+    from controller.tiny.task import generate_rag_examples, write_jsonl
 
     root.mkdir(parents=True, exist_ok=True)
     _git(root, "init", "-q", "-b", "main")
     _git(root, "config", "commit.gpgsign", "false")
     init_tiny_model(root / "models" / "tiny")
-    data = generate_examples(examples, seed=seed)
-    write_jsonl(root / DATA_PATH, data)
-    for name, text in corpus_documents().items():
-        (root / "corpora" / "support").mkdir(parents=True, exist_ok=True)
-        (root / "corpora" / "support" / name).write_text(text)
+    write_jsonl(root / DATA_PATH, generate_rag_examples(examples, seed=seed))
+    write_corpus(root)
     (root / "specs").mkdir(exist_ok=True)
     spec_path = root / "specs" / f"{SPEC_NAME}.yaml"
     spec_path.write_text(spec_text(epochs=epochs))
@@ -142,16 +156,19 @@ def write_reviews(root: Path, spec: str, reviewer: str = "expert@example.com") -
 
 
 def degrade_labels(root: Path, seed: int = 11) -> None:
-    """Replace every answer with a random label: a data-quality regression the review missed."""
+    """Give every answer a random label: a data-quality regression the review missed (a bad export
+    from a new helpdesk). The answers stay valid JSON; only the routing is wrong."""
     import random
 
-    from controller.tiny.task import LABELS, answer_for
+    from controller.tiny.task import LABELS
 
     rng = random.Random(seed)
     lines = []
     for line in (root / DATA_PATH).read_text().splitlines():
         example = json.loads(line)
-        example["messages"][-1]["content"] = answer_for(rng.choice(LABELS))
+        answer = json.loads(example["messages"][-1]["content"])
+        answer["label"] = rng.choice(LABELS)
+        example["messages"][-1]["content"] = json.dumps(answer)
         lines.append(json.dumps(example))
     (root / DATA_PATH).write_text("\n".join(lines) + "\n")
 

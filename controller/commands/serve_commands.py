@@ -113,12 +113,17 @@ def config_from_spec(spec_file: str, run_dir: str, corpus: str | None = None):
     """ServeConfig for a run of a spec: the spec's serving block, the corpus resolved in its repo."""
     from controller.serve.config import ServeConfig
 
+    from controller.identity import serving_config, serving_config_sha256
+    from controller.serve.corpus import folder_version
+
     ft, repo = _load_spec(spec_file)
     s = ft.spec.serving
     corpus_dir = corpus or (str(repo / s.corpus) if s.corpus else None)
+    version = folder_version(Path(corpus_dir)) if corpus_dir else None
     return ServeConfig(run_dir=str(Path(run_dir).resolve()), model_name=ft.name,
                        corpus_dir=str(Path(corpus_dir).resolve()) if corpus_dir else None, retriever=s.retriever,
-                       top_k=s.top_k, max_tokens=s.max_tokens)
+                       top_k=s.top_k, max_tokens=s.max_tokens,
+                       serving_config_sha256=serving_config_sha256(serving_config(ft, version)))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -3,8 +3,8 @@ the new one is ready, and a new one that never gets ready is rolled back. A spec
 block was removed stops serving."""
 from __future__ import annotations
 
-from controller.errors import PermanentError
 from controller.reconcile.context import Deps, SpecContext
+from controller.reconcile.evaluate import config_sha256, corpus_folder
 from controller.reconcile.result import Done, LedgerRecord, Retry, StepResult, Waiting
 from controller.reconcile.train import base_model
 from controller.seams import DeployEvent, DeployRequest, DeployResult, Serving
@@ -16,18 +16,15 @@ ROLLOUT_POLL_SECONDS = 5.0
 
 
 def request(ctx: SpecContext, deps: Deps) -> DeployRequest:
-    serving = ctx.spec.spec.serving
-    assert serving is not None
-    corpus = None
-    if serving.corpus:
-        if ctx.corpus_version is not None and not ctx.corpus_version.startswith("git:"):
-            raise PermanentError(f"serving.corpus {serving.corpus!r} is tracked by DVC as a folder; commit the documents "
-                                 "to git (DVC-tracked corpora are not pulled by the controller yet)")
-        corpus = str(deps.repo.folder(ctx.commit.sha, serving.corpus, "spec.serving.corpus"))
+    """The corpus and the serving-configuration hash are the evaluate step's, so the deployer
+    promotes only when the run's report evaluated exactly this configuration."""
+    config = config_sha256(ctx)
+    assert config is not None, "a served spec has a serving configuration"
+    corpus = corpus_folder(ctx, deps)
     return DeployRequest(
         finetune=ctx.spec, run_id=ctx.run_id, run_uri=ctx.run_uri, serving_id=ctx.serving_id, lineage=ctx.lineage,
-        base_model=base_model(ctx, deps), base_revision=ctx.spec.spec.base_model.revision, corpus_dir=corpus,
-        corpus_version=ctx.corpus_version, device=deps.config.device,
+        base_model=base_model(ctx, deps), serving_config_sha256=config, base_revision=ctx.spec.spec.base_model.revision,
+        corpus_dir=str(corpus) if corpus else None, corpus_version=ctx.corpus_version, device=deps.config.device,
     )
 
 

@@ -1,12 +1,20 @@
 """evaluate: the run's evaluation, by the Evaluator (a subprocess here, a GPU Job in a cluster),
 keyed by the evaluation id, so a changed gate re-evaluates without retraining and an unchanged
-one is never evaluated twice. The report is read back from the artifact store."""
+one is never evaluated twice. The report is read back from the artifact store.
+
+The evaluation runs the served configuration: the corpus folder at the commit (materialised the
+way the deploy step does), the spec's retriever, topK, prompt builder and generation limits, and
+the hash of that configuration (controller.identity.serving_config) that the report must record
+and the deploy step will present again when it promotes."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
-from controller.evalconfig import EvalConfig, EvalData
+from controller.errors import PermanentError
+from controller.evalconfig import EvalConfig, EvalData, EvalServing
+from controller.identity import serving_config, serving_config_sha256
 from controller.reconcile.context import Deps, EvalReport, SpecContext
 from controller.reconcile.result import Done, LedgerRecord, Retry, Stalled, StepResult, Waiting
 from controller.seams import EvalRequest, JsonValue, Phase, RunReason
@@ -18,9 +26,34 @@ def request(ctx: SpecContext, deps: Deps) -> EvalRequest:
     config = EvalConfig(
         eval_id=ctx.eval_id, run_id=ctx.run_id, spec_name=ctx.name, run_uri=ctx.run_uri, finetune=ctx.spec,
         data=EvalData(test=str(prepared.test_path), train=str(prepared.train_path)),
-        repo_root=str(deps.repo.checkout(ctx.commit.sha)), device=deps.config.device,
+        repo_root=str(deps.repo.checkout(ctx.commit.sha)), device=deps.config.device, serving=served(ctx, deps),
     )
     return EvalRequest(config, ctx.spec, ctx.lineage)
+
+
+def served(ctx: SpecContext, deps: Deps) -> EvalServing | None:
+    """The served configuration at this commit: what the deploy step will serve."""
+    sha = config_sha256(ctx)
+    if sha is None:
+        return None
+    corpus = corpus_folder(ctx, deps)
+    return EvalServing(corpus=str(corpus) if corpus else None, corpus_version=ctx.corpus_version, config_sha256=sha)
+
+
+def config_sha256(ctx: SpecContext) -> str | None:
+    """The hash of the served configuration (None when the spec is not served)."""
+    return serving_config_sha256(serving_config(ctx.spec, ctx.corpus_version))
+
+
+def corpus_folder(ctx: SpecContext, deps: Deps) -> Path | None:
+    """The spec's corpus folder as it is at the commit (content-addressed by its tree hash)."""
+    serving = ctx.spec.spec.serving
+    if serving is None or not serving.corpus:
+        return None
+    if ctx.corpus_version is not None and not ctx.corpus_version.startswith("git:"):
+        raise PermanentError(f"serving.corpus {serving.corpus!r} is tracked by DVC as a folder; commit the documents "
+                             "to git (DVC-tracked corpora are not pulled by the controller yet)")
+    return deps.repo.folder(ctx.commit.sha, serving.corpus, "spec.serving.corpus")
 
 
 def run(ctx: SpecContext, deps: Deps) -> StepResult:

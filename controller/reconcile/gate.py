@@ -1,10 +1,12 @@
 """gate: the pure decision on the report against the spec's thresholds, metric by metric. The
 decision is written beside the report (eval/gate.json, the only thing serving trusts) and
-recorded in the ledger. A failed gate stalls the spec; whatever served before keeps serving."""
+recorded in the ledger. A failed gate stalls the spec; whatever served before keeps serving. A
+report that evaluated another serving configuration than the one this commit serves fails."""
 from __future__ import annotations
 
 from controller.gate import decide
 from controller.reconcile.context import Deps, SpecContext
+from controller.reconcile.evaluate import config_sha256
 from controller.reconcile.result import Done, LedgerRecord, Stalled, StepResult
 from controller.status import Reason
 
@@ -14,7 +16,7 @@ def run(ctx: SpecContext, deps: Deps) -> StepResult:
 
     report = ctx.report
     assert report is not None, "the evaluate step runs before the gate"
-    decision = decide(report.data, ctx.spec, ctx.run_id, report_sha256=report.sha256)
+    decision = decide(report.data, ctx.spec, ctx.run_id, report_sha256=report.sha256, serving_config=config_sha256(ctx))
     gate = decision.to_dict()
     gate_uri = deps.store.join(ctx.run_uri, "eval/gate.json")
     try:

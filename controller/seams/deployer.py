@@ -38,6 +38,11 @@ class DeployRequest:
     lineage: Lineage
     base_model: str
     """The base model as the engine loads it: a directory on this machine, or the spec's URI."""
+    serving_config_sha256: str
+    """Hash of the serving configuration this request serves (controller.identity.serving_config:
+    corpus version, retriever, topK, prompt version, generation limits). A deployer promotes only
+    a run whose report evaluated this same configuration, and only when it matches the request's
+    own serving block and corpus version."""
     base_revision: str | None = None
     corpus_dir: str | None = None
     """The RAG corpus folder at the commit (None when the spec serves without retrieval)."""

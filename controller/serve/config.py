@@ -33,6 +33,9 @@ class ServeConfig:
     corpus_poll_seconds: float = 0
     """Re-check the corpus version this often and swap in a new index when it changed (0: only on SIGHUP)."""
     run_id: str | None = None
+    serving_config_sha256: str | None = None
+    """The serving configuration this is (controller.identity.serving_config): its run's report must
+    have evaluated the same one for it to be promoted or rolled back to."""
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +44,7 @@ class ServeConfig:
             "corpus": self.corpus_dir, "retriever": self.retriever, "topK": self.top_k, "maxTokens": self.max_tokens,
             "host": self.host, "port": self.port, "device": self.device, "indexCache": self.index_cache,
             "endpointFile": self.endpoint_file, "corpusPollSeconds": self.corpus_poll_seconds,
+            "servingConfigSha256": self.serving_config_sha256,
         }
 
     def replace(self, **changes) -> "ServeConfig":
@@ -64,6 +68,7 @@ def from_json(data: dict, base: Path | None = None) -> ServeConfig:
             base_revision=base_model.get("revision"), host=data.get("host", "127.0.0.1"), port=int(data.get("port", 8000)),
             device=data.get("device", "cpu"), index_cache=data.get("indexCache"), endpoint_file=data.get("endpointFile"),
             corpus_poll_seconds=float(data.get("corpusPollSeconds", 0) or 0), run_id=data.get("runId"),
+            serving_config_sha256=data.get("servingConfigSha256"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PermanentError(f"serve config: missing or invalid field ({type(exc).__name__}: {exc})") from None

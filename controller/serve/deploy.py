@@ -54,7 +54,7 @@ from controller.errors import PermanentError
 from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, JsonValue, Serving
 from controller.serve import history
 from controller.serve.config import ServeConfig, from_json, write_config
-from controller.serve.gatecheck import GateNotPassed, gate_decision
+from controller.serve.gatecheck import GateNotPassed, gate_decision, requested_config
 from controller.serve.gateway import GatewayConfig, Route, read_config
 from controller.serve.gateway import write_config as write_gateway
 from controller.serve.rollout import Policy, RunStats, analyse, canary_weight, parse_metrics
@@ -250,7 +250,12 @@ class LocalServing:
             run_dir=request.run_uri, model_name=request.spec, corpus_dir=request.corpus_dir,
             retriever=serving.retriever, top_k=serving.top_k, max_tokens=serving.max_tokens, device=request.device,
             base_uri=request.base_model, base_revision=request.base_revision, run_id=request.run_id,
+            serving_config_sha256=request.serving_config_sha256,
         )
+        try:
+            requested_config(request)
+        except GateNotPassed as exc:
+            return self._refuse(request.spec, request.run_id, str(exc))
         policy = self.policy or Policy(window_seconds=serving.rollout.stable_seconds)
         canary = serving.rollout.canary_percent if serving.rollout.strategy == "canary" else None
         return self.step(config, serving_id=request.serving_id, canary=canary, policy=policy)
@@ -278,11 +283,14 @@ class LocalServing:
     def step(self, config: ServeConfig, kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED,
              serving_id: str | None = None, canary: int | None = None, policy: Policy | None = None) -> DeployResult:
         """Move the rollout of `config`'s run one step. Refused (nothing touched) unless that exact
-        run's gate passed."""
+        run's gate passed on this serving configuration (`config.serving_config_sha256`)."""
         spec = config.model_name
         run_dir = Path(config.run_dir)
         try:
-            gate = gate_decision(self.artifacts, str(run_dir))
+            if config.serving_config_sha256 is None:
+                raise GateNotPassed(f"{run_dir}: the serve config names no serving configuration "
+                                    "(servingConfigSha256), so no evaluation vouches for what it would serve")
+            gate = gate_decision(self.artifacts, str(run_dir), config.serving_config_sha256)
         except GateNotPassed as exc:
             return self._refuse(spec, _run_id_of(run_dir), str(exc))
         run_id = str(gate["runId"])
@@ -469,7 +477,8 @@ def serving_key(config: ServeConfig) -> str:
     import hashlib
 
     fields = {"runDir": str(Path(config.run_dir).resolve()), "corpus": config.corpus_dir, "retriever": config.retriever,
-              "topK": config.top_k, "maxTokens": config.max_tokens, "base": config.base_uri, "device": config.device}
+              "topK": config.top_k, "maxTokens": config.max_tokens, "base": config.base_uri, "device": config.device,
+              "servingConfig": config.serving_config_sha256}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

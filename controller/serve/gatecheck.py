@@ -4,9 +4,12 @@ Reads, through the artifact store, `<run>/manifest.json` (the run finished) and 
 (controller.gate's `Decision.to_dict()`: `{"runId", "passed", "reportSha256", "lines": [...]}`).
 Refused, with the reason, when: the run has no manifest, there is no gate decision, the decision
 is for another run id (a copied or stale file), `passed` is anything but the JSON literal true,
-the file is not valid JSON, or the report the decision was made from (`reportSha256`) is not the
-`eval/report.json` beside it any more (a report edited after the decision vouches for nothing).
-Pure file reads, so the reconciler and `ftops rollback` can ask it any time.
+the file is not valid JSON, the report the decision was made from (`reportSha256`) is not the
+`eval/report.json` beside it any more (a report edited after the decision vouches for nothing), or
+the decision was made on another serving configuration than the one being deployed
+(`servingConfigSha256`, controller.identity.serving_config: a run evaluated on yesterday's corpus
+or another retriever vouches for nothing about today's). Pure file reads, so the reconciler and
+`ftops rollback` can ask it any time.
 """
 from __future__ import annotations
 
@@ -17,15 +20,30 @@ from typing import TYPE_CHECKING
 from controller.errors import PermanentError
 
 if TYPE_CHECKING:
-    from controller.seams import ArtifactStore
+    from controller.seams import ArtifactStore, DeployRequest
 
 
 class GateNotPassed(PermanentError):
     """The run may not be promoted; the message says why."""
 
 
-def gate_decision(store: "ArtifactStore", run_uri: str) -> dict:
-    """The gate decision for the run at `run_uri` when it passed; raises GateNotPassed otherwise."""
+def requested_config(request: "DeployRequest") -> str:
+    """The serving-configuration hash a deploy request presents, checked against what the request
+    will actually serve (its spec's serving block and corpus version); GateNotPassed otherwise."""
+    from controller.identity import serving_config, serving_config_sha256
+
+    own = serving_config_sha256(serving_config(request.finetune, request.corpus_version))
+    if own != request.serving_config_sha256:
+        raise GateNotPassed(f"run {request.run_id}: the request presents serving configuration "
+                            f"{request.serving_config_sha256[:12]}…, but its serving block and corpus version "
+                            f"{request.corpus_version!r} are configuration {str(own)[:12]}…; nothing is promoted on a "
+                            "configuration it was not evaluated on")
+    return own
+
+
+def gate_decision(store: "ArtifactStore", run_uri: str, serving_config: str | None = None) -> dict:
+    """The gate decision for the run at `run_uri` when it passed (on `serving_config`, the hash of
+    the serving configuration being deployed, when given); raises GateNotPassed otherwise."""
     try:
         manifest = json.loads(store.get(store.join(run_uri, "manifest.json")))
         run_id = manifest["runId"]
@@ -59,4 +77,10 @@ def gate_decision(store: "ArtifactStore", run_uri: str) -> dict:
         if actual != recorded:
             raise GateNotPassed(f"run {run_id}: {report} changed after the gate decided (sha256 {actual[:12]}… != "
                                 f"{recorded[:12]}…); re-run the evaluation and the gate")
+    if serving_config is not None and gate.get("servingConfigSha256") != serving_config:
+        evaluated = gate.get("servingConfigSha256")
+        raise GateNotPassed(f"run {run_id}: its gate passed on serving configuration "
+                            f"{str(evaluated)[:12] + '…' if evaluated else 'none recorded'}, not on the one being deployed "
+                            f"({serving_config[:12]}…: corpus, retriever, topK, prompt or generation limits differ); "
+                            "evaluate it on this configuration first")
     return gate

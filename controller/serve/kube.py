@@ -43,7 +43,7 @@ from controller.errors import PermanentError, TemporaryError
 from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployResult, Serving
 from controller.serve import history
 from controller.serve.deploy import event, rollback_target
-from controller.serve.gatecheck import GateNotPassed, gate_decision
+from controller.serve.gatecheck import GateNotPassed, gate_decision, requested_config
 from controller.spec.finetune import FineTune
 from controller.status import Reason
 
@@ -152,15 +152,25 @@ class KubernetesServing:
     def promote(self, request: DeployRequest) -> DeployResult:
         """The Deployer seam: roll the spec's server to the request's run."""
         self.inputs[(request.spec, request.run_id)] = self.kube.publish_serving_inputs(request)
-        return self.step(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit)
+        try:
+            config = requested_config(request)
+        except GateNotPassed as exc:
+            prev = self._previous(request.spec)
+            prev_id = prev["servingRunId"] if prev else None
+            ev = event("deploy.refused", request.spec, request.run_id, self.name, prev_id, prev_id, Reason.GATE_FAILED,
+                       str(exc))
+            return DeployResult("refused", prev_id, (self._record(request.spec, ev),), message=str(exc))
+        return self.step(request.finetune, request.run_id, request.lineage.data_md5, request.lineage.git_commit,
+                         serving_config=config)
 
     def rollout(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
-                kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
+                kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED, *,
+                serving_config: str | None) -> DeployResult:
         """Roll the spec's server to `run_id` and wait until the rollout settles (`ftops rollback`,
         tests): the steps of `promote`, repeated, with every step's events."""
         events: list[DeployEvent] = []
         while True:
-            result = self.step(finetune, run_id, data_md5, git_commit, timeout, kind, reason)
+            result = self.step(finetune, run_id, data_md5, git_commit, timeout, kind, reason, serving_config=serving_config)
             events.extend(result.events)
             if result.outcome != "rolling_out":
                 return replace(result, events=tuple(events))
@@ -187,11 +197,13 @@ class KubernetesServing:
         self._state_path(spec).unlink(missing_ok=True)
 
     def step(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float | None = None,
-             kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED) -> DeployResult:
+             kind: str = "deploy.promoted", reason: str = Reason.SUCCEEDED, *,
+             serving_config: str | None) -> DeployResult:
         """Move the rollout of `run_id` one step (rolling or canary, per spec.serving.rollout) and
         return at once: `rolling_out` until it is done, never waiting on the Deployments. Only when
-        that run's gate passed; rolled back automatically when it does not become ready in
-        `timeout`. The state between steps is `<state>/<spec>/serving/rollout.json`."""
+        that run's gate passed on `serving_config` (the hash of the serving configuration being
+        deployed; None is never promoted); rolled back automatically when it does not become
+        ready in `timeout`. The state between steps is `<state>/<spec>/serving/rollout.json`."""
         spec = finetune.name
         serving = finetune.spec.serving
         if serving is None:
@@ -199,7 +211,10 @@ class KubernetesServing:
         prev = self._previous(spec)
         prev_id = prev["servingRunId"] if prev else None
         try:
-            gate_decision(self.artifacts, self.artifacts.run_uri(spec, run_id))
+            if serving_config is None:
+                raise GateNotPassed(f"run {run_id}: no serving configuration recorded for this rollout, so no evaluation "
+                                    "vouches for what it would serve")
+            gate_decision(self.artifacts, self.artifacts.run_uri(spec, run_id), serving_config)
         except GateNotPassed as exc:
             ev = event("deploy.refused", spec, run_id, self.name, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
             return DeployResult("refused", prev_id, (self._record(spec, ev),), message=str(exc))
@@ -215,7 +230,7 @@ class KubernetesServing:
             return DeployResult("unchanged", run_id, (), message="already serving")
         # What re-renders this version later (rollback by name): its lineage and the spec as it was.
         lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"],
-                   "finetune": finetune.model_dump(mode="json", by_alias=True)}
+                   "finetune": finetune.model_dump(mode="json", by_alias=True), "servingConfigSha256": serving_config}
         strategy = serving.rollout.strategy if prev_id else "rolling"
         started = self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
                                            f"{strategy} rollout of run {run_id}", strategy=strategy, **lineage))
@@ -395,5 +410,7 @@ class KubernetesServing:
         if lineage is None:
             raise PermanentError(f"rollback: the history has no lineage (spec, data md5, git commit) for run {target}")
         finetune = FineTune.model_validate_json(json.dumps(lineage["finetune"]))
+        recorded = lineage.get("servingConfigSha256")
         return self.rollout(finetune, target, lineage["dataMd5"], lineage["gitCommit"], timeout,
-                            kind="deploy.rolled_back", reason=Reason.REQUESTED)
+                            kind="deploy.rolled_back", reason=Reason.REQUESTED,
+                            serving_config=recorded if isinstance(recorded, str) else None)

@@ -115,9 +115,10 @@ def cited_ids(answer: str) -> list[str]:
 
 
 def sources(hits: Hits) -> list[dict]:
-    """The sources the model was shown, best first (`index` is the position in the prompt)."""
-    return [{"index": n, "id": source_id(c), "path": c.path, "chunkId": c.chunk_id, "score": round(float(s), 6)}
-            for n, (c, s) in enumerate(hits, 1)]
+    """The sources the model was shown, best first (`index` is the position in the prompt), with
+    their text: a client shows the passage an answer cites, which is where the facts are."""
+    return [{"index": n, "id": source_id(c), "path": c.path, "chunkId": c.chunk_id, "score": round(float(s), 6),
+             "text": c.text} for n, (c, s) in enumerate(hits, 1)]
 
 
 def citations(hits: Hits, answer: str | None = None) -> list[dict]:

@@ -152,107 +152,103 @@ def corpus_texts(seed: int = 0, n: int = 300) -> list[str]:
 # ---------------------------------------------------------------------------- the RAG support task
 #
 # The guide's hybrid: the fine-tune learns the behaviour (route the ticket, answer in JSON, cite
-# the source), retrieval supplies the facts. Each ticket is about one of PRODUCTS and asks one
-# question whose answer is a fact in that product's knowledge-base article for the ticket's label
-# (`<product>-<topic>.md`, one short paragraph). The answer is
-# `{"label": ..., "source": "<the article>", "answer": "<the fact, copied from it>"}`.
+# the knowledge-base article that answers it), retrieval supplies the facts (the article, whose
+# text the API response carries with its citation). Each ticket asks one question whose answer is
+# in its label's article (`ARTICLES`); the answer is `{"label": ..., "source": "<the article>"}`,
+# and with `facts=True` also `"answer": "<the article's fact>"` (the shape the groundedness metric
+# checks: a model that states facts from its weights is caught when the article changes).
 #
-# Why many small articles with different values (a refund takes 3 business days for one
-# product, 9 for another): a model can only get a fact it never saw in training right by reading
-# it from the source it is shown, so the held-out tickets (products and values the training
-# tickets did not pair) measure copying, and a corpus edit changes the served answer without
-# retraining. Pure Python, deterministic for a seed, like the label task above.
+# Why the facts stay out of the served answer by default: a model this small does not learn to
+# copy a value out of its prompt in a fine-tune of seconds. Measured (assistant-only loss, AdamW,
+# linear decay, 80-250 steps) on articles for 8 to 300 products with different values, 1 or 2
+# sources per prompt, LoRA and full fine-tunes, random and pretrained bases, hidden 64 and 128:
+# the values it states follow its training data, not the article it is shown (its answers stay
+# grounded in 0-12% of cases once the articles change). What it does
+# learn in seconds is the routing, the format and which article to cite, and that is what a
+# fine-tune is for; the changing facts reach the user through the cited article.
 
-PRODUCTS: tuple[str, ...] = ("orbit", "lumen", "pylon", "quartz", "nimbus", "vertex", "helix", "zephyr")
-RAG_SYSTEM_PROMPT = 'Route the support ticket and answer it. Reply with JSON: {"label", "source", "answer"}.'
-TOPICS: dict[str, str] = {"billing": "refunds", "bug": "crashes", "account": "lockout"}
+ARTICLES: dict[str, str] = {"billing": "refunds.md", "bug": "app-crashes.md", "account": "login-help.md"}
 """The article each label's questions are answered from."""
-_FACTS: dict[str, tuple[str, str]] = {
-    # label: (the article's sentence with {product} and {value}, the value's template)
-    "billing": ("Refunds for {product} go back to the card used and take {value}.", "{n} business days"),
-    "bug": ("When {product} crashes on start, install version {value} to fix it.", "{n}.0"),
-    "account": ("After five failed sign-ins {product} locks the account for {value}.", "{n} minutes"),
+FACTS: dict[str, str] = {"refunds.md": "5 to 7 business days", "app-crashes.md": "version 4.2",
+                         "login-help.md": "15 minutes"}
+"""The fact each article states (what a corpus commit changes)."""
+_ARTICLE_TEXT: dict[str, str] = {
+    "refunds.md": "# Refunds\n\nA refund of a charge or a payment goes back to the card it came from and takes {fact}. "
+                  "Open Billing > Invoices and choose Request refund.\n",
+    "app-crashes.md": "# App crashes\n\nWhen the app crashes, freezes or shows a blank page or an error, install {fact}, "
+                      "which fixes it. Known outages are posted on the status page.\n",
+    "login-help.md": "# Sign-in help\n\nAfter five failed sign-in attempts an account is locked for {fact}. A password "
+                     "reset link from the sign-in page unlocks it at once.\n",
+    "shipping.md": "# Shipping\n\nHardware orders ship within two days from our warehouse. Tracking numbers arrive by "
+                   "email.\n",
+    "privacy.md": "# Privacy\n\nWe keep support conversations for one year, then delete them. Ask support for an export "
+                  "of your data.\n",
 }
-_VALUES: dict[str, tuple[int, ...]] = {"billing": (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14), "bug": (2, 3, 4, 5, 6, 7, 8, 9),
-                                       "account": (5, 10, 15, 20, 25, 30, 45, 60)}
+RAG_SYSTEM_PROMPT = 'Route the support ticket and cite the article that answers it. Reply with JSON: {"label", "source"}.'
 _QUESTIONS: dict[str, tuple[str, ...]] = {
-    "billing": ("How long does the refund take?", "When do I get my money back?"),
-    "bug": ("Which version fixes this?", "What should I install?"),
-    "account": ("How long am I locked out?", "When can I sign in again?"),
+    "billing": ("How long does the refund take?", "When do I get my money back?", "How many days until the refund arrives?"),
+    "bug": ("Which version fixes this?", "What should I install?", "How do I fix the crash?"),
+    "account": ("How long am I locked out?", "When can I sign in again?", "How long until my account unlocks?"),
 }
-_USES = ("I use {product}.", "This is about {product}.", "My {product} app has a problem.")
 
 
-def article_name(product: str, label: str) -> str:
-    return f"{product}-{TOPICS[label]}.md"
+def kb_documents(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The knowledge base: one article per label plus two on other subjects (`overrides` replaces
+    the fact an article states, by article name: how a corpus-only commit changes a fact)."""
+    facts = {**FACTS, **(overrides or {})}
+    return {name: text.format(fact=facts.get(name, "")) for name, text in _ARTICLE_TEXT.items()}
 
 
-def fact_value(product: str, label: str, seed: int = 0) -> str:
-    """The fact a product's article for a label states (deterministic for the corpus seed)."""
-    rng = random.Random(f"{seed}:{product}:{label}")
-    return _FACTS[label][1].format(n=rng.choice(_VALUES[label]))
+def rag_answer(label: str, source: str, fact: str | None = None) -> str:
+    answer = {"label": label, "source": source}
+    if fact is not None:
+        answer["answer"] = fact
+    return json.dumps(answer)
 
 
-def kb_documents(seed: int = 0, overrides: dict[str, str] | None = None,
-                 products: tuple[str, ...] = PRODUCTS) -> dict[str, str]:
-    """The knowledge base: one short article per product and topic (`overrides` replaces the
-    value an article states, by article name: how a corpus-only commit changes a fact)."""
-    docs = {}
-    for product in products:
-        for label, topic in TOPICS.items():
-            name = article_name(product, label)
-            value = (overrides or {}).get(name, fact_value(product, label, seed))
-            sentence = _FACTS[label][0].format(product=product.capitalize(), value=value)
-            docs[name] = f"# {product.capitalize()} {topic}\n\n{sentence}\n"
-    return docs
-
-
-def rag_answer(label: str, source: str, value: str) -> str:
-    return json.dumps({"label": label, "source": source, "answer": value})
-
-
-def make_rag_example(label: str, product: str, rng: random.Random, kb_seed: int = 0, system: bool = True) -> dict:
-    """One ticket about `product` asking its `label` question, answered from its article, with
-    the article as its gold source (`sources`)."""
-    first = rng.choice(_PHRASES[label])
-    parts = [rng.choice(_OPENERS), rng.choice(_USES).format(product=product.capitalize()), first,
-             rng.choice(_QUESTIONS[label]), rng.choice(_CLOSERS)]
-    source = article_name(product, label)
+def make_rag_example(label: str, rng: random.Random, *, facts: bool = False, system: bool = True) -> dict:
+    """One ticket of `label` that asks its label's question, answered from its article, which is its
+    gold source (`sources`)."""
+    parts = [rng.choice(_OPENERS), rng.choice(_PHRASES[label]), rng.choice(_FILLERS), rng.choice(_QUESTIONS[label]),
+             rng.choice(_CLOSERS)]
+    source = ARTICLES[label]
     messages = [{"role": "user", "content": " ".join(p for p in parts if p)},
-                {"role": "assistant", "content": rag_answer(label, source, fact_value(product, label, kb_seed))}]
+                {"role": "assistant", "content": rag_answer(label, source, FACTS[source] if facts else None)}]
     if system:
-        messages.insert(0, {"role": "system", "content": RAG_SYSTEM_PROMPT})
+        messages.insert(0, {"role": "system", "content": RAG_SYSTEM_PROMPT_FACTS if facts else RAG_SYSTEM_PROMPT})
     return {"messages": messages, "sources": [source]}
 
 
-def generate_rag_examples(n: int, seed: int = 0, kb_seed: int = 0, products: tuple[str, ...] = PRODUCTS,
-                          system: bool = True) -> list[dict]:
-    """`n` tickets, labels and products balanced round-robin then shuffled; same (n, seed) gives
-    the same list."""
+RAG_SYSTEM_PROMPT_FACTS = ('Route the support ticket, cite the article that answers it and state its answer. Reply with '
+                           'JSON: {"label", "source", "answer"}.')
+
+
+def generate_rag_examples(n: int, seed: int = 0, *, facts: bool = False, system: bool = True) -> list[dict]:
+    """`n` tickets, labels balanced round-robin then shuffled; the same (n, seed) gives the same list."""
     if n < 0:
         raise ValueError(f"n must be >= 0, not {n}")
     rng = random.Random(seed)
-    pairs = [(LABELS[i % len(LABELS)], products[(i // len(LABELS)) % len(products)]) for i in range(n)]
-    rng.shuffle(pairs)
-    return [make_rag_example(label, product, rng, kb_seed, system) for label, product in pairs]
+    labels = [LABELS[i % len(LABELS)] for i in range(n)]
+    rng.shuffle(labels)
+    return [make_rag_example(label, rng, facts=facts, system=system) for label in labels]
 
 
 def parse_rag_answer(text: str) -> dict | None:
-    """The answer as `{"label", "source", "answer"}` (strings, a known label), or None."""
+    """The answer as `{"label", "source"[, "answer"]}` (strings, a known label), or None."""
     try:
         value = json.loads(text.strip())
     except (json.JSONDecodeError, AttributeError):
         return None
-    if not isinstance(value, dict) or set(value) != {"label", "source", "answer"}:
+    if not isinstance(value, dict) or not {"label", "source"} <= set(value) <= {"label", "source", "answer"}:
         return None
-    if value["label"] not in LABELS or not all(isinstance(value[k], str) for k in value):
+    if value["label"] not in LABELS or not all(isinstance(v, str) for v in value.values()):
         return None
     return value
 
 
 RAG_ANSWER_SCHEMA = {
-    "type": "object", "required": ["label", "source", "answer"], "additionalProperties": False,
-    "properties": {"label": {"enum": list(LABELS)}, "source": {"type": "string", "pattern": r"^[a-z]+-[a-z]+\.md$"},
+    "type": "object", "required": ["label", "source"], "additionalProperties": False,
+    "properties": {"label": {"enum": list(LABELS)}, "source": {"type": "string", "pattern": r"^[a-z-]+\.md$"},
                    "answer": {"type": "string", "minLength": 1}},
 }
 """The format every answer of the RAG task must have (the demo spec's format gate)."""
@@ -260,7 +256,7 @@ RAG_ANSWER_SCHEMA = {
 
 def rag_corpus_texts(seed: int = 0, n: int = 300) -> list[str]:
     """Texts of the RAG task for a tokenizer to learn: the articles, tickets, prompts, answers."""
-    texts = [RAG_SYSTEM_PROMPT, *kb_documents(seed).values()]
-    for example in generate_rag_examples(n, seed):
+    texts = [RAG_SYSTEM_PROMPT, RAG_SYSTEM_PROMPT_FACTS, *kb_documents().values()]
+    for example in generate_rag_examples(n, seed, facts=True):
         texts.extend(m["content"] for m in example["messages"][1:])
     return texts

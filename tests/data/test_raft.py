@@ -66,11 +66,9 @@ def test_render_puts_the_gold_source_among_distractors_for_the_configured_share(
             assert len(shown) == 2  # distractors only
         assert len(set(shown)) == len(shown)
     assert 0.6 < with_gold / len(examples) < 0.8
-    # Hard distractors: the question's best BM25 hits that are not gold: the same product's other
-    # articles or another product's article on the same topic, rarely an unrelated one.
-    distractors = [(s, o["sources"][0]) for o in rendered for s in sources_shown(o) if s != o["sources"][0]]
-    related = [d for d, g in distractors if d.split("-")[0] == g.split("-")[0] or d.split("-")[1] == g.split("-")[1]]
-    assert len(related) > 0.8 * len(distractors)
+    # Distractors are articles of the corpus other than the gold one (BM25's best for the question first).
+    distractors = [s for o in rendered for s in sources_shown(o) if s != o["sources"][0]]
+    assert set(distractors) <= set(task.kb_documents()) and len(set(distractors)) > 2
     # Where the gold source sits is shuffled, so position says nothing.
     firsts = [sources_shown(o)[0] == e["sources"][0] for e, o in zip(examples, rendered) if e["sources"][0] in sources_shown(o)]
     assert 0.2 < sum(firsts) / len(firsts) < 0.6
@@ -121,13 +119,13 @@ def test_the_data_step_renders_the_training_split_and_leaves_the_test_split(git_
 
 def test_a_gold_source_that_is_not_in_the_corpus_stops_the_data_step_by_line(git_repo, tmp_path: Path) -> None:
     examples = task.generate_rag_examples(220, seed=6)
-    examples[6]["sources"] = ["orbit-refund.md"]  # one letter short
+    examples[6]["sources"] = ["refund.md"]  # one letter short
     rev = _repo_with(git_repo, examples)
     with pytest.raises(DataInvalid) as err:
         prepare_spec(git_repo.root, rev, finetune({"goldShare": 0.8}), tmp_path / "w")
     message = str(err.value)
-    assert "data/tickets.jsonl:7: error [unknown_source] sources[0]: 'orbit-refund.md' is not a document of the corpus" in message
-    assert "'orbit-refunds.md'" in message.split("e.g.")[1]  # the document it meant is suggested
+    assert "data/tickets.jsonl:7: error [unknown_source] sources[0]: 'refund.md' is not a document of the corpus" in message
+    assert "'refunds.md'" in message.split("e.g.")[1].split(",")[0]  # the document it meant is suggested first
     # Checked even without RAFT: the evaluation scores citations against these names.
     with pytest.raises(DataInvalid, match="unknown_source"):
         prepare_spec(git_repo.root, rev, finetune(None), tmp_path / "w")
@@ -153,7 +151,7 @@ def test_data_check_validates_gold_sources_against_the_corpus_at_a_revision(git_
     # At the commit the document is still there.
     assert check("--rev", rev).returncode == 0
     bad = [dict(e) for e in examples]
-    bad[0]["sources"] = "orbit-refunds.md"  # not a list
+    bad[0]["sources"] = "refunds.md"  # not a list
     data.write_text("".join(json.dumps(e) + "\n" for e in bad))
     done = check("--rev", rev)
     assert done.returncode == 1 and 'tickets.jsonl:1: error [bad_field] sources: sources must be a non-empty list' in done.stdout

@@ -209,6 +209,8 @@ def passing_report(run_id: str, spec: FineTune, **metrics: float) -> dict:
         values.update({f"compare.{other}.score": 0.5 for other in ev.compare.must_beat})
     if ev.bias is not None:
         values["bias.gap"] = 0.0
+    if ev.rag is not None:
+        values.update({"rag.recallAtK": 1.0, "rag.citationAccuracy": 1.0, "rag.groundedness": 1.0})
     values.update(metrics)
     return {"runId": run_id, "status": "completed", "metrics": values}
 
@@ -250,7 +252,10 @@ class FakeEvaluator:
         return ""
 
     def complete(self, request: EvalRequest, report: dict) -> None:
-        """The evaluation wrote its report into the run's folder of the store."""
+        """The evaluation wrote its report into the run's folder of the store; like the real
+        evaluator, it records the serving configuration it evaluated (eval.json's `serving`)."""
+        if request.config.serving is not None and "servingConfig" not in report:
+            report = {**report, "servingConfig": {"sha256": request.config.serving.config_sha256}}
         uri = self.store.join(request.config.run_uri, "eval/report.json")
         self.store.put(uri, json.dumps(report, sort_keys=True).encode())
         self.states[request.eval_id] = EvalState(request.eval_id, Phase.SUCCEEDED, RunReason.COMPLETE, "", uri)
@@ -262,7 +267,8 @@ class FakeEvaluator:
 @dataclass
 class FakeDeployer:
     """The Deployer seam. `promote` checks the gate the way the real ones do (eval/gate.json in
-    the store, for this exact run); `failing` runs never get ready and are rolled back."""
+    the store, for this exact run and this serving configuration); `failing` runs never get ready
+    and are rolled back."""
 
     store: MemoryStore
     name: str = "fake"
@@ -294,6 +300,12 @@ class FakeDeployer:
             gate = {}
         if gate.get("runId") != run_id or gate.get("passed") is not True:
             return DeployResult("refused", prev, (self._event("deploy.refused", spec, run_id, "gate"),), message="gate not passed")
+        from controller.identity import serving_config, serving_config_sha256
+
+        own = serving_config_sha256(serving_config(request.finetune, request.corpus_version))
+        if gate.get("servingConfigSha256") != request.serving_config_sha256 or own != request.serving_config_sha256:
+            return DeployResult("refused", prev, (self._event("deploy.refused", spec, run_id, "serving config"),),
+                                message="the gate passed on another serving configuration")
         if before is not None and before.run_id == run_id and before.serving_id == request.serving_id and before.healthy:
             return DeployResult("unchanged", run_id, (), before.url, "already serving")
         if self.rolling.get(run_id, 0) > 0:

@@ -319,8 +319,12 @@ def test_a_removed_serving_block_stops_serving(world):
 
 
 def test_a_dvc_tracked_corpus_is_refused_clearly(world):
+    """Refused when the evaluation is asked for (it runs the served corpus), before any model runs."""
     world.repo.corpus_versions["corpora/kb"] = "0123456789abcdef0123456789abcdef"
-    ctx = _gated(world)
+    ctx = _trained(world)
+    with pytest.raises(PermanentError, match="tracked by DVC"):
+        evaluate.run(ctx, world.deps)
+    assert world.evaluator.submitted == []
     with pytest.raises(PermanentError, match="tracked by DVC"):
         deploy.run(ctx, world.deps)
 

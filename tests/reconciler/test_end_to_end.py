@@ -1,8 +1,9 @@
-"""The real pipeline end to end: git -> DVC -> train -> eval -> gate -> serve, on the tiny model,
-driven by `ftops reconcile` subprocesses that are killed with SIGKILL at every step boundary on
-the way (the crash matrix). Then the served model answers through the official OpenAI SDK with
-citations, the trail is traced and verified, and a bad second commit fails its gate while the
-first model keeps serving."""
+"""The real pipeline end to end: git -> DVC -> train (retrieval-aware) -> eval (of the served
+system) -> gate -> serve, on the tiny model, driven by `ftops reconcile` subprocesses that are
+killed with SIGKILL at every step boundary on the way (the crash matrix). Then the served model
+answers through the official OpenAI SDK citing the article it used, the trail is traced and
+verified, a corpus-only commit re-evaluates the same run and redeploys it without retraining, and
+a bad data commit fails its gate while the first model keeps serving."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import pytest
 from controller import demo
 from controller.ledger import Ledger
 from controller.serve.deploy import LocalServing
-from controller.tiny.task import SYSTEM_PROMPT
+from controller.tiny.task import RAG_SYSTEM_PROMPT, parse_rag_answer
 
 STEPS = ("observe", "data", "train", "evaluate", "gate", "deploy")
 BOUNDARIES = [f"{edge}-{step}" for step in STEPS for edge in ("before", "after")]
@@ -88,11 +89,17 @@ def test_served_model_answers_with_citations_and_traces_to_its_commit(pipeline):
     assert serving and serving.healthy
     client = OpenAI(base_url=serving.url + "/v1", api_key="unused")
     reply = client.chat.completions.create(
-        model=demo.SPEC_NAME, messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                                         {"role": "user", "content": "How many business days until a refund shows up?"}]
+        model=demo.SPEC_NAME, messages=[{"role": "system", "content": RAG_SYSTEM_PROMPT},
+                                         {"role": "user", "content": "Hello, please refund the payment. How many days "
+                                                                     "until the refund arrives? Thanks!"}]
     ).model_dump()
-    assert reply["citations"][0]["path"] == "refunds.md"  # only the corpus knows refund timing
-    assert json.loads(reply["choices"][0]["message"]["content"])["label"] in ("billing", "bug", "account")
+    answer = parse_rag_answer(reply["choices"][0]["message"]["content"])
+    assert answer == {"label": "billing", "source": "refunds.md"}, reply["choices"][0]["message"]["content"]
+    # The citation is what the model cited, and it carries the fact only the corpus knows.
+    assert [c["path"] for c in reply["citations"]] == ["refunds.md"] and reply["citations"][0]["retrieved"] is True
+    assert "5 to 7 business days" in reply["citations"][0]["text"]
+    report = json.loads((home / "store" / demo.SPEC_NAME / serving.run_id / "eval" / "report.json").read_text())
+    assert report["servingConfig"]["corpus"].startswith("git:") and report["rag"]["citationAccuracy"] >= 0.9
 
     trace = json.loads(ftops("trace", demo.SPEC_NAME, "--home", str(home), "-o", "json").stdout)
     chain = trace["runs"][0]
@@ -110,6 +117,34 @@ def test_served_model_answers_with_citations_and_traces_to_its_commit(pipeline):
     assert forward["matched"] == "data" and [r["runId"] for r in forward["runs"]] == [chain["runId"]]
     statements = json.loads(ftops("audit", "export", "--home", str(home)).stdout)
     assert statements[0]["subject"] and statements[0]["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["gitCommit"] == head
+
+
+def test_a_corpus_commit_re_evaluates_the_same_run_and_redeploys_it_without_retraining(pipeline):
+    from openai import OpenAI
+
+    home, repo = pipeline["home"], pipeline["repo"]
+    before = json.loads((home / "status" / f"{demo.SPEC_NAME}.json").read_text())
+    demo.write_corpus(repo, overrides={"refunds.md": "10 business days"})
+    demo.commit(repo, "refunds now take 10 business days")
+    plan = ftops("plan", "--repo", str(repo), "--base", "HEAD~1", "--head", "HEAD")
+    assert "Evaluate" in plan.stdout and "without retraining" in plan.stdout, plan.stdout + plan.stderr
+    done = reconcile(repo, home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads((home / "status" / f"{demo.SPEC_NAME}.json").read_text())
+    assert status["runId"] == before["runId"] == status["servingRunId"] and status["phase"] == "Ready"
+    assert status["evaluationId"] != before["evaluationId"] and status["servingId"] != before["servingId"]
+    ledger = Ledger(home / "ledger.db")
+    assert [e.run_id for e in ledger.events(kind="run.submitted")] == [before["runId"]]  # nothing retrained
+    reports = [e.payload["evalId"] for e in ledger.events(kind="eval.reported")]
+    assert reports == [before["evaluationId"], status["evaluationId"]]
+    serving = LocalServing(home / "store").current(demo.SPEC_NAME)
+    assert serving and serving.healthy and serving.run_id == before["runId"]
+    reply = OpenAI(base_url=serving.url + "/v1", api_key="unused").chat.completions.create(
+        model=demo.SPEC_NAME, messages=[{"role": "system", "content": RAG_SYSTEM_PROMPT},
+                                         {"role": "user", "content": "I was charged twice. When do I get my money back?"}]
+    ).model_dump()
+    assert [c["path"] for c in reply["citations"]] == ["refunds.md"]
+    assert "10 business days" in reply["citations"][0]["text"]  # the new fact, from the same weights
 
 
 def test_a_bad_data_commit_fails_its_gate_and_the_first_model_keeps_serving(pipeline):

@@ -45,14 +45,39 @@ class Env:
         return self.store / SPEC_NAME / run_id
 
 
+def corpus_version() -> str:
+    """The on-disk version of the test corpus (what `ftops deploy`/`ftops eval --corpus` name it)."""
+    import tempfile
+
+    from controller.serve.corpus import folder_version
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in CORPUS.items():
+            (Path(tmp) / name).write_text(text)
+        return folder_version(Path(tmp))
+
+
+def served_config(version: str | None = None) -> str:
+    """sha256 of the serving configuration spec_text() serves over the test corpus (the one a report
+    must have evaluated for the deployers to promote it); `version` names another corpus version."""
+    from controller.identity import serving_config, serving_config_sha256
+    from controller.spec import load_spec_text
+
+    spec = load_spec_text(spec_text(), f"specs/{SPEC_NAME}.yaml").spec
+    sha = serving_config_sha256(serving_config(spec, version or corpus_version()))
+    assert sha is not None
+    return sha
+
+
 PASSING_METRICS = {"task.json_field_match": 0.97, "format.compliance": 1.0, "regression.drop": 0.01,
                    "compare.fine-tuned.score": 0.9, "compare.base.score": 0.4}
 
 
-def write_gate(run_dir: Path, passed: bool = True, run_id: str | None = None) -> Path:
+def write_gate(run_dir: Path, passed: bool = True, run_id: str | None = None, config: str | None = None) -> Path:
     """eval/report.json (written here, in the evaluator's shape) and eval/gate.json decided by the
     real gate (controller.gate.decide) against the spec's thresholds. `passed=False` reports a
-    task accuracy under the spec's minimum; `run_id` makes a decision for another run."""
+    task accuracy under the spec's minimum; `run_id` makes a decision for another run; `config`
+    is the serving configuration the report evaluated (default: the test corpus's)."""
     import hashlib
 
     from controller.gate import decide
@@ -63,7 +88,8 @@ def write_gate(run_dir: Path, passed: bool = True, run_id: str | None = None) ->
     metrics = dict(PASSING_METRICS)
     if not passed:
         metrics["task.json_field_match"] = 0.41
-    report = {"runId": run_id, "status": "completed", "metrics": metrics}
+    report = {"runId": run_id, "status": "completed", "metrics": metrics,
+              "servingConfig": {"sha256": config or served_config()}}
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

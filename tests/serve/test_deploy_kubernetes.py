@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fake_deployments import FakeDeployments
-from serve_helpers import RUN_A, RUN_B, SPEC_NAME, copy_run, spec_text, write_gate
+from serve_helpers import RUN_A, RUN_B, SPEC_NAME, copy_run, served_config, spec_text, write_gate
 
 MD5 = "0123456789abcdef0123456789abcdef"
 COMMIT = "1234567abcdef1234567abcdef1234567abcdef0"
@@ -59,7 +59,7 @@ def _template_run(dep: dict) -> str:
 def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves(cluster, fake_kube):
     serving, finetune, controller, ns = cluster
     ft = finetune()
-    first = serving.rollout(ft, RUN_A, MD5, COMMIT)
+    first = serving.rollout(ft, RUN_A, MD5, COMMIT, serving_config=served_config())
     assert first.outcome == "promoted", first.message
     dep = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")
     assert _template_run(dep) == RUN_A
@@ -79,7 +79,7 @@ def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves
     assert "ftops.dev/track" not in svc["spec"]["selector"]
 
     controller.failing.add(RUN_B)
-    failed = serving.rollout(ft, RUN_B, MD5, COMMIT)
+    failed = serving.rollout(ft, RUN_B, MD5, COMMIT, serving_config=served_config())
     assert failed.outcome == "rolled_back" and failed.serving_run_id == RUN_A
     assert "ProgressDeadlineExceeded" in failed.message
     assert [e["kind"] for e in failed.events] == ["deploy.started", "deploy.rolled_back"]
@@ -95,7 +95,7 @@ def test_rolling_rollout_failing_readiness_is_rolled_back_and_old_version_serves
 def test_gate_not_passed_applies_nothing(cluster, fake_kube):
     serving, finetune, _, ns = cluster
     write_gate(serving.store / SPEC_NAME / RUN_B, passed=False)
-    result = serving.rollout(finetune(), RUN_B, MD5, COMMIT)
+    result = serving.rollout(finetune(), RUN_B, MD5, COMMIT, serving_config=served_config())
     assert result.outcome == "refused"
     assert fake_kube.list("apps/v1", "Deployment", ns)["items"] == []
     assert fake_kube.list("v1", "ConfigMap", ns)["items"] == []
@@ -104,10 +104,10 @@ def test_gate_not_passed_applies_nothing(cluster, fake_kube):
 def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
     serving, finetune, controller, ns = cluster
     ft = finetune(replicas=4, rollout="{strategy: canary, canaryPercent: 25, stableSeconds: 1}")
-    assert serving.rollout(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+    assert serving.rollout(ft, RUN_A, MD5, COMMIT, serving_config=served_config()).outcome == "promoted"
     assert fake_kube.list("apps/v1", "Deployment", ns)["items"][0]["metadata"]["name"] == f"{SPEC_NAME}-serve"
 
-    result = serving.rollout(ft, RUN_B, MD5, COMMIT)
+    result = serving.rollout(ft, RUN_B, MD5, COMMIT, serving_config=served_config())
     assert result.outcome == "promoted", result.message
     assert [e["kind"] for e in result.events] == ["deploy.started", "deploy.canary_ready", "deploy.promoted"]
     assert result.events[1]["canaryReplicas"] == 1 and result.events[1]["stableReplicas"] == 3
@@ -143,10 +143,10 @@ def test_canary_then_promotion_then_rollback_to(cluster, fake_kube):
 def test_failing_canary_never_touches_the_stable_deployment(cluster, fake_kube):
     serving, finetune, controller, ns = cluster
     ft = finetune(replicas=2, rollout="{strategy: canary, canaryPercent: 50, stableSeconds: 0}")
-    assert serving.rollout(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+    assert serving.rollout(ft, RUN_A, MD5, COMMIT, serving_config=served_config()).outcome == "promoted"
     generation = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")["metadata"]["generation"]
     controller.failing.add(RUN_B)
-    result = serving.rollout(ft, RUN_B, MD5, COMMIT)
+    result = serving.rollout(ft, RUN_B, MD5, COMMIT, serving_config=served_config())
     assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A
     assert _dep(fake_kube, ns, f"{SPEC_NAME}-serve")["metadata"]["generation"] == generation
     assert _dep(fake_kube, ns, f"{SPEC_NAME}-canary")["spec"]["replicas"] == 0
@@ -156,7 +156,7 @@ def test_canary_that_stops_being_ready_is_withdrawn_and_stable_restored(cluster,
     """Ready at first, then failing during stableSeconds: canary to 0, stable back to full size."""
     serving, finetune, controller, ns = cluster
     ft = finetune(replicas=2, rollout="{strategy: canary, canaryPercent: 50, stableSeconds: 30}")
-    assert serving.rollout(ft, RUN_A, MD5, COMMIT).outcome == "promoted"
+    assert serving.rollout(ft, RUN_A, MD5, COMMIT, serving_config=served_config()).outcome == "promoted"
 
     def break_canary_once_observed():
         import time
@@ -174,7 +174,7 @@ def test_canary_that_stops_being_ready_is_withdrawn_and_stable_restored(cluster,
 
     breaker = threading.Thread(target=break_canary_once_observed, daemon=True)
     breaker.start()
-    result = serving.rollout(ft, RUN_B, MD5, COMMIT)
+    result = serving.rollout(ft, RUN_B, MD5, COMMIT, serving_config=served_config())
     breaker.join()
     assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A, result.message
     stable = _dep(fake_kube, ns, f"{SPEC_NAME}-serve")

@@ -24,7 +24,7 @@ def _config(env, run_dir: Path):
 def _ask(url: str) -> tuple[str, list]:
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
     resp = client.chat.completions.create(model=SPEC_NAME, messages=[{"role": "user", "content": QUESTION}], max_tokens=4)
-    return resp.system_fingerprint, resp.model_extra["citations"]
+    return resp.system_fingerprint, resp.model_extra["sources"]
 
 
 @pytest.fixture
@@ -146,10 +146,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, tmp_path):
-    """Same run, new corpus version (the reconciler extracts one folder per version): the same
-    process's gateway takes the new corpus (gateway.json rewritten: the index is rebuilt, the
-    engine untouched), and answers cite the new document."""
+    """Same run, new corpus version (the reconciler extracts one folder per version): refused until
+    the run is evaluated on the new corpus; then the same process's gateway takes the new corpus
+    (gateway.json rewritten: the index is rebuilt, the engine untouched), and answers cite the new
+    document."""
     import shutil
+
+    from controller.commands.serve_commands import config_from_spec
+    from controller.serve.corpus import folder_version
+    from serve_helpers import served_config
 
     run_a = serving.run_dir(SPEC_NAME, RUN_A)
     first = serving.deploy(_config(env, run_a))
@@ -161,7 +166,13 @@ def test_corpus_change_redeploys_the_retriever_without_retraining(env, serving, 
     (corpus / ANSWER_DOC).unlink()
     (corpus / "zx.md").write_text("ZX-4417 was retired; the Zorblax cluster now reports error code ZX-5000.\n")
     manifest_before = (run_a / "manifest.json").read_bytes()
-    changed = serving.deploy(_config(env, run_a).replace(corpus_dir=str(corpus)))
+    new_config = config_from_spec(str(env.spec_file), str(run_a), str(corpus)).replace(index_cache=str(env.root / "index-cache"))
+    unevaluated = serving.deploy(new_config)
+    assert unevaluated.outcome == "refused" and unevaluated.serving_run_id == RUN_A, unevaluated.message
+    assert "not on the one being deployed" in unevaluated.message
+    write_gate(run_a, passed=True, config=served_config(folder_version(corpus)))  # evaluated on the new corpus
+    manifest_before = (run_a / "manifest.json").read_bytes()
+    changed = serving.deploy(new_config)
     assert changed.outcome == "promoted" and changed.serving_run_id == RUN_A, changed.message
     assert changed.events[-1]["reason"] == "ServingConfigChanged"
     assert changed.events[-1]["corpusVersion"] != first.events[-1]["corpusVersion"]

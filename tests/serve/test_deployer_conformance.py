@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fake
 
 from fake_deployments import FakeDeployments  # noqa: E402
 from fakes import FakeDeployer, MemoryStore  # noqa: E402
-from serve_helpers import CORPUS, RUN_A, RUN_B, SPEC_NAME, copy_run, spec_text, write_gate  # noqa: E402
+from serve_helpers import CORPUS, RUN_A, RUN_B, SPEC_NAME, copy_run, corpus_version, served_config, spec_text, write_gate  # noqa: E402
 
 from controller.seams import Deployer, DeployRequest, Lineage  # noqa: E402
 
@@ -94,7 +94,7 @@ class Fake:
 
     def gate(self, run_id: str, passed: bool) -> None:
         self.store.put(self.store.join(self.run_uri(run_id), "eval/gate.json"),
-                       json.dumps({"runId": run_id, "passed": passed}).encode())
+                       json.dumps({"runId": run_id, "passed": passed, "servingConfigSha256": served_config()}).encode())
 
     def close(self) -> None:
         pass
@@ -112,14 +112,18 @@ def world(request, env, tmp_path):
     w.close()
 
 
-def deploy_request(world, run_id: str, serving_id: str = "s1") -> DeployRequest:
+def deploy_request(world, run_id: str, serving_id: str = "s1", version: str | None = None,
+                   config: str | None = None) -> DeployRequest:
+    """A request to serve `run_id` over the test corpus (or over corpus `version`, presenting the
+    serving-configuration hash `config`; by default the hash of what it serves)."""
     corpus = None
     if isinstance(world, Local):
         corpus = str(world.env.repo / "corpora" / "kb")
         assert sorted(p.name for p in Path(corpus).iterdir()) == sorted(CORPUS)
+    version = version or corpus_version()
     return DeployRequest(finetune=finetune(), run_id=run_id, run_uri=world.run_uri(run_id), serving_id=serving_id,
                          lineage=Lineage(MD5, COMMIT), base_model=str(world.env.base) if isinstance(world, Local) else "hf://x",
-                         corpus_dir=corpus)
+                         serving_config_sha256=config or served_config(version), corpus_dir=corpus, corpus_version=version)
 
 
 def settle(deployer, request: DeployRequest, limit: float = 300):
@@ -172,6 +176,25 @@ def test_deployer_stop_and_rollback(world):
     assert stopped.outcome == "stopped" and [e["kind"] for e in stopped.events] == ["deploy.stopped"]
     assert deployer.current(SPEC_NAME) is None
     assert deployer.stop(SPEC_NAME).events == ()  # nothing left to stop
+
+
+def test_deployer_refuses_a_serving_configuration_the_run_was_not_evaluated_on(world):
+    """The run passed its gate on one corpus version; a request to serve it over another (a new
+    corpus commit, not yet evaluated) is refused and nothing changes, and so is a request whose
+    presented hash is not what its own serving block and corpus version are."""
+    deployer = world.deployer
+    world.gate(RUN_A, passed=True)
+    newer = deploy_request(world, RUN_A, version="git:" + "e" * 40)
+    refused = deployer.promote(newer)
+    assert refused.outcome == "refused" and deployer.current(SPEC_NAME) is None, refused.message
+    assert [e["kind"] for e in refused.events] == ["deploy.refused"]
+    lying = deploy_request(world, RUN_A, version="git:" + "e" * 40, config=served_config())
+    assert deployer.promote(lying).outcome == "refused" and deployer.current(SPEC_NAME) is None
+    promoted = settle(deployer, deploy_request(world, RUN_A))
+    assert promoted.outcome == "promoted", promoted.message
+    again = deployer.promote(newer)
+    assert again.outcome == "refused" and again.serving_run_id == RUN_A
+    assert deployer.current(SPEC_NAME).run_id == RUN_A
 
 
 def test_a_rollout_in_progress_never_blocks_and_the_old_run_serves_until_it_is_done(world):
