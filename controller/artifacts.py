@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,8 +20,6 @@ from typing import BinaryIO, Iterator, Mapping, cast
 from controller.errors import PermanentError, TemporaryError
 from controller.seams.store import MANIFEST, ArtifactStore, ManifestError, RunManifest
 
-STORE_ENV = "FTOPS_STORE"
-"""The artifact store's URI in a pod (rendered from the operator config's cluster.artifactStore)."""
 INPUTS = "inputs"
 """`<store>/inputs/<sha256>/`: content-addressed bundles the controller publishes for pods."""
 
@@ -260,39 +257,6 @@ def fetch_bundle(store: ArtifactStore, uri: str, dest: Path) -> Path:
     return store.fetch(uri, dest, manifest)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m controller.artifacts fetch URI DEST [URI DEST ...]`: a pod's init container
-    materialises its inputs, verified (exit 75 when the store is away, 78 when a file does not
-    match its manifest)."""
-    import argparse
-
-    from controller import exitcodes
-
-    parser = argparse.ArgumentParser(prog="python -m controller.artifacts")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="fetch bundles or runs from the store, verified")
-    fetch.add_argument("pairs", nargs="+", metavar="URI DEST")
-    args = parser.parse_args(argv)
-    if len(args.pairs) % 2:
-        print("error: fetch takes URI DEST pairs", file=sys.stderr)
-        return exitcodes.CONFIG_ERROR
-    try:
-        for uri, dest in zip(args.pairs[::2], args.pairs[1::2]):
-            store = open_store(os.environ.get(STORE_ENV) or uri)
-            fetch_bundle(store, uri, Path(dest))
-            print(json.dumps({"event": "fetched", "uri": uri, "dest": dest}), flush=True)
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.CONFIG_ERROR
-    except (TemporaryError, PermanentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.TEMPORARY
-    return exitcodes.OK
-
-
 __all__ = ["FsspecStore", "bundle_manifest", "fetch_bundle", "open_store", "publish", "publish_dir", "store_options",
            "upload_dir"]
 
-
-if __name__ == "__main__":
-    sys.exit(main())
