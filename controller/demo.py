@@ -92,7 +92,11 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
-def spec_text(epochs: int = 4, task_min: float = 0.9, name: str = SPEC_NAME) -> str:
+EPOCHS = 4
+"""The demo spec's epochs: what its RAFT-trained run needs to pass the hybrid gates."""
+
+
+def spec_text(epochs: int = EPOCHS, task_min: float = 0.9, name: str = SPEC_NAME) -> str:
     import json
 
     from controller.tiny.task import RAG_ANSWER_SCHEMA

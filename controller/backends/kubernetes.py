@@ -414,7 +414,10 @@ class KubernetesBackend:
     def submit(self, run: Run) -> RunState:
         """Start the run unless its workload lives: a running, pending or preempted one is left to
         its controller (nothing new is created); a failed one (not a config error) is deleted and
-        created again, resuming from its checkpoint claim."""
+        created again, resuming from its checkpoint claim. Fenced first, even where it would send
+        nothing: a follower's answer about a run it does not own must not reach its reconciler."""
+        if self.fence is not None:
+            self.fence()
         existing = self.find(run.run_id)
         if existing is not None:
             state = self._state_of(existing)

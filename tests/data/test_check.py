@@ -52,8 +52,9 @@ def test_every_error_kind_is_reported_at_its_line(tmp_path):
     got = {(i.line, i.kind, i.field) for i in scan.errors}
     want = {(n, kind, fld) for n, (_, errs) in enumerate(PLANTED, 1) for kind, fld in errs}
     assert got == want
-    # Every kind the issue lists is covered by the planted file.
-    assert {k for _, k, _ in got} == set(ERROR_KINDS)
+    # Every kind a file alone can show is covered by the planted file; a gold source missing
+    # from the corpus needs the spec's corpus too (tests/data/test_raft.py plants it).
+    assert {k for _, k, _ in got} == set(ERROR_KINDS) - {"unknown_source"}
     counts = scan.counts()
     assert counts["unknown_key"] == 2 and counts["bad_tool_call"] == 4 and counts["invalid_json"] == 1
     # Lines without errors become records, and only they.

@@ -60,7 +60,7 @@ def pr_history(tmp_path_factory):
         git(root, "rm", "-q", str(repo.spec_path.relative_to(root)))
 
     def invalid() -> None:
-        repo.spec_path.write_text(demo.spec_text().replace("epochs: 3", "epocs: 3"))
+        repo.spec_path.write_text(demo.spec_text().replace("epochs:", "epocs:"))
 
     for label, change in (("epochs", epochs), ("gates", gates), ("broken", broken), ("relabel", relabel),
                           ("deleted", deleted), ("invalid", invalid)):
@@ -128,7 +128,7 @@ def test_a_one_line_change_is_a_small_readable_plan_priced_as_a_retrain(pr_histo
     assert code == 2, text  # valid, and the merge changes something
     visible = re.sub(r"<details>.*?</details>", "", text, flags=re.S)
     assert len(visible) < 3_000 and visible.count("\n") < 50, visible
-    assert '`data["run.json"].training.epochs` | `3.0` | `5.0` |' in text
+    assert f'`data["run.json"].training.epochs` | `{float(demo.EPOCHS)}` | `5.0` |' in text
     assert "training + evaluation" in text
     assert "(unchanged since base)" in text  # the data the new run trains on was pulled and checked
     assert len(text) < 20_000

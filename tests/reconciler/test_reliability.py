@@ -44,7 +44,7 @@ def test_review_pending_stops_before_training_and_names_the_reason(unreviewed, t
 
 def test_one_invalid_spec_never_blocks_the_others(unreviewed, tmp_path):
     root = unreviewed.root
-    (root / "specs" / "broken.yaml").write_text(demo.spec_text(name="broken").replace("epochs: 3", "epocs: 3"))
+    (root / "specs" / "broken.yaml").write_text(demo.spec_text(name="broken").replace("epochs:", "epocs:"))
     demo.commit(root, "a typo")
     result = reconciler(root, tmp_path / "home").reconcile_once()
     broken = result.statuses["broken"]
