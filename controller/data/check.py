@@ -9,9 +9,15 @@ What a valid line is, is not decided here: `controller.chat` owns the chat forma
 message shape, tool calls), and the trainer, the evaluator and the server read the same rules,
 so a file this check accepts is one the trainer accepts. This module adds what only a data file
 has: JSON parsing by line, normalisation and hashing, and the data-quality warnings (no system
-prompt, no user turn, token lengths). The hot loop below accepts the common plain example (only
-role + content strings) without building a problem list, using `controller.chat.FOLLOWS` for the
-order of turns; anything else goes through `controller.chat.check_example`.
+prompt, no user turn, token lengths).
+
+Two paths, one result. The fast path decodes a line straight into a typed struct of the common
+plain example (role + content strings, optional `sources`) with msgspec, checks the order of
+turns against `controller.chat.FOLLOWS`, and encodes the struct as the canonical JSON. Every
+line it does not accept, well-formed or not, takes the reference path (`check_line`: orjson,
+`controller.chat.check_example`, normalisation), which reports each problem at its line and
+field. The fast path only decides which lines need the reference; tests compare the two on every
+kind of line.
 """
 from __future__ import annotations
 
@@ -21,8 +27,9 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from controller.chat import FOLLOWS, PROBLEM_KINDS, check_example
@@ -156,13 +163,35 @@ each role that may come next and its bit (for the no-system / no-user warnings).
 _UNSEEN = -1
 
 
+class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True):
+    """A message of the common plain example: a text turn, nothing else. Fields in sorted order,
+    so encoding the struct writes the canonical JSON (`canonical_json`'s sorted keys)."""
+
+    content: str
+    role: Literal["system", "user", "assistant"]
+
+
+class _PlainExample(msgspec.Struct, forbid_unknown_fields=True):
+    """The shape the fast path accepts: `{"messages": [plain text turns], "sources": [str]?}`.
+    msgspec decodes and type-checks it in C in one step; a line of any other shape (tool calls,
+    `name`, `weight`, other keys or types, invalid JSON) fails to decode and takes the reference
+    check, so this shape only decides which path a line takes, never what it is told."""
+
+    messages: list[_PlainMessage]
+    sources: list[str] | msgspec.UnsetType = msgspec.UNSET
+
+
+_PLAIN_DECODER = msgspec.json.Decoder(_PlainExample)
+_CANONICAL_ENCODER = msgspec.json.Encoder()
+
+
 def _plain_order(roles: tuple[str, ...]) -> int | None:
     """The role bits of a role sequence that `controller.chat.FOLLOWS` allows for plain text
     messages and that ends with the assistant's answer; None for any other sequence (the full
     check then says what is wrong). Memoised per sequence in `_scan_lines`: a file has few."""
     state, bits = "", 0
     for role in roles:
-        bit = _PLAIN_STEPS[state].get(role) if role.__class__ is str else None
+        bit = _PLAIN_STEPS[state].get(role)
         if bit is None:
             return None
         bits |= bit
@@ -170,18 +199,42 @@ def _plain_order(roles: tuple[str, ...]) -> int | None:
     return bits if state == "assistant" else None
 
 
+def check_line(raw: bytes, line: int, issues: list[Issue]) -> Record | None:
+    """The reference check of one line: parse (orjson), the chat format's full check with every
+    problem at its field (`validate_example`), then normalise, canonical JSON and hash. Appends
+    the line's issues to `issues`; the Record when the line has no errors. The fast path in
+    `_scan_lines` must agree with this on every line (tests/data/test_check.py)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            issues.append(Issue(line, "blank_line", "", "empty line; it is skipped (remove it)", "warning"))
+        else:
+            issues.append(Issue(line, "invalid_json", "", f"not valid JSON ({exc}); each line must be one complete JSON object"))
+        return None
+    if not validate_example(obj, line, issues):
+        return None
+    # The chat format counts invisible-only content as empty, so normalisation (which removes
+    # those characters) cannot empty a message that passed.
+    norm = normalize_parsed(obj)
+    canon = canonical_json(norm)
+    return Record(line, canon, hashlib.sha256(canon).hexdigest(), estimate_tokens(norm["messages"]))
+
+
 def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issue]]:
-    """The hot loop. A plain example (only role + content strings, in an order the chat format
-    allows) is validated, normalised and measured in one pass: its role sequence is looked up
-    once per distinct sequence (`_plain_order`), and only content that normalisation changes is
-    written back. Anything else takes the full check (`validate_example`)."""
+    """The hot loop. Each line is first decoded as a plain example (`_PlainExample`: typed
+    decoding in C, faster than parsing into dicts); one whose role order the chat format allows
+    (looked up once per distinct sequence, `_plain_order`), whose every content stays non-empty
+    after normalisation and whose sources are non-blank is normalised in place, encoded (the
+    struct's field order is the canonical key order) and hashed here. Every other line, and any
+    line the fast path has doubts about, takes the reference `check_line` from its raw bytes,
+    which reports each problem at its field."""
     issues: list[Issue] = []
     records: list[Record] = []
     append = records.append
-    loads = orjson.loads
-    dumps = orjson.dumps
-    sort_keys = orjson.OPT_SORT_KEYS
-    decode_error = orjson.JSONDecodeError
+    decode = _PLAIN_DECODER.decode
+    encode = _CANONICAL_ENCODER.encode
+    not_plain = msgspec.DecodeError  # ValidationError (valid JSON, another shape) is a DecodeError
     sha256 = hashlib.sha256
     norm_text = normalize_text
     orders: dict[tuple[str, ...], int | None] = {}
@@ -190,55 +243,40 @@ def _scan_lines(lines: list[bytes], first: int) -> tuple[list[Record], list[Issu
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
-            obj = loads(raw)
-        except decode_error as exc:
-            if not raw.strip():
-                issues.append(Issue(lineno, "blank_line", "", "empty line; it is skipped (remove it)", "warning"))
-                continue
-            issues.append(Issue(lineno, "invalid_json", "", f"not valid JSON ({exc}); each line must be one complete JSON object"))
-            continue
-        if obj.__class__ is dict and len(obj) == 1:
-            messages = obj.get("messages")
-            if messages.__class__ is list and messages:
-                try:
-                    roles = tuple([m["role"] for m in messages])
-                    roles_bits = order_of(roles, _UNSEEN)
-                    if roles_bits == _UNSEEN:
-                        roles_bits = orders[roles] = _plain_order(roles)
-                except (KeyError, TypeError):  # a message that is not a mapping with a role, or an unhashable role
-                    roles_bits = None
-                if roles_bits is not None:
-                    chars = 0
-                    changed = None
-                    for m in messages:
-                        content = m.get("content")
-                        if content.__class__ is not str or len(m) != 2:
-                            break
-                        text = content.strip() if content.isascii() and content.isprintable() else norm_text(content)
-                        if not text:
-                            break
-                        if text is not content and text != content:
-                            if changed is None:
-                                changed = []
-                            changed.append((m, text))
-                        chars += len(text)
-                    else:
-                        if changed is not None:
-                            for m, text in changed:
-                                m["content"] = text
-                        if not roles_bits & 1:
-                            issues.append(Issue(lineno, "missing_system", "messages", _NO_SYSTEM, "warning"))
-                        if not roles_bits & 2:
-                            issues.append(Issue(lineno, "missing_user", "messages", _NO_USER, "warning"))
-                        canon = dumps(obj, option=sort_keys)
-                        append(Record(lineno, canon, sha256(canon).hexdigest(), chars // 4 + 4 * len(messages) + 1))
-                        continue
-        if validate_example(obj, lineno, issues):
-            # The chat format counts invisible-only content as empty, so normalisation (which
-            # removes those characters) cannot empty a message that passed.
-            norm = normalize_parsed(obj)
-            canon = canonical_json(norm)
-            append(Record(lineno, canon, sha256(canon).hexdigest(), estimate_tokens(norm["messages"])))
+            example = decode(raw)
+        except not_plain:
+            example = None
+        if example is not None:
+            messages = example.messages
+            roles = tuple([m.role for m in messages])
+            roles_bits = order_of(roles, _UNSEEN)
+            if roles_bits == _UNSEEN:
+                roles_bits = orders[roles] = _plain_order(roles)
+            sources = example.sources
+            if roles_bits is not None and (sources is msgspec.UNSET or (sources and all([s.strip() for s in sources]))):
+                chars = 0
+                # ASCII bytes without a backslash (no escapes, and JSON forbids raw control
+                # characters) hold only printable ASCII text, which normalisation just strips.
+                printable = raw.isascii() and b"\\" not in raw
+                for m in messages:
+                    content = m.content
+                    text = content.strip() if printable or (content.isascii() and content.isprintable()) else norm_text(content)
+                    if not text:
+                        break
+                    if text is not content:
+                        m.content = text
+                    chars += len(text)
+                else:
+                    if not roles_bits & 1:
+                        issues.append(Issue(lineno, "missing_system", "messages", _NO_SYSTEM, "warning"))
+                    if not roles_bits & 2:
+                        issues.append(Issue(lineno, "missing_user", "messages", _NO_USER, "warning"))
+                    canon = encode(example)
+                    append(Record(lineno, canon, sha256(canon).hexdigest(), chars // 4 + 4 * len(messages) + 1))
+                    continue
+        record = check_line(raw, lineno, issues)
+        if record is not None:
+            append(record)
     return records, issues
 
 

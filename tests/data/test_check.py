@@ -167,3 +167,90 @@ def test_tokenizer_never_runs_code_from_the_model_dir(tmp_path, tiny_model_dir):
     with pytest.raises(FtopsError, match="custom code"):
         load_tokenizer(str(model))
     assert not marker.exists()  # with trust_remote_code=True transformers would have run evil.py
+
+
+# Lines aimed at the fast path's edges: (line text, True when it is a plain example the fast path
+# must take itself). Every other line goes to the reference check.
+FAST_EDGES: list[tuple[str, bool]] = [
+    (chat("  padded question  ", "answer\t"), True),  # stripped
+    (line([SYS, USER, {"role": "assistant", "content": "one  \r\ntwo\n\n\n\nthree"}]), True),  # escapes: normalised
+    (chat("cafe\u0301 \u00a0ok", "d\u00e9j\u00e0 vu \u200b"), True),  # non-ASCII: NFC, spaces, invisible
+    (json.dumps({"messages": [USER, {"role": "assistant", "content": "caf\u00e9 \u2028"}]}, ensure_ascii=False), True),  # raw UTF-8
+    (line([USER, {"role": "assistant", "content": "del\x7f"}]), True),
+    (line([SYS, USER, ASSIST], sources=["refunds.md", "billing/vat.md"]), True),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], '
+     '"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}', True),  # last key wins
+    ('{"messages": [{"role": "system", "role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', True),
+    (chat("q", "a") + "\r", True),  # a CRLF file's line
+    (line([SYS, USER, ASSIST], sources=[]), False),
+    (line([SYS, USER, ASSIST], sources=["  "]), False),
+    (line([SYS, USER, ASSIST], sources=[3]), False),
+    (line([SYS, USER, ASSIST], sources="refunds.md"), False),
+    (line([USER, USER, ASSIST]), False),
+    (line([SYS, USER, ASSIST, USER]), False),
+    (line([SYS, {"role": "user", "content": ""}, ASSIST]), False),
+    (line([SYS, {"role": "user", "content": "\u200b\u2060"}, ASSIST]), False),
+    (line([]), False),
+    (line([{"role": "developer", "content": "x"}, USER, ASSIST]), False),
+    (line([SYS, {"role": "user", "content": "q", "name": "ann"}, ASSIST]), False),
+    (line([SYS, USER, {"role": "assistant", "content": "a", "weight": 0}]), False),
+    (line([SYS, {"role": "user", "content": ["q"]}, ASSIST]), False),
+    (line([SYS, {"role": "user", "content": None}, ASSIST]), False),
+    ('{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "b"}]}', False),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]} trailing', False),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "x": NaN}', False),
+    ("   ", False),
+    ("null", False),
+]
+
+
+def reference_scan(data: bytes) -> tuple[list, list]:
+    """Every line through the reference check alone (`check_line`), the way scan_bytes numbers them."""
+    from controller.data.check import check_line
+
+    body = data[:-1] if data.endswith(b"\n") else data
+    records, issues = [], []
+    for n, raw in enumerate(body.split(b"\n"), 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        record = check_line(raw, n, issues)
+        if record is not None:
+            records.append(record)
+    return records, issues
+
+
+def test_fast_path_and_reference_agree_on_every_line(monkeypatch):
+    """A mixed file (valid lines, every planted error, the fast path's edge cases) gives the same
+    records (line, canonical bytes, hash, token estimate) and the same issues through the scan as
+    through the reference check of each line, and the fast path really took the plain lines."""
+    from controller.data import check
+
+    texts = ["\ufeff" + chat("bom first", "ok")] + [t for t, _ in PLANTED] + [t for t, _ in FAST_EDGES]
+    plain = {1} | {n for n, (t, errs) in enumerate(PLANTED, 2) if t.startswith('{"messages"') and not errs and "tool" not in t}
+    plain |= {n for n, (_, fast) in enumerate(FAST_EDGES, 2 + len(PLANTED)) if fast}
+    data = "\n".join(texts).encode("utf-8", "surrogatepass")
+    want_records, want_issues = reference_scan(data)
+
+    sent: list[int] = []
+    reference = check.check_line
+    monkeypatch.setattr(check, "check_line", lambda raw, n, issues: sent.append(n) or reference(raw, n, issues))
+    scan = scan_bytes(data, workers=1)
+
+    assert [(r.line, r.canonical, r.hash, r.est_tokens) for r in scan.records] == \
+           [(r.line, r.canonical, r.hash, r.est_tokens) for r in want_records]
+    assert scan.issues == want_issues
+    assert set(sent) == set(range(1, len(texts) + 1)) - plain  # every other line took the reference
+    assert plain <= {r.line for r in scan.records}
+    # The planted errors are still each at its line and field through the scan.
+    assert {(i.line - 1, i.kind, i.field) for i in scan.errors if 1 < i.line <= len(PLANTED) + 1} == \
+           {(n, kind, fld) for n, (_, errs) in enumerate(PLANTED, 1) for kind, fld in errs}
+
+
+def test_fast_path_normalises_like_the_reference():
+    """What the fast path writes for a line that needs normalising is the normalised example."""
+    from controller.data.normalize import example_hash
+
+    scan = scan_bytes((line([SYS, USER, {"role": "assistant", "content": "one  \r\ntwo\n\n\n\nthree "}]) + "\n").encode())
+    (record,) = scan.records
+    assert record.example["messages"][2]["content"] == "one\ntwo\n\nthree"
+    assert record.hash == example_hash(json.loads(line([SYS, USER, {"role": "assistant", "content": "one\ntwo\n\nthree"}])))
