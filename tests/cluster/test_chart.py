@@ -295,3 +295,62 @@ def test_switches_off_render_valid_objects(helm, sets):
         assert not by_kind(docs, "Service") and "ports" not in pod["containers"][0]
         (np,) = by_kind(docs, "NetworkPolicy")
         assert not np["spec"].get("ingress")  # nothing may connect in
+
+
+def _controller_notifier(args: list[str], env: dict[str, str], monkeypatch):
+    """The notifier `ftops controller` builds from the rendered args and the pod's environment."""
+    from controller.cli import build_parser
+    from controller.commands.reconcile_commands import _notifier
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return _notifier(build_parser().parse_args(args))
+
+
+def test_notify_github_values_pass_the_flags_and_the_token_by_reference(helm, monkeypatch):
+    """notify.* become the controller's reporting flags; the token reaches the pod only as a
+    secretKeyRef, and the controller builds its GitHub notifier from exactly what is rendered."""
+    docs = render(helm, "notify-github")
+    c = controller_container(docs)
+    notify_args = [a for a in c["args"] if a.startswith(("--notify", "--github", "--webhook"))]
+    assert notify_args == ["--notify=github", "--notify-target-url=https://grafana.example.com/d/ftops",
+                           "--github-repository=acme/fine-tunes", "--github-token-env=FTOPS_GITHUB_TOKEN",
+                           "--github-mode=checks", "--github-api-url=https://github.example.com/api/v3"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["FTOPS_GITHUB_TOKEN"] == {"name": "FTOPS_GITHUB_TOKEN",
+                                         "valueFrom": {"secretKeyRef": {"name": "ftops-github", "key": "app-token"}}}
+    assert not by_kind(docs, "Secret")
+    notifier = _controller_notifier(c["args"], {"FTOPS_GITHUB_TOKEN": "token-from-the-secret"}, monkeypatch)
+    assert (type(notifier).__name__, notifier.repository, notifier.mode, notifier.api_url, notifier.target_url) == (
+        "GitHubNotifier", "acme/fine-tunes", "checks", "https://github.example.com/api/v3", "https://grafana.example.com/d/ftops")
+    assert notifier._headers["Authorization"] == "Bearer token-from-the-secret"
+
+    default = controller_container(render(helm, "default"))
+    assert not [a for a in default["args"] if a.startswith(("--notify", "--github", "--webhook"))]
+    assert not {"FTOPS_GITHUB_TOKEN", "FTOPS_WEBHOOK_SECRET"} & {e["name"] for e in default["env"]}
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_notify_webhook_values(helm, monkeypatch, signed):
+    args = ["template", "ftops", str(CHART), "-n", NS, "--set", "git.repo=https://git.example.com/x.git",
+            "--set", "notify.kind=webhook", "--set", "notify.webhook.url=https://hooks.example.com/ftops?team=ml"]
+    if signed:
+        args += ["--set", "notify.webhook.secretRef.name=ftops-webhook", "--set", "notify.webhook.secretRef.key=hmac"]
+    out = helm_run(helm, *args)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (deploy,) = by_kind(docs, "Deployment")
+    kubernetes_validate.validate(deploy, K8S_VERSION, strict=True)
+    c = controller_container(docs)
+    notify_args = [a for a in c["args"] if a.startswith(("--notify", "--github", "--webhook"))]
+    assert notify_args == ["--notify=webhook", "--notify-url=https://hooks.example.com/ftops?team=ml"] + (
+        ["--webhook-secret-env=FTOPS_WEBHOOK_SECRET"] if signed else [])
+    env = {e["name"]: e for e in c["env"]}
+    assert "FTOPS_GITHUB_TOKEN" not in env
+    if signed:
+        assert env["FTOPS_WEBHOOK_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "ftops-webhook", "key": "hmac"}}
+    else:
+        assert "FTOPS_WEBHOOK_SECRET" not in env
+    notifier = _controller_notifier(c["args"], {"FTOPS_WEBHOOK_SECRET": "k3y"} if signed else {}, monkeypatch)
+    assert (type(notifier).__name__, notifier.url, notifier.secret) == (
+        "WebhookNotifier", "https://hooks.example.com/ftops?team=ml", b"k3y" if signed else None)
