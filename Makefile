@@ -26,6 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 	# torch first and pinned: the CPU wheel. A looser requirement pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps kserve==0.21.0  # its API models only (requirements.lock says why)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -54,7 +55,7 @@ schema: $(STAMP)
 	$(VENV)/bin/ftops schema --markdown > docs/spec.md
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|ftops)' > requirements.lock.new && mv requirements.lock.new requirements.lock
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|ftops|kserve)' > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache

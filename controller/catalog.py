@@ -92,6 +92,8 @@ class ClusterDefaults(_Model):
     backoff_limit: int = 3
     training_flavor: Literal["job", "jobset", "trainjob"] = "job"
     training_runtime: str = Field(default="ftops-torch", description="ClusterTrainingRuntime a TrainJob refers to.")
+    serving_flavor: Literal["deployment", "kserve"] = Field(
+        default="deployment", description="Serving objects: Deployments (ftops rolls them out) or a KServe InferenceService.")
     # Added for the Kubernetes backend (templates/); every field keeps a working default.
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account_name: str = ""

@@ -346,6 +346,10 @@ def manifest_problems(doc: Any, namespace: str | None = None) -> list[str]:
         problems += _schema_errors(meta, "ObjectMeta", ref="io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
                                    where="metadata")
         problems += _crd_errors(doc)
+    elif (api, kind) == ("serving.kserve.io/v1beta1", "InferenceService"):
+        from controller.render.kserve import inference_service_problems
+
+        problems += inference_service_problems(doc)
     else:
         problems.append(f"{api} {kind} is not a kind ftops renders")
     name = str(meta.get("name", ""))

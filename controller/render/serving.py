@@ -53,6 +53,10 @@ def render_serving(inp: ServingInput | None = None, /, *, validate: bool = True,
     roll; the Deployment is per spec and track, so a new run is a rolling update."""
     if inp is None:
         inp = ServingInput(**kwargs)
+    if inp.operator.cluster.serving_flavor == "kserve":
+        from controller.render.kserve import render_kserve
+
+        return render_kserve(inp, validate=validate)
     context = _serving_context(inp)
     manifests: list[dict] = []
     for name in SERVING_TEMPLATES:

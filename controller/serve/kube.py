@@ -112,6 +112,9 @@ class KubernetesServing:
                   replicas: int | None = None) -> list[dict]:
         from controller.render import ServingInput, render_serving
 
+        if self.operator.cluster.serving_flavor != "deployment":
+            raise PermanentError(f"cluster.servingFlavor {self.operator.cluster.serving_flavor}: this deployer rolls out "
+                                 "Deployments; apply the InferenceService `ftops render` prints with your GitOps tool")
         corpus_uri, model = self.inputs.get((finetune.name, run_id), (None, None))
         return render_serving(ServingInput(
             finetune=finetune, run_id=run_id, data_md5=data_md5, git_commit=git_commit, operator=self.operator,
