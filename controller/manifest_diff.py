@@ -4,11 +4,16 @@ fields that change.
 Object names carry the run id (`triage-676fb786607b-train`), so a diff by name shows every
 object of a retrained spec deleted and added again, and a one-line change (`epochs: 3 -> 5`)
 becomes hundreds of lines. Here each object is paired with its counterpart by *role* (the
-training workload, the run config, the checkpoint volume, the serving Deployment, ...), the
-identities that every object repeats (run id, data md5) are said once at the top instead of in
-every name, label and path, and what is left is compared field by field. JSON held in a string
-(the run.json ConfigMap) is compared field by field too. The full rendered YAML at head is kept
-for a `<details>` block.
+training workload, the run config, the checkpoint volume, the evaluation Job and its eval.json,
+the serving Deployment, ...), the identities that objects repeat (run id, evaluation id, data md5)
+are said once at the top instead of in every name, label and path, and what is left is compared
+field by field. JSON held in a string (the run.json and eval.json ConfigMaps) is compared field by
+field too. The full rendered YAML at head is kept for a `<details>` block.
+
+The evaluation objects are rendered by the cluster backend's renderer (`render_evaluation`, with
+the eval.json the controller writes) and shown only when the evaluation id changes: an unchanged
+evaluation is never run again, so a change that leaves it alone (maxHours, labels) applies nothing
+there.
 
 The git commit is not a change: the reconciler keeps the commit that first asked for a run, so
 both sides are rendered with one lineage commit and a commit that changes nothing else renders
@@ -22,20 +27,29 @@ from typing import Any, Literal, Sequence
 
 from controller import labels as L
 from controller.catalog import OperatorConfig
-from controller.render import RenderError, ServingInput, input_for, render, render_serving, to_yaml
+from controller.evalconfig import EvalConfig, EvalData, EvalServing
+from controller.identity import eval_id, serving_config, serving_config_sha256
+from controller.render import (
+    EvaluationInput, RenderError, ServingInput, input_for, render, render_evaluation, render_serving, to_yaml,
+)
 from controller.source import SpecAtRev
+from controller.spec.finetune import FineTune
 
 ObjectChange = Literal["added", "removed", "changed"]
 JsonValue = Any
 """A value as it appears in a rendered manifest (the manifests are JSON-shaped dicts)."""
 
 RUN = "<run>"
+EVAL = "<eval>"
 DATA = "<data-md5>"
+_IDENTITIES = (("run", "run id", RUN), ("eval", "evaluation id", EVAL), ("data", "data md5", DATA))
+"""(key in the rendered ids, what the plan calls it, the placeholder shown in its place)."""
 
 _ROLES = {
     ("training", "ConfigMap", "run"): "run config (run.json)",
     ("training", "PersistentVolumeClaim", "ckpt"): "checkpoint volume",
     ("training", "Service", "workers"): "training workers Service",
+    ("evaluation", "ConfigMap", "evalcfg"): "evaluation config (eval.json)",
     ("serving", "ConfigMap", "serve"): "serving config (serve.json)",
     ("serving", "Deployment", "serve"): "serving Deployment",
     ("serving", "Service", "serve"): "serving Service",
@@ -114,14 +128,15 @@ def role_of(manifest: dict[str, JsonValue]) -> str:
 
 
 def _substitutions(base_ids: dict[str, str | None], head_ids: dict[str, str | None]) -> list[tuple[str, str]]:
-    """(value, placeholder), longest first: a full run id before its 12-character prefix."""
+    """(value, placeholder), longest first: a full run or evaluation id before its 12-character
+    prefix (what object names carry)."""
     out: list[tuple[str, str]] = []
     for ids in (base_ids, head_ids):
-        for key, placeholder in (("run", RUN), ("data", DATA)):
+        for key, _, placeholder in _IDENTITIES:
             value = ids.get(key)
             if value:
                 out.append((value, placeholder))
-                if key == "run" and len(value) > 12:
+                if key in ("run", "eval") and len(value) > 12:
                     out.append((value[:12], placeholder))
     return sorted(set(out), key=lambda item: -len(item[0]))
 
@@ -210,9 +225,11 @@ def _name(manifest: dict[str, JsonValue]) -> str:
 # ----------------------------------------------------------------------------- one spec
 
 
-def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig) -> tuple[list[dict], dict[str, str | None]]:
-    """Every object ftops would apply for the spec at `sha`: the training manifests of its run
-    and, when it serves, the serving ones. ([], {}) when the spec is absent or cannot have a run."""
+def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig,
+            corpus_version: str | None = None) -> tuple[list[dict], dict[str, str | None]]:
+    """Every object ftops would apply for the spec at `sha`: the training manifests of its run,
+    its evaluation's (eval.json and the Job) and, when it serves, the serving ones. ([], {}) when
+    the spec is absent or cannot have a run."""
     if state is None or sha is None or state.loaded.spec is None or state.data is None or not state.data.known:
         return [], {}
     spec = state.loaded.spec
@@ -221,29 +238,54 @@ def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig) 
     md5 = state.data.md5 or ""
     inp = input_for(spec, md5, sha, operator)
     manifests = list(render(inp))
+    config = _eval_config(spec, inp.run_id, operator, corpus_version)
+    manifests += render_evaluation(EvaluationInput(finetune=spec, config=config, data_md5=md5, git_commit=sha,
+                                                   operator=operator))
     if spec.spec.serving is not None:
         manifests += render_serving(ServingInput(finetune=spec, run_id=inp.run_id, data_md5=md5, git_commit=sha,
                                                  operator=operator))
-    return manifests, {"run": inp.run_id, "data": md5, "commit": sha}
+    return manifests, {"run": inp.run_id, "eval": config.eval_id, "data": md5, "commit": sha}
+
+
+def _eval_config(spec: FineTune, run_id: str, operator: OperatorConfig, corpus_version: str | None) -> EvalConfig:
+    """eval.json as the controller writes it for this run (controller.reconcile.evaluate.request):
+    the same evaluation id and served configuration. The paths are the controller's own; the
+    render points them at the pod's volumes, so placeholders are enough here."""
+    served = serving_config_sha256(serving_config(spec, corpus_version))
+    serving = spec.spec.serving
+    return EvalConfig(
+        eval_id=eval_id(run_id, spec, corpus_version), run_id=run_id, spec_name=spec.name,
+        run_uri=f"{operator.cluster.artifact_store.uri.rstrip('/')}/{spec.name}/{run_id}", finetune=spec,
+        data=EvalData(test="test.jsonl", train="train.jsonl"), repo_root=".",
+        serving=EvalServing(corpus=serving.corpus if serving and serving.corpus else None, corpus_version=corpus_version,
+                            config_sha256=served) if served else None,
+    )
+
+
+def _without_evaluation(manifests: list[dict]) -> list[dict]:
+    return [m for m in manifests if (m.get("metadata", {}).get("labels") or {}).get(L.COMPONENT) != "evaluation"]
 
 
 def for_spec(base: SpecAtRev | None, head: SpecAtRev | None, base_sha: str | None, head_sha: str | None,
-             operator: OperatorConfig) -> ManifestDiff:
+             operator: OperatorConfig, corpus_versions: tuple[str | None, str | None] = (None, None)) -> ManifestDiff:
     """The manifest diff of one spec between two commits (either side may be absent). Both sides
     render with the same lineage commit (head's): what is derived from the commit (its label,
-    a base model named by commit before it is published) is not a change."""
+    a base model named by commit before it is published) is not a change. `corpus_versions`:
+    the served corpus's version at base and head (part of the evaluation id)."""
     commit = head_sha or base_sha
     try:
-        before, base_ids = _render(base, commit if base_sha else None, operator)
+        before, base_ids = _render(base, commit if base_sha else None, operator, corpus_versions[0])
     except RenderError:
         before, base_ids = [], {}  # base did not render either: everything at head is new
     try:
-        after, head_ids = _render(head, commit if head_sha else None, operator)
+        after, head_ids = _render(head, commit if head_sha else None, operator, corpus_versions[1])
     except RenderError as exc:
         return ManifestDiff(error=str(exc), objects_base=len(before))
+    if base_ids and head_ids and base_ids.get("eval") == head_ids.get("eval"):
+        before, after = _without_evaluation(before), _without_evaluation(after)  # not evaluated again
     identities = tuple(
         FieldDelta(label, base_ids.get(key), head_ids.get(key))
-        for key, label in (("run", "run id"), ("data", "data md5"))
+        for key, label, _ in _IDENTITIES
         if base_ids and head_ids and base_ids.get(key) != head_ids.get(key)
     )
     objects = diff_objects(before, after, base_ids, head_ids)
@@ -267,7 +309,7 @@ def to_markdown(diff: ManifestDiff, *, full_render: bool = True, max_fields: int
     lines: list[str] = []
     if diff.identities:
         lines.append("Every object follows " + "; ".join(
-            f"{f.path} `{f.base}` → `{f.head}` (shown as `{RUN if f.path == 'run id' else DATA}`)" for f in diff.identities) + ".")
+            f"{f.path} `{f.base}` → `{f.head}` (shown as `{_PLACEHOLDERS[f.path]}`)" for f in diff.identities) + ".")
         lines.append("")
     lines += ["| object | change | field | base | head |", "|---|---|---|---|---|"]
     shown = 0
@@ -291,6 +333,9 @@ def to_markdown(diff: ManifestDiff, *, full_render: bool = True, max_fields: int
                       f"(of {diff.objects_head})</summary>", "", "```yaml",
                   diff.head_yaml.rstrip("\n"), "```", "", "</details>"]
     return "\n".join(lines)
+
+
+_PLACEHOLDERS = {label: placeholder for _, label, placeholder in _IDENTITIES}
 
 
 def _cell(text: str) -> str:

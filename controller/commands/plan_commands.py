@@ -97,7 +97,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             continue
         b, h = base_specs.get(spec_plan.file), head_specs.get(spec_plan.file)
         if not args.no_manifests:
-            spec_plan.manifests = for_spec(b, h, base, head, operator)
+            spec_plan.manifests = for_spec(b, h, base, head, operator, corpora.get(spec_plan.file, (None, None)))
         if h is None or h.loaded.spec is None or args.no_data:
             continue
         if spec_plan.decision == "Train":  # the merge pulls and prepares this data: so does the plan

@@ -159,6 +159,10 @@ def test_a_gates_only_change_costs_its_evaluation_not_a_retrain(pr_history):
     assert [a["action"] for a in spec["actions"]] == ["Evaluate", "Gate", "Deploy"]
     assert [p["phase"] for p in spec["cost"]["phases"]] == ["evaluation"]
     assert spec["runBase"] == spec["runHead"] and spec["data"] is None  # nothing to pull: no new run
+    # the manifest diff shows what the merge applies: the new evaluation's eval.json, paired by role
+    manifests = spec["manifests"]
+    assert [i["field"] for i in manifests["identities"]] == ["evaluation id"]
+    assert [(o["role"], o["change"]) for o in manifests["objects"]] == [("evaluation config (eval.json)", "changed")]
 
 
 def test_a_label_scrambling_relabel_is_warned_about_and_never_gets_a_tick(pr_history):
