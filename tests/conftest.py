@@ -55,3 +55,13 @@ class GitRepo:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> GitRepo:
     return GitRepo(tmp_path / "repo")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One xdist group per test area (tests/<area>/): `make test` runs two workers with
+    `--dist loadgroup`, and an area's session fixtures (the tiny models it trains, the demo repo
+    it builds) are then built by one worker only, once per test session, as without xdist."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        rel = Path(str(item.path)).resolve().relative_to(tests)
+        item.add_marker(pytest.mark.xdist_group(rel.parts[0] if len(rel.parts) > 1 else rel.stem))

@@ -172,11 +172,14 @@ ARTICLES: dict[str, str] = {"billing": "refunds.md", "bug": "app-crashes.md", "a
 FACTS: dict[str, str] = {"refunds.md": "5 to 7 business days", "app-crashes.md": "version 4.2",
                          "login-help.md": "15 minutes"}
 """The fact each article states (what a corpus commit changes)."""
+# Each article uses the words its label's questions ask with: BM25 matches words, not meanings
+# (measured: with "crashes" and "fixes" only, "How do I fix the crash?" retrieved other articles
+# and recall@2 of the gold article was 0.88).
 _ARTICLE_TEXT: dict[str, str] = {
-    "refunds.md": "# Refunds\n\nA refund of a charge or a payment goes back to the card it came from and takes {fact}. "
-                  "Open Billing > Invoices and choose Request refund.\n",
-    "app-crashes.md": "# App crashes\n\nWhen the app crashes, freezes or shows a blank page or an error, install {fact}, "
-                      "which fixes it. Known outages are posted on the status page.\n",
+    "refunds.md": "# Refunds\n\nA refund of a charge or a payment takes {fact} to arrive: the money goes back to the "
+                  "card it came from. Open Billing > Invoices and choose Request refund.\n",
+    "app-crashes.md": "# App crashes\n\nTo fix a crash, a freeze, a blank page or an error in the app, install {fact}: "
+                      "that version fixes it. Known outages are posted on the status page.\n",
     "login-help.md": "# Sign-in help\n\nAfter five failed sign-in attempts an account is locked for {fact}. A password "
                      "reset link from the sign-in page unlocks it at once.\n",
     "shipping.md": "# Shipping\n\nHardware orders ship within two days from our warehouse. Tracking numbers arrive by "

@@ -50,10 +50,10 @@ def test_win_rates_count_wins_ties_losses() -> None:
 def test_default_regression_suite_ships_and_parses() -> None:
     suite = read_examples(suite_path("default", None), "suite", answer_key="answer")
     assert len(suite) >= 25 and len({e.meta["id"] for e in suite}) == len(suite)
-    assert len({e.meta["skill"] for e in suite}) >= 5
-    capital = next(e for e in suite if e.reference == "Paris")
-    assert regression_item_score(capital, "The capital of France is Paris.") == 1.0
-    assert regression_item_score(capital, "Lyon") == 0.0
+    assert len({e.meta["skill"] for e in suite}) >= 4
+    first = next(e for e in suite if e.meta["skill"] == "first")
+    assert regression_item_score(first, f" {first.reference.upper()}.") == 1.0
+    assert regression_item_score(first, f'{{"label": "{first.reference}"}}') == 0.0
 
 
 def test_contamination_finds_planted_copies_and_reports_overlap() -> None:

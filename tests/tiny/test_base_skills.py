@@ -1,0 +1,69 @@
+"""The pretrained base has general skills, and the regression gate sees a fine-tune lose them.
+
+Measured by the real evaluator (`controller.evaluate.run_evaluation` on runs the real trainer
+trained, the default suite, bare prompts) and judged by the real gate, with the demo's threshold
+(`regression: {maxDrop: 0.05}`):
+- a LoRA fine-tune on the support tickets learns them and keeps the skills: it passes;
+- a full fine-tune trained far past that (every weight, many epochs) answers the skill prompts
+  the way it answers tickets: the gate blocks it on `regression.drop`, and says which items.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_helpers import spec, train_run, write_task_splits
+
+from controller.evaluate import run_evaluation
+from controller.gate import decide
+
+BASE_BAR = 0.9
+"""The base's score on the default suite it must reach (measured: see the report)."""
+MAX_DROP = 0.05
+"""The demo's regression gate."""
+LORA = ({"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
+        {"epochs": 5.0, "batchSize": 24, "learningRate": 3e-3})
+"""LoRA as the LoRA paper has it (query and value projections), 50 steps at a learning rate that
+learns the task (measured: 98% held-out, drop 0.025) without rewriting attention; at 1e-2 on
+every projection the same data forgets the skills too (measured: drop 0.9)."""
+OVERTRAINED_FULL = ({"type": "full"}, {"epochs": 6.0, "batchSize": 24, "learningRate": 3e-3})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_base: Path) -> dict[str, Path]:
+    store = tmp_path_factory.mktemp("store")
+    data = write_task_splits(tmp_path_factory.mktemp("data"))
+    return {
+        "data": data[1],
+        "lora": train_run(store, tiny_base, "0000000a1111", data, *LORA),
+        "overtrained": train_run(store, tiny_base, "0000000b2222", data, *OVERTRAINED_FULL),
+    }
+
+
+@pytest.mark.slow
+def test_the_base_is_skilled_and_a_lora_fine_tune_keeps_the_skills_while_learning_the_task(runs, tmp_path: Path) -> None:
+    ft = spec(tmp_path / "specs", MAX_DROP)
+    report = run_evaluation(runs["lora"], ft, runs["data"], output_dir=tmp_path / "eval", batch_size=32, progress=False)
+    reg = report.data["regression"]
+    assert reg["suite"] == "default" and reg["examples"] == 40
+    assert reg["base"] >= BASE_BAR, reg["perSkill"]
+    assert all(scores["base"] >= 0.7 for scores in reg["perSkill"].values()), reg["perSkill"]
+    assert report.metrics["task.json_field_match"] >= 0.9
+    assert reg["drop"] <= MAX_DROP, reg["forgotten"]
+    decision = decide(report, ft, report.data["runId"], report.sha256)
+    assert decision.passed, decision.message()
+
+
+@pytest.mark.slow
+def test_an_overtrained_full_fine_tune_forgets_the_skills_and_the_gate_blocks_it(runs, tmp_path: Path) -> None:
+    ft = spec(tmp_path / "specs", MAX_DROP)
+    report = run_evaluation(runs["overtrained"], ft, runs["data"], output_dir=tmp_path / "eval", batch_size=32, progress=False)
+    reg = report.data["regression"]
+    assert reg["base"] >= BASE_BAR
+    assert reg["drop"] > MAX_DROP
+    # It learned the task: what blocks it is only what it forgot.
+    assert report.metrics["task.json_field_match"] >= 0.9
+    decision = decide(report, ft, report.data["runId"], report.sha256)
+    assert [line.metric for line in decision.failures] == ["regression.drop"]
+    assert "regression drop from base" in decision.message()
+    assert reg["forgottenCount"] >= 3 and reg["forgotten"][0]["fineTuned"] != reg["forgotten"][0]["expected"]
