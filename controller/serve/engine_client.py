@@ -7,6 +7,10 @@ engine), spoken to only through that API and vLLM's adapter endpoints.
     tokenize(...)       POST /tokenize             -> token count and max_model_len (vLLM and ours)
     load / unload       POST /v1/load_lora_adapter, /v1/unload_lora_adapter
 
+The evaluator's reference models (controller.evaluate.reference: the A/B comparison's larger model,
+a managed fine-tune at its provider) are called through this same client, so an endpoint answers
+the evaluation exactly as it would answer the gateway.
+
 Why httpx2 rather than the openai SDK on this hop: it is the HTTP client the SDK itself is built
 on (pinned with it), and the gateway forwards JSON it never needs as typed objects, so each chunk
 is parsed once instead of into pydantic models and back. A failed call raises `EngineError` with
@@ -26,15 +30,32 @@ READ_TIMEOUT = 600.0
 class EngineError(Exception):
     """The engine answered `status` (0: it could not be reached) with OpenAI error `body`."""
 
-    def __init__(self, status: int, message: str, body: dict | None = None) -> None:
+    def __init__(self, status: int, message: str, body: dict | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body or {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        self.retry_after = retry_after
+        """Seconds the engine asked to wait (its Retry-After header), when it said."""
 
     @property
     def client_error(self) -> bool:
         """The request was wrong (4xx other than a missing model), not the engine."""
         return 400 <= self.status < 500 and self.status != 404
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again later: unreachable, a timeout, a conflict, a rate limit, a 5xx (the
+        statuses the openai SDK retries)."""
+        return self.status in (0, 408, 409, 429) or self.status >= 500
+
+
+def api_root(base_url: str) -> str:
+    """An OpenAI SDK base URL (`https://host/v1`) as the root this client takes; ValueError when it
+    does not end in /v1 (the client calls <root>/v1/chat/completions)."""
+    url = base_url.rstrip("/")
+    if not url.endswith("/v1"):
+        raise ValueError(f"{base_url!r} must end in /v1 (an OpenAI-compatible API's base URL)")
+    return url[: -len("/v1")]
 
 
 @dataclass(frozen=True)
@@ -69,7 +90,7 @@ class EngineClient:
         except httpx2.HTTPError as exc:
             raise EngineError(0, f"engine {self.base_url} unreachable: {type(exc).__name__}: {exc}") from None
         if resp.status_code >= 400:
-            raise _error(resp.status_code, resp.content, self.base_url)
+            raise _error(resp.status_code, resp.content, self.base_url, resp.headers.get("retry-after"))
         return resp
 
     async def models(self) -> list[ModelCard]:
@@ -123,7 +144,7 @@ class EngineClient:
         await self._post("/v1/unload_lora_adapter", {"lora_name": name})
 
 
-def _error(status: int, content: bytes, where: str) -> EngineError:
+def _error(status: int, content: bytes, where: str, retry_after: str | None = None) -> EngineError:
     try:
         body = json.loads(content)
         message = str((body.get("error") or {}).get("message") or body.get("message") or body)
@@ -131,4 +152,8 @@ def _error(status: int, content: bytes, where: str) -> EngineError:
             body = None
     except (ValueError, AttributeError):
         body, message = None, content[:500].decode(errors="replace")
-    return EngineError(status, message or f"engine {where} answered {status}", body)
+    try:
+        wait = max(0.0, float(retry_after)) if retry_after is not None else None
+    except ValueError:  # an HTTP date: not worth parsing; the caller's own backoff applies
+        wait = None
+    return EngineError(status, message or f"engine {where} answered {status}", body, wait)

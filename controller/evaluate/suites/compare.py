@@ -1,6 +1,11 @@
 """The A/B comparison: the same served inputs (the first `samples` held-out examples, retrieval
 and prompt included) through the fine-tune, its base and every reference model; each one's score
-with the task metric, the fine-tune's win rates against each, and a few examples side by side."""
+with the task metric, the fine-tune's win rates against each, and a few examples side by side.
+
+The suite asks `generate` for every model by name; a reference model at an endpoint answers
+through the gateway's engine client (controller.evaluate.reference.EndpointModel over
+controller.serve.engine_client), the same OpenAI-API path that serves users, and a local one
+through the evaluator's own batched generation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
