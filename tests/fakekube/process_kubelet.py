@@ -90,6 +90,27 @@ def parse_quantity(q: Any) -> float:
     return float(m.group(1)) * units.get(m.group(2), 1)
 
 
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of `root` (from /proc's parent links), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(entry))
+    out, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            out.append(child)
+            queue.append(child)
+    return out
+
+
 class ConfigError(Exception):
     """CreateContainerConfigError: an env reference that cannot be resolved (yet)."""
 
@@ -118,9 +139,20 @@ class ContainerRun:
         return self.started_at is not None and not self.done.is_set()
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None and not self.done.is_set():
+        """SIGTERM goes to the container's process group. SIGKILL reaches every process of the
+        container, as a runtime's kill of the container's cgroup does: its process group and every
+        descendant, including those in sessions of their own (torchrun starts each worker with
+        setsid, so a process-group kill alone would leave the workers training)."""
+        if self.proc is None or self.done.is_set():
+            return
+        pids = _descendants(self.proc.pid) if sig == signal.SIGKILL else []
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for pid in pids:
             try:
-                os.killpg(self.proc.pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 

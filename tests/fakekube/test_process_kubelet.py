@@ -269,6 +269,26 @@ def test_a_jobset_restarts_the_whole_group_when_a_worker_is_lost(cluster):
     assert {j["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] for j in jobs} == {"1"}
 
 
+def test_a_lost_pod_takes_every_process_with_it_even_one_in_a_session_of_its_own(cluster):
+    """kill_pod is a lost node: a container's processes all die, as when a runtime kills the
+    container's cgroup, including a child started with setsid (torchrun starts each worker so)."""
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+            "open('/work/out/child', 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n")
+    cluster.apply(pvc("work"), job("lost", code))
+    marker = cluster.wait(lambda: (cluster.claim_dir(NS, "work") / "child").exists() and cluster.claim_dir(NS, "work") / "child", 30)
+    [pod] = job_pods(cluster, "lost")
+    main = cluster.kubelet.pids(NS, pod["metadata"]["name"])["main"]
+    child = int(cluster.wait(lambda: marker.read_text(), 5))  # the pid as the host sees it (no pid namespace)
+    assert os.getpgid(child) != os.getpgid(main) and pid_alive(child)
+    cluster.kill_pod(NS, pod["metadata"]["name"])
+    failed = cluster.wait(lambda: finished(cluster, "lost"), 30)
+    assert failed["type"] == "Failed"
+    cluster.wait(lambda: not pid_alive(child), 10, "the setsid child survived its pod")
+    assert not pid_alive(main)
+
+
 def deployment(name: str, version: str, ready_path: str = "/", deadline: int = 600) -> dict:
     code = (f"import http.server, os, pathlib; pathlib.Path('/srv/version').write_text('{version}'); os.chdir('/srv');"
             "http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=8000, bind='0.0.0.0')")
