@@ -126,7 +126,7 @@ def test_attention_resolution(monkeypatch) -> None:
 
 def test_gradient_checkpointing_default_follows_model_size(tiny_model) -> None:
     parameters, size = base_parameter_count(tiny_model)
-    assert 50_000 < parameters < 200_000 and size == 4 * parameters  # float32 tiny Llama, from the headers
+    assert 50_000 < parameters < 1_000_000 and size == 4 * parameters  # float32 tiny Llama, from the headers
     assert wants_checkpointing(None, CHECKPOINTING_MIN_PARAMETERS) and not wants_checkpointing(None, parameters)
     assert wants_checkpointing(True, parameters) and not wants_checkpointing(False, 7_000_000_000)
 
