@@ -5,6 +5,7 @@ exits 78 although torchrun itself exits 1. The exit-code rule itself is a pure f
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,10 +22,14 @@ from controller.train.checkpoint import list_checkpoints
 from controller.train.launch import launcher_exit_code
 
 FULL = {"type": "full"}
-# 48 examples packed into rows of up to 256 tokens, 4 rows per step, 2 epochs: 20 steps, a checkpoint
-# every 5 (the SIGTERM lands between two)
-TRAINING = {"batchSize": 4, "epochs": 2, "learningRate": 3e-3, "packing": True, "checkpointEverySteps": 5}
+# 48 examples packed into rows of up to maxSeqLength 256 tokens (make_config's default), 4 rows per
+# step, 2 epochs, a checkpoint every 5 steps (the SIGTERM lands between two). How many steps that
+# is depends on the tokenizer's lengths, so it is derived from the data (`_planned_steps`).
+N_EXAMPLES, MAX_SEQ_LENGTH = 48, 256
+TRAINING = {"batchSize": 4, "epochs": 2, "learningRate": 3e-3, "packing": True, "checkpointEverySteps": 5,
+            "maxSeqLength": MAX_SEQ_LENGTH}
 FSDP = {"nodes": 1, "gpusPerNode": 2, "strategy": "fsdp"}
+SIGTERM_AFTER_STEPS = 7
 
 
 def _config(root: Path, model: Path, data, distributed: dict = FSDP, **training) -> Path:
@@ -39,9 +44,35 @@ def _losses(root: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (root / "out" / "metrics.jsonl").read_text().splitlines()]
 
 
+def _planned_steps(model: Path, train: Path) -> int:
+    """Optimizer steps of TRAINING on `train`, counted from the examples' token lengths under the
+    model's own chat template, not from the trainer's plan. Greedy packing puts between
+    floor(256 / longest) and floor(256 / shortest) examples in a row; where the two agree, every
+    row but an epoch's last holds exactly that many whatever the shuffle, so the count is exact."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    conversations = [json.loads(line)["messages"] for line in train.read_text().splitlines()]
+    lengths = [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations]
+    assert len(lengths) == N_EXAMPLES and max(lengths) <= MAX_SEQ_LENGTH
+    per_row = MAX_SEQ_LENGTH // max(lengths)
+    assert per_row == MAX_SEQ_LENGTH // min(lengths), (
+        f"examples of {min(lengths)}..{max(lengths)} tokens pack unevenly into {MAX_SEQ_LENGTH}; "
+        "the step count would depend on the shuffle: choose a maxSeqLength that packs them evenly")
+    rows = math.ceil(N_EXAMPLES / per_row)
+    return TRAINING["epochs"] * math.ceil(rows / TRAINING["batchSize"])
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    return write_task(tmp_path_factory.mktemp("dist-data"), n_train=48, n_test=8, seed=0)
+    return write_task(tmp_path_factory.mktemp("dist-data"), n_train=N_EXAMPLES, n_test=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def planned_steps(tiny_model, small_data) -> int:
+    steps = _planned_steps(tiny_model, small_data[0])
+    assert steps > SIGTERM_AFTER_STEPS + 1  # room for the SIGTERM test to stop mid-run, after a checkpoint
+    return steps
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +128,13 @@ def test_fsdp_refuses_4bit_weights() -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_writes_a_complete_trained_model(uninterrupted, tiny_model) -> None:
+def test_fsdp_writes_a_complete_trained_model(uninterrupted, tiny_model, planned_steps) -> None:
     """The shards are gathered into one complete model (tied weights once, as transformers writes
     them) that loads on its own. (That FSDP2 trains the same losses as DDP and one process was
     measured on this model: identical to 6 digits.)"""
     summary = json.loads((uninterrupted / "out" / "summary.json").read_text())
-    assert summary["strategy"] == "fsdp" and summary["world"] == 2 and summary["totalSteps"] == 20
+    assert summary["strategy"] == "fsdp" and summary["world"] == 2
+    assert summary["totalSteps"] == planned_steps and summary["packing"] is True
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -117,14 +149,15 @@ def test_fsdp_writes_a_complete_trained_model(uninterrupted, tiny_model) -> None
 
 @pytest.mark.slow
 def test_fsdp_sigterm_checkpoints_exits_143_and_resumes_to_the_same_losses(uninterrupted, tmp_path, tiny_model,
-                                                                           small_data) -> None:
+                                                                           small_data, planned_steps) -> None:
     config = _config(tmp_path, tiny_model, small_data)
     metrics = tmp_path / "ckpt" / "metrics.jsonl"
     with (tmp_path / "stdout").open("w") as out, (tmp_path / "stderr").open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "controller.train", "--config", str(config)], stdout=out,
                                 stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
-            while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 7):
+            while proc.poll() is None and (not metrics.exists()
+                                           or len(metrics.read_text().splitlines()) < SIGTERM_AFTER_STEPS):
                 time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)  # to the launcher only, as the kubelet does
             rc = proc.wait(timeout=300)
@@ -137,7 +170,7 @@ def test_fsdp_sigterm_checkpoints_exits_143_and_resumes_to_the_same_losses(unint
     assert exit_event["rankExitCodes"] == {"0": 143, "1": 143} and exit_event["sigterm"] is True
     assert exit_event["torchrunExitCode"] != exitcodes.PREEMPTED  # torchrun alone would not have said 143
     stopped = [e for e in events(stdout) if e.get("event") == "preempted"][0]["step"]
-    assert 7 <= stopped < 20
+    assert SIGTERM_AFTER_STEPS <= stopped < planned_steps
     assert [(s, ok) for s, _, ok in list_checkpoints(tmp_path / "ckpt")][-1] == (stopped, True)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -146,7 +179,7 @@ def test_fsdp_sigterm_checkpoints_exits_143_and_resumes_to_the_same_losses(unint
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["resumedFromSteps"] == [stopped] and summary["strategy"] == "fsdp"
     assert [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()] == \
-        list(range(1, 21))
+        list(range(1, planned_steps + 1))
     assert _losses(tmp_path) == pytest.approx(_losses(uninterrupted), rel=1e-6, abs=1e-7)
     baseline = json.loads((uninterrupted / "out" / "summary.json").read_text())
     assert summary["testLoss"] == pytest.approx(baseline["testLoss"], rel=1e-6)
