@@ -527,8 +527,16 @@ class Gateway:
             try:
                 replica = self._replica(route, tried)
             except EngineError as exc:
-                self._done(route, exc.status, started)
-                raise self._engine_failure(exc) from None
+                # Every replica that reported the adapter answered 404: it left after the last poll
+                # (a rollout unloads a canary or the old run right after rewriting the routes, before
+                # this gateway has read them). Not the run failing: its share goes to the other route.
+                fallback = None if pinned else self._fallback(route)
+                if fallback is None:
+                    self._done(route, exc.status, started)
+                    raise self._engine_failure(exc) from None
+                log("gateway-fallback", failed=route.run_id, to=fallback.run_id, error=str(exc)[:300])
+                route, pinned, tried = fallback, True, set()
+                continue
             tried.add(replica.client.base_url)
             replica.in_flight += 1
             self.metrics.in_flight.inc()

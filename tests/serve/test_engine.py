@@ -31,7 +31,7 @@ def _messages(ticket: str) -> list[dict]:
 def other_run(server, tmp_path_factory) -> str:
     """Run B's adapter with its LoRA weights replaced by seeded noise, and a manifest that matches
     them: a second real adapter over the same base that answers differently from A (the tiny runs
-    trained for a few steps both answer mostly newlines)."""
+    trained for a few steps stay close to the pretrained base, and so to each other)."""
     import hashlib
     import shutil
 
@@ -81,23 +81,38 @@ def test_the_adapter_answers_and_streams_the_same_text(engine):
     assert chunks[-1].usage.completion_tokens == resp.usage.completion_tokens
 
 
+# Prompts the pretrained base answers with several tokens before its end of turn (its copy,
+# reverse and JSON skills, controller.tiny.skills): the mechanics below need an answer longer than
+# the max_tokens and the stop string they cut it with, whatever the ticket task's answer is.
+LONG_ANSWER_PROMPTS = [
+    [{"role": "user", "content": "Repeat exactly: gray tree snow"}],
+    [{"role": "user", "content": "Reverse the words: lamp desk door"}],
+    [{"role": "user", "content": 'Answer in JSON with the key "answer": plum'}],
+    _messages(TICKETS[1]),
+]
+
+
 def test_max_tokens_and_stop(engine):
-    full = engine.chat.completions.create(model=RUN_A, messages=_messages(TICKETS[1]), max_tokens=16, temperature=0)
+    def greedy(messages, **kw):
+        return engine.chat.completions.create(model=RUN_A, messages=messages, temperature=0, **kw)
+
+    answers = [(greedy(m, max_tokens=16), m) for m in LONG_ANSWER_PROMPTS]
+    full, messages = max(answers, key=lambda a: a[0].usage.completion_tokens)
     text_full = full.choices[0].message.content
-    assert full.usage.completion_tokens >= 6 and len(text_full) >= 6, text_full
-    short = engine.chat.completions.create(model=RUN_A, messages=_messages(TICKETS[1]), max_tokens=3, temperature=0)
+    assert full.usage.completion_tokens >= 6 and len(text_full) >= 6, [a.choices[0].message.content for a, _ in answers]
+    short = greedy(messages, max_tokens=3)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
-    assert text_full.startswith(short.choices[0].message.content)
+    assert text_full.startswith(short.choices[0].message.content) and short.choices[0].message.content != text_full
     stop = text_full[3:5]  # a stop string the greedy answer contains: it ends at its first occurrence
     expected = text_full[:text_full.index(stop)]
     for stream in (False, True):
-        kw = dict(model=RUN_A, messages=_messages(TICKETS[1]), max_tokens=16, temperature=0, stop=[stop, "\u2603zzz"])
+        kw = dict(messages=messages, max_tokens=16, stop=[stop, "\u2603zzz"])
         if stream:
-            chunks = list(engine.chat.completions.create(stream=True, **kw))
+            chunks = list(greedy(stream=True, **kw))
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         else:
-            resp = engine.chat.completions.create(**kw)
+            resp = greedy(**kw)
             text, finish = resp.choices[0].message.content, [resp.choices[0].finish_reason]
         assert text == expected and finish == ["stop"], (stream, text, stop)  # nothing of the stop string leaks
 

@@ -23,16 +23,21 @@ from serve_helpers import ANSWER_DOC, QUESTION, RUN_A, RUN_B, SPEC_NAME, wait_re
 
 
 class Running:
-    """A Gateway on its own port (an event loop in a thread)."""
+    """A Gateway on its own port (an event loop in a thread). `watch=False`: it asks the replicas
+    what they hold once, at start, and never again (what it believes between two polls)."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, watch: bool = True) -> None:
         from controller.serve.asgi import InThread, bind
         from controller.serve.gateway import Gateway, start
 
         self.gateway = Gateway(config)
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._thread = InThread([(self.gateway.app, sock)], [lambda: start(self.gateway)])
+        self._thread = InThread([(self.gateway.app, sock)], [lambda: start(self.gateway) if watch else self._once()])
+
+    async def _once(self) -> None:
+        await asyncio.to_thread(self.gateway.load_index)
+        await self.gateway.apply(self.gateway.config)
 
     def client(self, key: str = "unused") -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
@@ -50,8 +55,8 @@ def _chat(client: OpenAI, **kw):
 def gateway_with(server):
     started: list[Running] = []
 
-    def make(wait: bool = True, **changes) -> Running:
-        gw = Running(replace(server.gateway.config, **changes))
+    def make(wait: bool = True, watch: bool = True, **changes) -> Running:
+        gw = Running(replace(server.gateway.config, **changes), watch)
         started.append(gw)
         if wait:
             wait_ready(gw.url)
@@ -143,11 +148,16 @@ def test_a_stream_whose_client_leaves_frees_its_slot(gateway_with):
         assert resp.status == 200 and resp.fp.readline()
         conn.sock.close()
         conn.close()
-        for _ in range(100):
+        for _ in range(200):
             if gw.gateway._slots._value == 1:
                 break
             threading.Event().wait(0.05)
-    assert _chat(gw.client()).model_extra["citations"][0]["path"] == ANSWER_DOC
+        assert gw.gateway._slots._value == 1, "a stream whose client left still holds the only slot"
+    # the freed slot serves: with no queue, a leaked slot would answer this with a 429
+    done = _chat(gw.client())
+    assert done.choices[0].finish_reason in ("stop", "length") and done.usage.completion_tokens > 0
+    assert done.model_extra["sources"][0]["path"] == ANSWER_DOC  # the whole gateway path: retrieval, prompt, engine
+    assert gw.gateway._slots._value == 1
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +214,33 @@ def test_requests_go_only_to_replicas_that_report_their_adapter(server, replica2
         assert {_chat(client).system_fingerprint for _ in range(6)} == {RUN_A}
     finally:
         asyncio.run(_load(replica2.url, RUN_B, str(Path(server.config.run_dir).parent / RUN_B)))
+
+
+def test_a_route_whose_adapter_left_since_the_last_poll_gives_its_requests_to_the_other(env, server, replica2,
+                                                                                       gateway_with):
+    """A rollout that rolls a canary back (or promotes it) rewrites the routes and unloads the
+    adapter at once, before the gateway has read the new routes; until its next poll the gateway
+    still believes the replica holds it. The replica's 404 sends the request to the other route:
+    the user gets an answer, not a 503. A request pinned to that run has nowhere else to go."""
+    from controller.serve.gateway import Route
+
+    asyncio.run(_load(replica2.url, "leaving", str(env.run_dir(RUN_B))))
+    try:
+        gw = gateway_with(watch=False, engines=(server.engine_url, replica2.url),
+                          routes=(Route(RUN_A, RUN_A, 1), Route("leaving", "leaving", 99)))
+    finally:
+        asyncio.run(_unload(replica2.url, "leaving"))
+    assert [r.client.base_url for r in gw.gateway._eligible("leaving")] == [replica2.url]  # what it last saw
+    client = gw.client()
+    answers = []
+    while gw.gateway._eligible("leaving") and len(answers) < 20:  # 99 to 1: the first one goes there
+        answers.append(_chat(client))
+    assert not gw.gateway._eligible("leaving"), "no request went to the replica that lost the adapter"
+    assert {a.system_fingerprint for a in answers} == {RUN_A}
+    assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
+    with pytest.raises(openai.InternalServerError) as info:
+        _chat(client, model="leaving")
+    assert info.value.status_code == 503 and "leaving" in info.value.message
 
 
 async def _unload(url: str, name: str) -> None:
