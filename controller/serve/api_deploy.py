@@ -41,6 +41,7 @@ from controller.identity import serving_config, serving_config_sha256
 from controller.seams import DeployEvent, Deployer, DeployRequest, DeployResult, JsonObject, Serving
 from controller.serve import history
 from controller.serve.deploy import event, rollback_target
+from controller.serve.engine_client import api_root
 from controller.serve.gatecheck import GateNotPassed, gate_decision
 from controller.serve.gateway import GatewayConfig, Route, write_config
 from controller.status import Reason
@@ -51,12 +52,13 @@ POLL = 1.0
 
 def engine_root(base_url: str, provider: str) -> str:
     """The provider as an engine: its root, under which the gateway calls /v1/models and
-    /v1/chat/completions (the operator configures the API's base URL, ending in /v1)."""
-    url = base_url.rstrip("/")
-    if not url.endswith("/v1"):
+    /v1/chat/completions (the operator configures the API's base URL, ending in /v1); the
+    error names the operator-config field."""
+    try:
+        return api_root(base_url)
+    except ValueError:
         raise PermanentError(f"operator config providers.{provider}.baseUrl {base_url!r} must end in /v1 to serve through "
-                             "the gateway (it calls <root>/v1/chat/completions)")
-    return url[: -len("/v1")]
+                             "the gateway (it calls <root>/v1/chat/completions)") from None
 
 
 class ApiServing:
