@@ -40,10 +40,10 @@ $(TOOLS)/bin/kubectl:
 	@$(TOOLS)/bin/kubectl version --client >/dev/null && $(TOOLS)/bin/helm version >/dev/null
 
 test: setup
-	# Two workers, one per core, each test area on one worker (tests/conftest.py): an area's
-	# session fixtures (the tiny models it trains) are built once, and one worker's waits on
-	# subprocesses and servers overlap the other's training.
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -n 2 --dist loadgroup
+	# Three workers on two cores, each test area on one worker (tests/conftest.py): an area's
+	# session fixtures (the tiny models it trains) are built once, and the waits of one worker
+	# on subprocesses, servers and pods overlap the others' training.
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -n 3 --dist loadgroup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 

@@ -297,6 +297,18 @@ class PodWorker:
         return f"fakekube://{self.uid[:8]}-{run.name}-{run.restart}"
 
 
+def _image_dirs(python_bin: Path) -> list[str]:
+    """The interpreter's and the venv's prefixes and the folder the `controller` package is
+    imported from (an editable install points into the checkout), outermost first."""
+    import importlib.util
+
+    dirs = {str(Path(sys.prefix).resolve()), str(Path(sys.base_prefix).resolve()), str(python_bin.resolve().parent)}
+    found = importlib.util.find_spec("controller")
+    if found and found.submodule_search_locations:
+        dirs.add(str(Path(list(found.submodule_search_locations)[0]).resolve().parent))
+    return sorted(dirs, key=lambda d: d.count("/"))
+
+
 class ProcessKubelet:
     """Runs the pods of a FakeKube. start()/stop(), or use it as a context manager."""
 
@@ -310,6 +322,11 @@ class ProcessKubelet:
         self.node_name = node_name
         self.python_bin = Path(python_bin or Path(sys.executable).parent)
         self.image_path = f"{self.python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        self.image_dirs = _image_dirs(self.python_bin)
+        """Host directories that make up the "image" (the interpreter, the venv, the project an
+        editable install points at). A pod volume mounted over a parent of one (an emptyDir at
+        /tmp while the checkout lives under /tmp) must not hide it: a real image's files are
+        never under the pod's volumes, so the sandbox binds these back, read-only, on top."""
         self.probe_scale = probe_scale
         self.crash_backoff = crash_backoff
         self.resync = resync
@@ -906,7 +923,7 @@ class ProcessKubelet:
                 "workingDir": c.get("workingDir") or "/", "command": command, "user": uid, "group": gid,
                 "groups": groups, "noNewPrivs": csc.get("allowPrivilegeEscalation") is False,
                 "dropAllCaps": "ALL" in ((csc.get("capabilities") or {}).get("drop") or []),
-                "statusFd": write_fd, "parentPid": os.getpid()}
+                "statusFd": write_fd, "parentPid": os.getpid(), "imageDirs": self.image_dirs}
         spec_path = w.dir / f"{name}.{len(runs)}.json"
         spec_path.write_text(json.dumps(spec))
         with open(run.log_path, "ab") as log:

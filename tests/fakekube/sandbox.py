@@ -20,7 +20,7 @@ SPEC.json: {"netns": "/proc/<pid>/ns/net", "scratch": dir, "hostname": str,
             "mounts": [{"source", "target", "readOnly"}], "readOnlyRoot": bool,
             "workingDir": str, "command": [...], "user": int|null, "group": int|null,
             "groups": [int], "noNewPrivs": bool, "dropAllCaps": bool, "statusFd": int,
-            "parentPid": int}
+            "parentPid": int, "imageDirs": [str]}
 The environment of this process is the container's environment. If anything fails before the
 exec, a one-line reason is written to statusFd and the exit code is 128 (the runtime's
 StartError); a successful exec closes statusFd (close-on-exec) with nothing written.
@@ -120,6 +120,15 @@ def _prepare(spec: dict) -> None:
                 open(target, "w").close()
         _mount(m["source"], target, None, MS_BIND | MS_REC)
         if m.get("readOnly"):
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # The image's own directories stay visible under any volume mounted over a parent of them
+    # (see ProcessKubelet.image_dirs), read-only as an image layer is.
+    targets = [m["target"].rstrip("/") or "/" for m in spec.get("mounts") or []]
+    for image_dir in spec.get("imageDirs") or []:
+        if any(image_dir == t or image_dir.startswith(t.rstrip("/") + "/") for t in targets):
+            target = _inside(root, image_dir)
+            os.makedirs(target, exist_ok=True)
+            _mount(image_dir, target, None, MS_BIND | MS_REC)
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     workdir = spec.get("workingDir") or "/"
     os.makedirs(_inside(root, workdir), exist_ok=True)
