@@ -55,20 +55,3 @@ class GitRepo:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> GitRepo:
     return GitRepo(tmp_path / "repo")
-
-
-OWN_GROUP = {"cluster/test_e2e_cluster.py", "reconciler/test_end_to_end.py", "backends/test_api_end_to_end.py"}
-"""End-to-end modules that take minutes and build what they need in module fixtures: each gets a
-worker of its own, so the area's other tests do not queue behind it."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """One xdist group per test area (tests/<area>/), and one per module in OWN_GROUP: `make test`
-    runs `-n 3 --dist loadgroup`, and an area's session fixtures (the tiny models it trains, the
-    demo repo it builds) are then built by one worker only, once per test session, as without
-    xdist. Three workers on two cores: much of the suite waits on subprocesses, servers and pods."""
-    tests = Path(__file__).resolve().parent
-    for item in items:
-        rel = Path(str(item.path)).resolve().relative_to(tests)
-        group = rel.as_posix() if rel.as_posix() in OWN_GROUP else (rel.parts[0] if len(rel.parts) > 1 else rel.stem)
-        item.add_marker(pytest.mark.xdist_group(group))
