@@ -43,9 +43,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_well_trained_run_passes_every_gate_through_the_cli(well_run, tmp_path: Path, oracle_server) -> None:
-    # regression's maxDrop is 1.0 here, not the guide's 0.05: this ticket fine-tune forgets the
-    # base's general skills, which the next test shows the gate blocking at 0.05. A run that
-    # learns its task and keeps the skills (replaying general data) is not built yet.
+    # regression's maxDrop is 1.0 here, not the guide's 0.05: this fixture's fine-tune (LoRA on the
+    # default targets at 1e-2) forgets the base's general skills, which the next test shows the gate
+    # blocking at 0.05. A LoRA run that learns the task and keeps them, passing at 0.05, is
+    # tests/tiny/test_base_skills.py.
     repo = tmp_path / "repo"
     _write_jsonl(repo / "bias" / "tickets.jsonl",
                  [{**strip_system(e), "channel": "email" if i % 2 else "chat"} for i, e in enumerate(task.generate_examples(24, seed=77))])
@@ -112,8 +113,8 @@ def test_a_run_that_forgets_the_base_skills_is_blocked_by_the_regression_gate(we
     """The pretrained tiny base has general skills (copy a span, first/last word, reverse); this
     ticket fine-tune learns its task and forgets them (measured: base 0.95, fine-tuned under 0.1 on
     the default suite). The regression gate at the guide's 0.05 blocks it, and only it, naming
-    what was forgotten. (Keeping the skills through a fine-tune, e.g. by replaying general data,
-    is not built yet: a well-trained run passing this gate is not tested.)"""
+    what was forgotten. (A LoRA recipe that keeps the skills and passes at 0.05:
+    tests/tiny/test_base_skills.py.)"""
     spec_file = write_spec(tmp_path / "specs", f"""    task: {{metric: json_field_match, fields: [label], min: 0.9}}
     format:
 {LABEL_SCHEMA_YAML}
