@@ -55,3 +55,12 @@ class GitRepo:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> GitRepo:
     return GitRepo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """The pretrained tiny base, copied out of the on-disk cache (pretrained at most once per
+    machine and key, whatever the number of test sessions or xdist workers)."""
+    from controller.tiny.model import init_tiny_model
+
+    return init_tiny_model(tmp_path_factory.mktemp("base") / "tiny")

@@ -42,13 +42,6 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    from controller.tiny.model import init_tiny_model
-
-    return init_tiny_model(tmp_path_factory.mktemp("base") / "tiny")
-
-
-@pytest.fixture(scope="session")
 def splits(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
     train = [strip_system(e) for e in task.generate_examples(N_TRAIN, seed=0)]

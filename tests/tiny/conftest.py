@@ -24,13 +24,6 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    from controller.tiny.model import init_tiny_model
-
-    return init_tiny_model(tmp_path_factory.mktemp("base") / "tiny")
-
-
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch) -> Path:
     """A cache of this test's own, so what it builds (and what it breaks) is nobody else's."""
