@@ -40,7 +40,7 @@ from controller.fsutil import read_json, write_json_atomic
 from controller.identity import serving_config, serving_config_sha256
 from controller.seams import DeployEvent, Deployer, DeployRequest, DeployResult, JsonObject, Serving
 from controller.serve import history
-from controller.serve.deploy import event, rollback_target
+from controller.serve.deploy import event, process_alive, rollback_target
 from controller.serve.engine_client import api_root
 from controller.serve.gatecheck import GateNotPassed, gate_decision
 from controller.serve.gateway import GatewayConfig, Route, write_config
@@ -353,12 +353,12 @@ class ByMethod:
 
 
 def _alive(pid: int) -> bool:
+    """deploy.process_alive, after reaping the gateway if it is our own exited child."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return process_alive(pid)
     try:
         os.waitpid(pid, os.WNOHANG)  # our own exited child: reap it, so it is not a zombie
     except ChildProcessError:

@@ -106,7 +106,7 @@ def _get_json(url: str) -> tuple[int, dict | None]:
     return code, data if isinstance(data, dict) else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -176,7 +176,7 @@ class LocalServing:
     def _healthy(self, cur: dict, run_id: str | None = None) -> bool:
         code, body = _get_json(f"{cur['url']}/readyz")
         want = run_id or cur["runId"]
-        return bool(code == 200 and body and body.get("runId") == want and _alive(int(cur["pid"])))
+        return bool(code == 200 and body and body.get("runId") == want and process_alive(int(cur["pid"])))
 
     def _record(self, spec: str, ev: DeployEvent) -> DeployEvent:
         return history.append(self.store, spec, ev)
@@ -216,7 +216,7 @@ class LocalServing:
         deadline = self.clock.monotonic() + grace
         while self.clock.monotonic() < deadline:
             _reap(pid)
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             self.clock.sleep(0.1)
         try:
@@ -378,7 +378,7 @@ class LocalServing:
                 code, body = _get_json(f"{ends[0]}/readyz")
                 if code == 200 and body and body.get("runId") == ro["runId"]:
                     return self._switch(spec, {**ro, "url": ends[0], "engineUrl": ends[1]}, cur)
-            if not _alive(int(ro["pid"])):
+            if not process_alive(int(ro["pid"])):
                 _reap(int(ro["pid"]))
                 return self._fail(spec, ro, f"the server exited before it was ready: {self._log_tail(ro['node'])}")
             if elapsed > self.ready_timeout:

@@ -138,7 +138,7 @@ def test_rollback_only_to_runs_that_served_and_passed(env, serving):
 
 
 def _alive(pid: int) -> bool:
-    from controller.serve.deploy import _alive as alive
+    from controller.serve.deploy import process_alive as alive
 
     return alive(pid)
 
