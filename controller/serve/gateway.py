@@ -491,7 +491,7 @@ class Gateway:
         hits = await self._hits(chat.query)
         started = time.perf_counter()
         if chat.stream:
-            return sse(self._stream(route, chat, hits, started))
+            return sse(self._stream(route, pinned, chat, hits, started))
         await self._acquire()
         try:
             body = await self._complete(route, pinned, chat, hits, started)
@@ -587,37 +587,72 @@ class Gateway:
         status = 503 if exc.status == 503 else 502
         return RequestError(status, f"the model engine failed: {exc}", type_="server_error", code="engine_error")
 
-    async def _stream(self, route: Route, chat: ChatRequest, hits: "Hits", started: float) -> AsyncIterator[dict]:
+    async def _stream(self, route: Route, pinned: bool, chat: ChatRequest, hits: "Hits",
+                      started: float) -> AsyncIterator[dict]:
         """Engine chunks with the spec's name, the run id and, on the first one, the sources shown
         (as `sources`, and as `citations` until the answer is known); the chunk that finishes the
         answer carries the citations of what the answer cited.
-        Errors after the first byte travel as an error event (the status line is already sent)."""
+
+        Until the first event is sent, a failure is handled as `_complete` handles it: a replica
+        that answers 404 for the adapter (it left since the last poll) hands the request to the
+        next replica, then to the other route (unless the request pinned its run), and so does an
+        engine failure. After the first event the answer is the client's already: errors travel
+        as an error event (the status line is sent)."""
         first_token = None
-        replica = None
         code = 200
+        sent = False
+        tried: set[str] = set()
         await self._acquire()
         try:
-            replica = self._replica(route, set())
-            replica.in_flight += 1
-            self.metrics.in_flight.inc()
-            messages, hits = await self._fit(replica, route, chat, hits)
-            cites: list[dict] | None = citations(hits)
-            answer: list[str] = []
-            async for event in replica.client.stream(self._payload(route, chat, messages)):
-                event.update(model=self.config.spec_name, system_fingerprint=route.run_id)
-                if cites is not None:
-                    event["citations"], event["sources"], cites = cites, sources(hits), None
-                for choice in event.get("choices") or []:
-                    answer.append((choice.get("delta") or {}).get("content") or "")
-                    if choice.get("finish_reason"):
-                        event["citations"] = citations(hits, "".join(answer))
-                    if (choice.get("delta") or {}).get("content"):
-                        if first_token is None:
-                            first_token = time.perf_counter()
-                            self.metrics.ttft.labels(route.run_id).observe(first_token - started)
-                if event.get("usage"):
-                    self._tokens(route, event["usage"], time.perf_counter() - started)
-                yield event
+            while True:
+                try:
+                    replica = self._replica(route, tried)
+                except EngineError as exc:
+                    fallback = None if pinned else self._fallback(route)
+                    if fallback is None:
+                        raise
+                    log("gateway-fallback", failed=route.run_id, to=fallback.run_id, error=str(exc)[:300], stream=True)
+                    route, pinned, tried = fallback, True, set()
+                    continue
+                tried.add(replica.client.base_url)
+                replica.in_flight += 1
+                self.metrics.in_flight.inc()
+                try:
+                    messages, shown = await self._fit(replica, route, chat, hits)
+                    cites: list[dict] | None = citations(shown)
+                    answer: list[str] = []
+                    async for event in replica.client.stream(self._payload(route, chat, messages)):
+                        event.update(model=self.config.spec_name, system_fingerprint=route.run_id)
+                        if cites is not None:
+                            event["citations"], event["sources"], cites = cites, sources(shown), None
+                        for choice in event.get("choices") or []:
+                            answer.append((choice.get("delta") or {}).get("content") or "")
+                            if choice.get("finish_reason"):
+                                event["citations"] = citations(shown, "".join(answer))
+                            if (choice.get("delta") or {}).get("content"):
+                                if first_token is None:
+                                    first_token = time.perf_counter()
+                                    self.metrics.ttft.labels(route.run_id).observe(first_token - started)
+                        if event.get("usage"):
+                            self._tokens(route, event["usage"], time.perf_counter() - started)
+                        sent = True
+                        yield event
+                    return
+                except EngineError as exc:
+                    if sent or exc.client_error and exc.status != 404:
+                        raise
+                    if exc.status == 404:  # this replica lost the adapter: ask another one
+                        replica.models.discard(route.model)
+                        continue
+                    fallback = None if pinned else self._fallback(route)
+                    if fallback is None:
+                        raise
+                    self._done(route, exc.status or 502, started)  # the failed run's error, for the analysis
+                    log("gateway-fallback", failed=route.run_id, to=fallback.run_id, error=str(exc)[:300], stream=True)
+                    route, pinned, tried = fallback, True, set()
+                finally:
+                    replica.in_flight -= 1
+                    self.metrics.in_flight.dec()
         except RequestError as exc:
             code = exc.status
             yield exc.body()
@@ -629,9 +664,6 @@ class Gateway:
             raise
         finally:
             self._slots.release()
-            if replica is not None:
-                replica.in_flight -= 1
-                self.metrics.in_flight.dec()
             self._done(route, code, started)
 
 

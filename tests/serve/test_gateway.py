@@ -243,6 +243,35 @@ def test_a_route_whose_adapter_left_since_the_last_poll_gives_its_requests_to_th
     assert info.value.status_code == 503 and "leaving" in info.value.message
 
 
+
+def test_a_stream_whose_route_lost_its_adapter_since_the_last_poll_falls_back_before_its_first_byte(
+        env, server, replica2, gateway_with):
+    """The same stale route as above, streamed: the replica's 404 comes before any event was sent,
+    so the gateway gives the stream to the other route (the client sees one clean answer from
+    run A, never an error event). Pinned to the run that left, a stream has nowhere to go: its
+    one event is the 503 error."""
+    from controller.serve.gateway import Route
+
+    asyncio.run(_load(replica2.url, "leaving", str(env.run_dir(RUN_B))))
+    try:
+        gw = gateway_with(watch=False, engines=(server.engine_url, replica2.url),
+                          routes=(Route(RUN_A, RUN_A, 1), Route("leaving", "leaving", 99)))
+    finally:
+        asyncio.run(_unload(replica2.url, "leaving"))
+    assert [r.client.base_url for r in gw.gateway._eligible("leaving")] == [replica2.url]  # what it last saw
+    client = gw.client()
+    streams = []
+    while gw.gateway._eligible("leaving") and len(streams) < 20:  # 99 to 1: the first one goes there
+        streams.append(list(_chat(client, stream=True)))
+    assert not gw.gateway._eligible("leaving"), "no stream went to the replica that lost the adapter"
+    for chunks in streams:
+        assert {c.system_fingerprint for c in chunks} == {RUN_A}
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert chunks[0].model_extra["sources"][0]["path"] == ANSWER_DOC  # retrieval and prompt as before
+    with pytest.raises(openai.APIError) as info:
+        list(_chat(client, model="leaving", stream=True))
+    assert "leaving" in info.value.message
+
 async def _unload(url: str, name: str) -> None:
     from controller.serve.engine_client import EngineClient
 
