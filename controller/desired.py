@@ -36,11 +36,14 @@ NO_IDENTITIES = Identities(None, None, None)
 
 
 def identities(state: SpecAtRev, template_version: str, corpus_version: str | None = None) -> Identities:
-    """The identities of a valid spec whose data version is known; none otherwise."""
+    """The identities of a valid spec whose data versions (the dataset's and, where it replays
+    one, the replay file's) are known; none otherwise."""
     spec = state.loaded.spec
     if spec is None or state.data is None or not state.data.known:
         return NO_IDENTITIES
-    run = run_id(spec, state.data.md5 or "", template_version)
+    if spec.spec.training.replay is not None and (state.replay is None or not state.replay.known):
+        return NO_IDENTITIES
+    run = run_id(spec, state.data.md5 or "", template_version, state.replay.md5 if state.replay is not None else None)
     return Identities(run, eval_id(run, spec, corpus_version), serving_id(run, spec, corpus_version))
 
 

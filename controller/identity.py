@@ -35,27 +35,49 @@ API_TRAINER_VERSION = "api-1"
 the job's parameters), so every api spec trains again."""
 
 
-def run_inputs(spec: FineTune, data_md5: str, template_version: str) -> dict[str, Any]:
-    """The exact inputs hashed into the run id (shown by `ftops plan` when they change)."""
+def _trained_fields(spec: FineTune, fields: set[str] | None = None) -> set[str]:
+    """The training fields in a run's identity: `fields` (all by default), and `replay` only where
+    it is set, so specs that replay nothing keep the run ids they had before the field existed."""
+    chosen = set(fields if fields is not None else type(spec.spec.training).model_fields)
+    if spec.spec.training.replay is None:
+        chosen.discard("replay")
+    else:
+        chosen.add("replay")
+    return chosen
+
+
+def _data(spec: FineTune, data_md5: str, replay_md5: str | None) -> dict[str, Any]:
+    """The data a run learns from: the dataset version and split, and the version of the file it
+    replays (spec.training.replay) when it replays one."""
+    s = spec.spec
+    data: dict[str, Any] = {"md5": data_md5, "testFraction": s.dataset.test_fraction,
+                            "nearDuplicateThreshold": s.dataset.near_duplicate_threshold}
+    if s.training.replay is not None:
+        data["replay"] = {"md5": replay_md5}
+    return data
+
+
+def run_inputs(spec: FineTune, data_md5: str, template_version: str, replay_md5: str | None = None) -> dict[str, Any]:
+    """The exact inputs hashed into the run id (shown by `ftops plan` when they change).
+    `replay_md5`: the version of spec.training.replay.path at the commit (ignored without one)."""
     s = spec.spec
     if s.method.type == "api":
-        return api_run_inputs(spec, data_md5)
+        return api_run_inputs(spec, data_md5, replay_md5)
     return {
         # Two specs with the same inputs are still two runs: each owns its artifacts and history.
         "spec": spec.metadata.name,
         "baseModel": {"uri": s.base_model.uri, "revision": s.base_model.revision},
         "method": s.method.model_dump(mode="json", by_alias=True),
-        "training": s.training.model_dump(mode="json", by_alias=True),
+        "training": s.training.model_dump(mode="json", by_alias=True, include=_trained_fields(spec)),
         # Data-parallel width changes the global batch, hence the result.
         "worldSize": s.hardware.gpus_per_node * s.hardware.nodes,
-        "data": {"md5": data_md5, "testFraction": s.dataset.test_fraction,
-                 "nearDuplicateThreshold": s.dataset.near_duplicate_threshold},
+        "data": _data(spec, data_md5, replay_md5),
         "template": template_version,
         "trainer": TRAINER_VERSION,
     }
 
 
-def api_run_inputs(spec: FineTune, data_md5: str) -> dict[str, Any]:
+def api_run_inputs(spec: FineTune, data_md5: str, replay_md5: str | None = None) -> dict[str, Any]:
     """What determines a managed fine-tune's result: the provider, its base model, the
     hyper-parameters and seed, and the data it is given (the dataset version, the split, and the
     training fields that shape the uploaded file: RAFT prompts, the length check). Not the
@@ -63,19 +85,18 @@ def api_run_inputs(spec: FineTune, data_md5: str) -> dict[str, Any]:
     templates (nothing is rendered)."""
     s = spec.spec
     method = s.method.model_dump(mode="json", by_alias=True, exclude={"credentials"})
-    training = s.training.model_dump(mode="json", by_alias=True, include={"retrieval", "max_seq_length"})
+    training = s.training.model_dump(mode="json", by_alias=True, include=_trained_fields(spec, {"retrieval", "max_seq_length"}))
     return {
         "spec": spec.metadata.name,
         "method": method,
         "training": training,
-        "data": {"md5": data_md5, "testFraction": s.dataset.test_fraction,
-                 "nearDuplicateThreshold": s.dataset.near_duplicate_threshold},
+        "data": _data(spec, data_md5, replay_md5),
         "trainer": API_TRAINER_VERSION,
     }
 
 
-def run_id(spec: FineTune, data_md5: str, template_version: str) -> str:
-    return _digest(run_inputs(spec, data_md5, template_version))
+def run_id(spec: FineTune, data_md5: str, template_version: str, replay_md5: str | None = None) -> str:
+    return _digest(run_inputs(spec, data_md5, template_version, replay_md5))
 
 
 PROMPT_VERSION = "sources-cite-1"

@@ -236,7 +236,7 @@ def _render(state: SpecAtRev | None, sha: str | None, operator: OperatorConfig,
     if spec.spec.method.type == "api":
         return [], {}  # a provider's job and its hosted model: ftops applies no Kubernetes objects for them
     md5 = state.data.md5 or ""
-    inp = input_for(spec, md5, sha, operator)
+    inp = input_for(spec, md5, sha, operator, replay_md5=state.replay.md5 if state.replay is not None else None)
     manifests = list(render(inp))
     config = _eval_config(spec, inp.run_id, operator, corpus_version)
     manifests += render_evaluation(EvaluationInput(finetune=spec, config=config, data_md5=md5, git_commit=sha,

@@ -308,16 +308,23 @@ def _name_of(state: SpecAtRev) -> str:
 
 
 def _data_issue(state: SpecAtRev) -> SpecIssue | None:
-    data = state.data
+    """Why a valid spec has no run identity at this revision: its dataset (or the file it
+    replays) has no version, as an issue at the field that names it."""
     spec = state.loaded.spec
-    if spec is None or data is None or data.known:
+    if spec is None:
         return None
     located = state.loaded.located
-    line = located.line_of(("spec", "dataset", "path")) if located else 1
-    message = data.error or (
-        f"dataset '{data.path}' has no version at this revision: commit '{data.path}.dvc' with `ftops data version`"
-    )
-    return SpecIssue(state.path, line, "spec.dataset.path", message)
+    replay = spec.spec.training.replay
+    checks = [(state.data, spec.spec.dataset.path, ("spec", "dataset", "path"))]
+    if replay is not None:
+        checks.append((state.replay, replay.path, ("spec", "training", "replay", "path")))
+    for data, path, field in checks:
+        if (data is None and field[1] == "dataset") or (data is not None and data.known):
+            continue
+        message = (data.error if data is not None else None) or (
+            f"'{path}' has no version at this revision: commit the file, or '{path}.dvc' with `ftops data version`")
+        return SpecIssue(state.path, located.line_of(field) if located else 1, ".".join(field), message)
+    return None
 
 
 def plan_spec(
@@ -378,6 +385,9 @@ def plan_spec(
     plan.change = "changed"
     if data_changed:
         plan.diff.insert(0, FieldChange("data.md5", base.data.md5 if base.data else None, data.md5 if data else None))
+    replay_md5 = (base.replay.md5 if base.replay else None, head.replay.md5 if head.replay else None)
+    if replay_md5[0] != replay_md5[1] and base.loaded.spec.spec.training.replay and spec.spec.training.replay:
+        plan.diff.insert(int(data_changed), FieldChange("replay.md5", *replay_md5))
     # The decision is the reconciler's own (controller.desired); the reasons say which fields made it.
     decision = decide(ids_head, ids_base, spec.spec.serving is not None, changed=True)
     plan.actions.extend(Action(verb, _reason(decision.action, verb, plan.diff, ids_base, ids_head, corpus_versions))
@@ -444,7 +454,7 @@ def _served_changes(diff: list[FieldChange], corpus_versions: tuple[str | None, 
     return changes
 
 
-_RUN_PREFIXES = ("data.", "spec.baseModel.uri", "spec.baseModel.revision", "spec.method", "spec.training",
+_RUN_PREFIXES = ("data.", "replay.", "spec.baseModel.uri", "spec.baseModel.revision", "spec.method", "spec.training",
                  "spec.hardware.gpusPerNode", "spec.hardware.nodes", "spec.dataset.testFraction",
                  "spec.dataset.nearDuplicateThreshold")
 
@@ -462,15 +472,15 @@ def plan_change(
     head_sha: str,
     corpus_versions: dict[str, tuple[str | None, str | None]] | None = None,
 ) -> Plan:
-    """Plan every spec file present at base or head. Unchanged files (same blob, same data
-    pointer) are recognised without recomputing anything."""
+    """Plan every spec file present at base or head. Unchanged files (same blob, same data and
+    replay versions, same corpus) are recognised without recomputing anything."""
     base = base or {}
     corpus_versions = corpus_versions or {}
     plans = []
     unchanged = 0
     for path in sorted(set(base) | set(head)):
         b, h = base.get(path), head.get(path)
-        if b is not None and h is not None and b.blob == h.blob and b.data == h.data and \
+        if b is not None and h is not None and b.blob == h.blob and b.data == h.data and b.replay == h.replay and \
                 corpus_versions.get(path, (None, None))[0] == corpus_versions.get(path, (None, None))[1]:
             if h.loaded.errors:
                 plans.append(SpecPlan(_name_of(h), path, "unchanged", issues=list(h.loaded.issues)))

@@ -693,6 +693,18 @@ class SpecAtRev:
     blob: str
     loaded: LoadedSpec
     data: DataVersion | None
+    replay: DataVersion | None = None
+    """The version of spec.training.replay.path (None when the spec replays nothing)."""
+
+
+def _versions_of(cache: "SpecCache", source: GitSource, entries: dict[str, Entry],
+                 loaded: LoadedSpec) -> tuple[DataVersion | None, DataVersion | None]:
+    """(dataset version, replay file version) of a valid spec at the tree `entries`."""
+    if loaded.spec is None:
+        return None, None
+    dataset, replay = loaded.spec.spec.dataset.path, loaded.spec.spec.training.replay
+    versions = cache.data_versions(source, entries, [dataset] + ([replay.path] if replay is not None else []))
+    return versions[dataset], versions[replay.path] if replay is not None else None
 
 
 def _with_parents(paths: Iterable[str]) -> tuple[str, ...]:
@@ -727,11 +739,8 @@ def load_specs_at(
     files = spec_paths(entries)
     view = GitTreeView(source, sha)
     checked = cache.load(source, files, view, catalog)
-    data = cache.data_versions(source, entries, [l.spec.spec.dataset.path for l in checked.values() if l.spec is not None])
-    return {
-        path: SpecAtRev(path, files[path].sha, loaded, data[loaded.spec.spec.dataset.path] if loaded.spec is not None else None)
-        for path, loaded in sorted(checked.items())
-    }
+    return {path: SpecAtRev(path, files[path].sha, loaded, *_versions_of(cache, source, entries, loaded))
+            for path, loaded in sorted(checked.items())}
 
 
 def dataset_version(source: GitSource, sha: str, path: str, cache: SpecCache | None = None) -> DataVersion:
@@ -798,8 +807,5 @@ def load_specs_incremental(
     if files:
         view = GitTreeView(source, sha)
         for path, loaded in cache.load(source, files, view, catalog).items():
-            data = None
-            if loaded.spec is not None:
-                data = cache.data_versions(source, entries, [loaded.spec.spec.dataset.path])[loaded.spec.spec.dataset.path]
-            result[path] = SpecAtRev(path, files[path].sha, loaded, data)
+            result[path] = SpecAtRev(path, files[path].sha, loaded, *_versions_of(cache, source, entries, loaded))
     return dict(sorted(result.items()))

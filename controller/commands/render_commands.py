@@ -45,17 +45,30 @@ def load_finetune(path: Path, gpu_types: list[str] | None = None):
     return loaded.spec
 
 
-def _data_md5(spec_path: Path, dataset_path: str) -> str:
+def _version_md5(spec_path: Path, rel: str) -> str | None:
+    """The version the controller would read for a file of the spec's repo, from the working tree:
+    the md5 its `.dvc` pointer records, or the md5 of the file itself when it is committed to git
+    (controller.source.SpecCache.data_versions); None when neither is there."""
+    import hashlib
+
     from controller.source import parse_dvc_pointer, toplevel
 
     root = toplevel(spec_path.resolve()) or spec_path.resolve().parent.parent
-    pointer = root / (dataset_path + ".dvc")
+    pointer = root / (rel + ".dvc")
     if pointer.is_file():
-        version = parse_dvc_pointer(dataset_path, pointer.read_bytes())
-        if version.md5:
-            return version.md5.removesuffix(".dir")
-    print(f"ftops render: warning: {pointer} has no md5; using {ZERO_MD5} (pass --data-md5)", file=sys.stderr)
-    return ZERO_MD5
+        version = parse_dvc_pointer(rel, pointer.read_bytes())
+        return version.md5.removesuffix(".dir") if version.md5 else None
+    if (root / rel).is_file():
+        return hashlib.md5((root / rel).read_bytes()).hexdigest()
+    return None
+
+
+def _data_md5(spec_path: Path, dataset_path: str) -> str:
+    md5 = _version_md5(spec_path, dataset_path)
+    if md5 is None:
+        print(f"ftops render: warning: {dataset_path}.dvc has no md5; using {ZERO_MD5} (pass --data-md5)", file=sys.stderr)
+        return ZERO_MD5
+    return md5
 
 
 def _commit(spec_path: Path) -> str:
@@ -80,7 +93,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     finetune = load_finetune(path, sorted(operator.gpus))
     md5 = args.data_md5 or _data_md5(path, finetune.spec.dataset.path)
     commit = args.commit or _commit(path)
-    inp = input_for(finetune, md5, commit, operator, namespace=args.namespace, flavor=args.flavor)
+    replay = finetune.spec.training.replay
+    inp = input_for(finetune, md5, commit, operator, namespace=args.namespace, flavor=args.flavor,
+                    replay_md5=_version_md5(path, replay.path) if replay is not None else None)
     manifests = render(inp)
     if args.serving:
         manifests += render_serving(ServingInput(

@@ -51,22 +51,29 @@ def data_ready(manifest: dict[str, Any], review: "ReviewStatus") -> DataReady:
 
 def source_at(repo: str | Path, rev: str, params: DataParams, workdir: str | Path) -> Path:
     """The dataset file as pinned at `rev`, materialised under `<workdir>/sources/` (verified)."""
+    return file_at(repo, rev, params.data_path, Path(workdir) / "sources" / params.spec_name, "spec.dataset.path")
+
+
+def file_at(repo: str | Path, rev: str, rel: str, dest_dir: Path, field: str) -> Path:
+    """A data file of the repo as pinned at `rev`: pulled through its `.dvc` pointer (verified by
+    controller.data.dvc) or, committed to git directly, its blob; materialised under
+    `<dest_dir>/<md5>/` by content, so two passes at one version share one copy. `field` names the
+    spec field that points at it, for the error when neither is there."""
     from controller.data import dvc
 
-    pointer_rel = params.data_path + ".dvc"
+    pointer_rel = rel + ".dvc"
     with GitSource(Path(repo).resolve()) as source:
         commit = source.resolve(rev)
         pointer = source.show(commit, pointer_rel)
-        blob = source.show(commit, params.data_path) if pointer is None else None
-    dest_dir = Path(workdir) / "sources" / params.spec_name
-    name = Path(params.data_path).name
+        blob = source.show(commit, rel) if pointer is None else None
+    name = Path(rel).name
     if pointer is not None:  # pull decodes it strictly and names a broken one
         md5 = dvc.parse_pointer(pointer.decode("utf-8", errors="replace"), pointer_rel).md5
-        return dvc.pull(source.repo, commit, params.data_path, dest_dir / md5 / name).path
+        return dvc.pull(source.repo, commit, rel, dest_dir / md5 / name).path
     if blob is None:
         raise PermanentError(
-            f"{params.data_path}: not in the repository at {commit[:12]} (neither the file nor {params.data_path}.dvc); "
-            "commit the dataset or version it with `ftops data version`"
+            f"{field} {rel}: not in the repository at {commit[:12]} (neither the file nor {rel}.dvc); "
+            "commit the file or version it with `ftops data version`"
         )
     import hashlib
 
@@ -105,6 +112,9 @@ def prepare_spec(
     from controller.data.raft import for_spec  # gold sources checked against the corpus; RAFT rendering
 
     prepared = for_spec(Path(repo), commit, finetune, data, prepared, Path(workdir))
+    from controller.data import replay  # general conversations mixed into the training split
+
+    prepared = replay.for_spec(Path(repo), commit, finetune, prepared, Path(workdir))
     return prepared, status, data_ready(prepared.manifest, status)
 
 

@@ -258,12 +258,14 @@ def run_config_for(finetune: FineTune, run_id: str, data_md5: str) -> RunConfig:
 
 
 def input_for(finetune: FineTune, data_md5: str, git_commit: str, operator: OperatorConfig,
-              run_config: RunConfig | Mapping[str, Any] | None = None, **extra: Any) -> RenderInput:
+              run_config: RunConfig | Mapping[str, Any] | None = None, replay_md5: str | None = None,
+              **extra: Any) -> RenderInput:
     """A RenderInput whose run id is the real run identity (controller.identity), for callers
-    that start from a spec: `ftops render`, `ftops plan`, the reconciler."""
+    that start from a spec: `ftops render`, `ftops plan`, the reconciler. `replay_md5`: the
+    version of spec.training.replay.path, where the spec replays a file."""
     from controller.identity import run_id as identity_run_id
 
-    rid = identity_run_id(finetune, data_md5, template_version())
+    rid = identity_run_id(finetune, data_md5, template_version(), replay_md5)
     return RenderInput(
         finetune=finetune, run_id=rid, data_md5=data_md5, git_commit=git_commit, operator=operator,
         run_config=run_config if run_config is not None else run_config_for(finetune, rid, data_md5), **extra,

@@ -423,6 +423,7 @@ def _repo_path_fields(data: Any) -> list[tuple[Path_, str, tuple[str, ...]]]:
     add(("spec", "baseModel", "uri"), ("dir",))
     add(("spec", "dataset", "path"), ("file", "dvc"))
     add(("spec", "dataset", "review", "file"), ("file", "missing"))
+    add(("spec", "training", "replay", "path"), ("file", "dvc"))
     add(("spec", "evaluation", "format", "schemaPath"), ("file",))
     add(("spec", "evaluation", "regression", "suite"), ("file", "dvc"), skip=("default",))
     models = _value_at(data, ("spec", "evaluation", "compare", "models"))

@@ -96,6 +96,6 @@ class ApiMethod(SpecModel):
 API_SCHEME = "api://"
 Method = Annotated[Union[LoraMethod, QloraMethod, FullMethod, ApiMethod], Field(discriminator="type")]
 METHOD_TYPES = ("lora", "qlora", "full", "api")
-API_TRAINING_FIELDS = ("retrieval", "maxSeqLength")
+API_TRAINING_FIELDS = ("retrieval", "replay", "maxSeqLength")
 """The `training` fields that apply to method api: they shape the data ftops prepares and uploads
 (RAFT prompts, the length check); the provider owns the optimisation (method.hyperparameters)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from controller.spec.base import SpecModel
+from controller.spec.base import RepoPath, SpecModel
 
 
 class RetrievalTraining(SpecModel):
@@ -26,6 +26,28 @@ class RetrievalTraining(SpecModel):
         default=1, ge=0, le=16,
         description="Distractor sources per training prompt: the corpus chunks BM25 ranks highest for the question "
         "that are not from a gold document (random chunks fill in when it finds fewer).",
+    )
+
+
+class ReplayTraining(SpecModel):
+    """Replay of general data during the fine-tune, so the model keeps what it could do before.
+
+    Why: a fine-tune that learns a narrow task can forget the base model's general skills
+    (catastrophic forgetting), which the regression gate measures and blocks. Mixing a share of
+    general conversations, like those the base was trained on, into every epoch is the standard
+    remedy (rehearsal). The replayed examples go into the training split only, as written (no
+    retrieved sources: they are not served prompts); the test split and every evaluation stay as
+    they were. The file is read at the spec's commit (committed to git or tracked by DVC) and its
+    version is part of the run identity, so a changed replay file trains a new run."""
+
+    path: RepoPath = Field(
+        description="Chat JSONL of general conversations to replay (the same format as the dataset), committed to "
+        "git or tracked by DVC. None of its prompts may be in the regression suite or the test split.",
+    )
+    share: float = Field(
+        gt=0, le=4,
+        description="Replayed examples per training example (0.5: one replayed conversation for every two of the "
+        "dataset's). Drawn from the file without repeats while it lasts, in an order fixed by training.seed.",
     )
 
 
@@ -68,4 +90,9 @@ class TrainingSpec(SpecModel):
         description="Train on served prompts (RAFT): sources from spec.serving.corpus put in each prompt by the serving "
         "prompt builder, rendered once when the data is prepared. Needs spec.serving.corpus. Omit to train on the "
         "examples as written.",
+    )
+    replay: ReplayTraining | None = Field(
+        default=None,
+        description="Mix general conversations into the training split so the fine-tune keeps the base model's "
+        "skills (rehearsal; the regression gate measures them). Omit to train on the dataset alone.",
     )

@@ -187,3 +187,15 @@ def write_suite(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in suite_lines()), encoding="utf-8")
     return path
+
+
+REPLAY_SEED = 5_000_011
+"""The replay file's seed: fresh items from the pretraining distribution, not its stream."""
+
+
+def replay_lines(n: int, seed: int = REPLAY_SEED) -> list[dict]:
+    """`n` general conversations for a fine-tune to replay (spec.training.replay): the skills
+    the base was pretrained on, as chat examples (prompt and the assistant's exact answer), none
+    of them a held-out suite prompt (`pretraining_items` skips those)."""
+    return [{"messages": item.chat + [{"role": "assistant", "content": item.answer}]}
+            for item in pretraining_items(n, seed=seed)]
