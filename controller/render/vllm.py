@@ -27,6 +27,7 @@ uses (controller.render.pods). Every manifest is validated against the Kubernete
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from controller import labels as L
@@ -42,6 +43,9 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """The ranks vLLM's --max-lora-rank accepts."""
 ENGINE_PORT = 8000
 ADAPTERS_DIR = "/adapters"
+SYNCED = ".synced"
+"""The sidecar's marker in ADAPTERS_DIR while its replica holds every desired adapter
+(controller.serve.sidecar writes it; the sidecar's readiness probe reads it)."""
 TEMPLATE_DIR = "/etc/ftops/engine"
 
 
@@ -63,10 +67,35 @@ class EnginePoolInput:
     gpu_type: str = "a100-80gb"
     gpus: int = 1
     max_loras: int = 4
+    adapter_ranks: tuple[int, ...] = ()
+    """The ranks of the adapters the pool holds now (during a rollout an older run's adapter may
+    have a larger rank than its spec asks for today); --max-lora-rank covers them and the specs'."""
 
 
-def max_lora_rank(finetunes: tuple[FineTune, ...]) -> int:
-    ranks = [int(getattr(ft.spec.method, "r", 0) or 0) for ft in finetunes]
+def serving_engine(finetune: FineTune, operator: OperatorConfig) -> str:
+    """The engine the operator chose for the spec's serving pool: `vllm` on a GPU pool
+    (cluster.servingGpus > 0, gpus.<type>.engine vllm), else ftops' `embedded` engine."""
+    gpu_type = finetune.spec.hardware.gpu_type
+    gpus = operator.gpus
+    if operator.cluster.serving_gpus and gpu_type in gpus and gpus[gpu_type].engine == "vllm":
+        return "vllm"
+    return "embedded"
+
+
+def pool_name(model: ModelSource, chat_template: str) -> str:
+    """One pool per base model (as materialised in the model cache) and chat template: the specs
+    whose runs have both in common share it."""
+    key = hashlib.sha256(f"{model.cache_key}\n{chat_template}".encode()).hexdigest()[:12]
+    return f"pool-{key}"
+
+
+def desired_set_uri(store_root: str, namespace: str, pool: str) -> str:
+    """Where the deployer keeps a pool's desired adapter set (read by every replica's sidecar)."""
+    return f"{store_root.rstrip('/')}/_engines/{namespace}/{pool}/adapters.json"
+
+
+def max_lora_rank(finetunes: tuple[FineTune, ...], extra: tuple[int, ...] = ()) -> int:
+    ranks = [int(getattr(ft.spec.method, "r", 0) or 0) for ft in finetunes] + [int(r) for r in extra]
     need = max(ranks or [8])
     for rank in VLLM_LORA_RANKS:
         if rank >= need:
@@ -90,8 +119,10 @@ def render_vllm(inp: EnginePoolInput, validate: bool = True) -> list[dict]:
     selector = {L.NAME: "ftops", L.COMPONENT: "engine", L.ENGINE_POOL: inp.pool}
     template_name = object_name(inp.pool, hashlib.sha256(inp.chat_template.encode()).hexdigest()[:16], "template")
     names = {"deployment": object_name(inp.pool, None, "engine"), "service": object_name(inp.pool, None, "engine")}
-    rank = max_lora_rank(inp.finetunes)
-    args = ["--model", inp.model.pod_path, "--served-model-name", "base", "--enable-lora",
+    rank = max_lora_rank(inp.finetunes, inp.adapter_ranks)
+    # The model is `vllm serve`'s positional argument: some vLLM versions refuse --model with serve,
+    # later ones deprecate it.
+    args = [inp.model.pod_path, "--served-model-name", "base", "--enable-lora",
             "--max-lora-rank", str(rank), "--max-loras", str(inp.max_loras),
             "--chat-template", f"{TEMPLATE_DIR}/chat_template.jinja", "--dtype", "bfloat16",
             "--tensor-parallel-size", str(inp.gpus), "--host", "0.0.0.0", "--port", str(ENGINE_PORT)]
@@ -115,10 +146,13 @@ def render_vllm(inp: EnginePoolInput, validate: bool = True) -> list[dict]:
     sidecar = container(
         "adapter-sidecar", c,
         ["ftops", "serve", "sidecar", "--desired", inp.desired_uri, "--engine", f"http://127.0.0.1:{ENGINE_PORT}",
-         "--cache", ADAPTERS_DIR],
+         "--cache", ADAPTERS_DIR, "--interval", "2"],
         [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *store_env(c)],
         {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-        [{"name": "adapters", "mountPath": ADAPTERS_DIR}, {"name": "tmp", "mountPath": "/tmp"}])
+        [{"name": "adapters", "mountPath": ADAPTERS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        # in the Service only once this replica holds every desired adapter (controller.serve.sidecar)
+        readinessProbe={"exec": {"command": ["test", "-f", f"{ADAPTERS_DIR}/{SYNCED}"]}, "periodSeconds": 2,
+                        "failureThreshold": 1})
     inputs = inputs_container(c, inp.finetunes[0], [], inp.model, [])
     volumes = [model_cache_volume(c), {"name": "adapters", "emptyDir": {}},
                {"name": "chat-template", "configMap": {"name": template_name}}, {"name": "tmp", "emptyDir": {}},
@@ -153,4 +187,120 @@ def render_vllm(inp: EnginePoolInput, validate: bool = True) -> list[dict]:
 def engine_url(inp: EnginePoolInput) -> str:
     """How the gateway finds every replica: the headless Service's name, resolved per request
     cycle to one address per ready pod (`dns+` tells the gateway to resolve it)."""
-    return f"dns+http://{object_name(inp.pool, None, 'engine')}.{inp.namespace}.svc:{ENGINE_PORT}"
+    return pool_url(inp.pool, inp.namespace)
+
+
+def pool_url(pool: str, namespace: str) -> str:
+    return f"dns+http://{object_name(pool, None, 'engine')}.{namespace}.svc:{ENGINE_PORT}"
+
+
+GATEWAY_PORT = 8000
+
+
+@dataclass(frozen=True)
+class GatewayInput:
+    """A spec's gateway in front of an engine pool: what its Deployment depends on."""
+
+    finetune: FineTune
+    routes: tuple[tuple[str, int], ...]
+    """(run id, weight): the run ids are the adapters' names in the pool."""
+    engines: tuple[str, ...]
+    """The pool's replicas (engine_url: its headless Service, resolved per request cycle)."""
+    data_md5: str
+    git_commit: str
+    operator: OperatorConfig
+    namespace: str
+    corpus_uri: str | None = None
+    """The corpus version the gate passed, published as a bundle; None: the spec serves without one."""
+    replicas: int | None = None
+
+
+def gateway_json(inp: GatewayInput) -> dict:
+    """The gateway's configuration (controller.serve.gateway.GatewayConfig's JSON form)."""
+    from controller.render.serving import CORPUS_DIR
+
+    serving = inp.finetune.spec.serving
+    if serving is None:
+        raise RenderError(f"spec '{inp.finetune.name}' has no spec.serving block; there is nothing to serve")
+    return {"specName": inp.finetune.name, "routes": [{"runId": r, "model": r, "weight": w} for r, w in inp.routes],
+            "engines": list(inp.engines), "corpus": CORPUS_DIR if inp.corpus_uri else None,
+            "retriever": serving.retriever, "topK": serving.top_k, "maxTokens": serving.max_tokens,
+            "indexCache": "/tmp/index", "replicaPollSeconds": 1.0}
+
+
+def primary_run(routes: tuple[tuple[str, int], ...]) -> str:
+    """The run with the largest weight: the one the spec serves (the stable run during a canary)."""
+    live = [r for r in routes if r[1] > 0]
+    if not live:
+        raise RenderError("a gateway needs a route with a weight above 0")
+    return max(live, key=lambda r: r[1])[0]
+
+
+def render_gateway(inp: GatewayInput, validate: bool = True) -> list[dict]:
+    """ConfigMap (gateway.json, named by its content, immutable), the spec's gateway Deployment
+    (`<spec>-serve`: the same name, selector and Service as the embedded engine's server, so a
+    spec moves between the engines by a rolling update) and its Service.
+
+    The routes are in the ConfigMap, so a route switch (promotion, canary weights, rollback) is a
+    rolling update of the gateway (maxUnavailable 0): a new gateway pod is ready only once an
+    engine replica reports every adapter it routes to (controller.serve.gateway's /readyz), and
+    the old pods keep answering until then. Gateways hold no model: CPU pods that start in seconds."""
+    from controller.render.context import CONFIG_DIR, lineage
+    from controller.render.pods import base_env, with_ephemeral
+    from controller.render.serving import CORPUS_DIR
+
+    ft, c = inp.finetune, inp.operator.cluster
+    serving = ft.spec.serving
+    if serving is None:
+        raise RenderError(f"spec '{ft.name}' has no spec.serving block; there is nothing to serve")
+    run_id = primary_run(inp.routes)
+    labels, selector, annotations = lineage(ft, run_id, inp.data_md5, inp.git_commit, "serving")
+    selector = {**selector, L.TRACK: "stable"}
+    service_selector = {k: v for k, v in selector.items() if k != L.TRACK}
+    text = json.dumps(gateway_json(inp), indent=2, sort_keys=True) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    names = {"config": object_name(ft.name, digest, "gateway"), "deployment": object_name(ft.name, None, "serve"),
+             "service": object_name(ft.name, None, "serve")}
+    fetch = [{"name": "corpus", "mountPath": CORPUS_DIR}] if inp.corpus_uri else []
+    inputs = inputs_container(c, ft, [(inp.corpus_uri, CORPUS_DIR)] if inp.corpus_uri else [], None, fetch)
+    resources = with_ephemeral({"requests": {"cpu": c.serving_cpu, "memory": c.serving_memory},
+                                "limits": {"cpu": c.serving_cpu, "memory": c.serving_memory}}, c)
+    gateway = container(
+        "gateway", c, ["ftops", "serve", "gateway", "--config", f"{CONFIG_DIR}/gateway.json", "--host", "0.0.0.0",
+                       "--port", str(GATEWAY_PORT)],
+        base_env(run_id), resources,
+        [{"name": "gateway-config", "mountPath": CONFIG_DIR, "readOnly": True},
+         *({**m, "readOnly": True} for m in fetch), {"name": "tmp", "mountPath": "/tmp"}],
+        ports=[{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        readinessProbe={"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
+        livenessProbe={"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 30, "periodSeconds": 10,
+                       "failureThreshold": 6})
+    volumes = [{"name": "gateway-config", "configMap": {"name": names["config"]}},
+               *([{"name": "corpus", "emptyDir": {}}] if inp.corpus_uri else []), model_cache_volume(c),
+               {"name": "tmp", "emptyDir": {}}]
+    pod_annotations = {**annotations, L.ENGINE: "vllm", GATEWAY_CONFIG: digest}
+    context = {
+        "namespace": inp.namespace, "names": names, "labels": labels, "annotations": annotations,
+        "selector": selector, "serviceSelector": service_selector,
+        "pod": {
+            "labels": {**labels, L.TRACK: "stable"}, "annotations": pod_annotations, "restartPolicy": "Always",
+            "serviceAccountName": c.service_account_name, "subdomain": "", "priorityClassName": c.priority_class_name,
+            "nodeSelector": {}, "tolerations": [], "terminationGracePeriodSeconds": 30, "runAsUser": c.run_as_user,
+            "initContainers": [inputs], "containers": [gateway], "volumes": volumes,
+        },
+        "serving": {"replicas": inp.replicas if inp.replicas is not None else serving.replicas, "port": GATEWAY_PORT},
+    }
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
+                  "metadata": {"name": names["config"], "namespace": inp.namespace, "labels": labels,
+                               "annotations": annotations},
+                  "data": {"gateway.json": text}}
+    manifests = [config_map, *render_template("serving-deployment.yaml.j2", context),
+                 *render_template("serving-service.yaml.j2", context)]
+    if validate:
+        validate_manifests(manifests, namespace=inp.namespace)
+    return manifests
+
+
+GATEWAY_CONFIG = "ftops.dev/gateway-config"
+"""The pod template's annotation naming its gateway.json (by digest): a rollout of the gateway is
+complete when the Deployment runs this template everywhere."""

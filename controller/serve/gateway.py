@@ -17,7 +17,8 @@ interchangeable behind it.
 Per-replica routing: every engine replica is asked for its `/v1/models` every few seconds, and a
 request goes only to a replica that reports its adapter loaded (vLLM's runtime loading reaches
 one replica, and a restarted replica comes back empty until the adapter sidecar reloads it).
-A replica that answers 404 for the model is marked as lacking it and the next one is tried.
+A replica that answers 404 for the model is marked as lacking it, one that cannot be reached
+(killed or restarting since the last poll) as down, and the next one is tried.
 
 The configuration (`gateway.json`) is re-read when it changes, so a deployer switches routes
 (promotion, canary weights, rollback) by rewriting one file, without restarting anything.
@@ -547,6 +548,9 @@ class Gateway:
                 if exc.status == 404:  # this replica lost the adapter: ask another one
                     replica.models.discard(route.model)
                     continue
+                if exc.status == 0:  # unreachable (a replica restarting since the last poll): the next one
+                    replica.up = False
+                    continue
                 self._done(route, exc.status or 502, started)
                 if exc.client_error:
                     raise RequestError(exc.status, str(exc), (exc.body.get("error") or {}).get("param"),
@@ -643,6 +647,9 @@ class Gateway:
                         raise
                     if exc.status == 404:  # this replica lost the adapter: ask another one
                         replica.models.discard(route.model)
+                        continue
+                    if exc.status == 0:  # unreachable (a replica restarting since the last poll): the next one
+                        replica.up = False
                         continue
                     fallback = None if pinned else self._fallback(route)
                     if fallback is None:

@@ -27,6 +27,28 @@ controller resumes the rollout. `rollout` (the CLI's rollback) repeats the steps
 Readiness is observed by re-reading the Deployment (a level-triggered read through the backend's
 `get`), which sees the same final state a watch would and survives API-server restarts and
 compaction without relist logic. Events and history are those of controller.serve.deploy.
+
+On a GPU pool whose engine the operator set to vLLM (`gpus.<type>.engine: vllm`, with
+`cluster.servingGpus` > 0; controller.render.vllm.serving_engine), a spec's run is not a
+Deployment of its own but an adapter in a shared engine pool:
+
+* the pool (controller.render.vllm.render_vllm: vLLM replicas, each with the adapter sidecar,
+  behind a headless Service) is one per namespace, base model and chat template, shared by every
+  spec whose runs have those in common; it is applied when a spec first needs it (and again when
+  what it renders from changes: a larger LoRA rank, more replicas) and deleted only when the last
+  spec leaves it. Its state is a record beside its desired set in the artifact store
+  (`_engines/<namespace>/<pool>/adapters.json`: the adapters the sidecars keep loaded, whose spec
+  each is, the member specs it renders from);
+* promotion adds the run's adapter to the desired set (every replica's sidecar loads it), then
+  rolls the spec's gateway (`<spec>-serve`, no model of its own, controller.render.vllm
+  .render_gateway) to a route to that adapter. A new gateway pod is ready only once an engine
+  replica reports the adapter loaded, and the old gateway pods answer until then
+  (maxUnavailable 0), so the route switches only after the load. Then the previous run's
+  adapter leaves the desired set (the sidecars unload it);
+* a rollout that fails (the gateway never gets ready: the adapter cannot be loaded) routes back
+  (the previous gateway's pods never stopped) and takes the new adapter out;
+* `stop` removes the spec's gateway and its adapters, and the pool once no spec uses it.
+The embedded engine's path above is unchanged.
 """
 from __future__ import annotations
 
@@ -50,9 +72,51 @@ from controller.status import Reason
 if TYPE_CHECKING:
     from controller.backends.kubernetes import KubernetesBackend
     from controller.catalog import OperatorConfig
+    from controller.render import ModelSource
 
 SERVING_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"))
 """What a spec's serving renders to, and what `stop` removes (found by the spec's labels)."""
+POOL_SELECTOR = f"{L.COMPONENT}=engine,{L.MANAGED_BY}=ftops"
+"""Every engine pool's objects (each also labelled with its pool's name)."""
+
+
+@dataclass
+class PoolRecord:
+    """An engine pool's state, kept beside (in the same file as) the desired adapter set its
+    sidecars read: `adapters` (run id -> run URI: what every replica keeps loaded), whose spec
+    each adapter is and its LoRA rank, the member specs as last promoted (what the pool renders
+    from), and the base model and chat template that define the pool."""
+
+    name: str
+    namespace: str
+    model: "ModelSource"
+    chat_template: str
+    adapters: dict[str, str]
+    owners: dict[str, str]
+    ranks: dict[str, int]
+    members: dict[str, dict]
+
+    def to_json(self) -> dict:
+        return {"adapters": dict(sorted(self.adapters.items())), "owners": dict(sorted(self.owners.items())),
+                "ranks": dict(sorted(self.ranks.items())), "members": dict(sorted(self.members.items())),
+                "pool": {"name": self.name, "namespace": self.namespace, "chatTemplate": self.chat_template,
+                         "model": {"uri": self.model.uri, "revision": self.model.revision}}}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> "PoolRecord":
+        from controller.render import ModelSource
+
+        try:
+            pool = data["pool"]
+            return cls(str(pool["name"]), str(pool["namespace"]), ModelSource(str(pool["model"]["uri"]),
+                                                                              pool["model"].get("revision")),
+                       str(pool["chatTemplate"]), {str(k): str(v) for k, v in data["adapters"].items()},
+                       {str(k): str(v) for k, v in data.get("owners", {}).items()},
+                       {str(k): int(v) for k, v in data.get("ranks", {}).items()},
+                       {str(k): dict(v) for k, v in data.get("members", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PermanentError(f"{where}: not an engine pool record ({type(exc).__name__}: {exc}); it is written "
+                                 "only by the deployer: restore it from the artifact store's history") from None
 
 
 @dataclass(frozen=True)
@@ -221,6 +285,9 @@ class KubernetesServing:
         except GateNotPassed as exc:
             ev = event("deploy.refused", spec, run_id, self.name, prev_id, prev_id, Reason.GATE_FAILED, str(exc))
             return DeployResult("refused", prev_id, (self._record(spec, ev),), message=str(exc))
+        if self.engine(finetune) == "vllm":
+            return self._pool_step(finetune, run_id, data_md5, git_commit, timeout or self.ready_timeout, kind, reason,
+                                   serving_config, prev)
         state = self._state(spec)
         if state is not None and state["runId"] != run_id:  # a newer run supersedes the rollout in progress
             self._undo(finetune, state, prev)
@@ -329,7 +396,11 @@ class KubernetesServing:
         return DeployResult("rolled_back", prev_id, (ev,), message=msg)
 
     def _undo(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> None:
-        """Take a rollout in progress back: its canary scaled to 0, the previous run at full size."""
+        """Take a rollout in progress back: its canary scaled to 0, the previous run at full size
+        (on an engine pool: the previous route, and the new adapter out of the pool)."""
+        if state.get("engine") == "vllm":
+            self._pool_undo(finetune, state, prev)
+            return
         if state.get("strategy") == "canary":
             self._scale_canary_down(finetune, str(state["runId"]), state["dataMd5"], state["gitCommit"])
         if prev is not None:
@@ -398,9 +469,13 @@ class KubernetesServing:
                 except ApiError as err:
                     if err.code != 404:
                         raise TemporaryError(f"stopping spec {spec}: {kind}s in {namespace}: {err}") from None
-        if current is None and deleted == 0:
+        left = self._retire(spec, namespaces, keep=set())
+        rollout = self._state(spec)
+        if rollout is not None and rollout.get("engine") == "vllm":
+            self._clear(spec)
+        if current is None and deleted == 0 and not left:
             return DeployResult("stopped", None, (), message="nothing was serving")
-        msg = f"deleted {deleted} serving object(s) of spec {spec}"
+        msg = f"deleted {deleted} serving object(s) of spec {spec}" + (f"; {left}" if left else "")
         ev = event("deploy.stopped", spec, current, self.name, None, current, Reason.NOT_SERVED, msg)
         return DeployResult("stopped", None, (self._record(spec, ev),), message=msg)
 
@@ -417,3 +492,299 @@ class KubernetesServing:
         return self.rollout(finetune, target, lineage["dataMd5"], lineage["gitCommit"], timeout,
                             kind="deploy.rolled_back", reason=Reason.REQUESTED,
                             serving_config=recorded if isinstance(recorded, str) else None)
+
+    # ---------------------------------------------------------------- engine pools (vllm)
+    def engine(self, finetune: FineTune) -> str:
+        """`vllm` where the operator chose it for the spec's GPU pool, else `embedded`."""
+        from controller.render.vllm import serving_engine
+
+        return serving_engine(finetune, self.operator)
+
+    def _pool_uri(self, namespace: str, pool: str) -> str:
+        from controller.render.vllm import desired_set_uri
+
+        return desired_set_uri(self.artifacts.root, namespace, pool)
+
+    def _read_pool(self, namespace: str, pool: str) -> PoolRecord | None:
+        uri = self._pool_uri(namespace, pool)
+        try:
+            raw = self.artifacts.get(uri)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TemporaryError(f"reading engine pool {pool}'s record {uri}: {exc}") from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise PermanentError(f"{uri}: not valid JSON; it is written only by the deployer") from None
+        return PoolRecord.from_json(data if isinstance(data, dict) else {}, uri)
+
+    def _write_pool(self, record: PoolRecord) -> None:
+        uri = self._pool_uri(record.namespace, record.name)
+        try:
+            self.artifacts.put(uri, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
+        except OSError as exc:
+            raise TemporaryError(f"writing engine pool {record.name}'s desired adapters {uri}: {exc}") from None
+
+    def _pool_manifests(self, record: PoolRecord) -> list[dict]:
+        from controller.render.vllm import EnginePoolInput, render_vllm
+
+        finetunes = tuple(FineTune.model_validate(m) for _, m in sorted(record.members.items()))
+        replicas = max(ft.spec.serving.replicas if ft.spec.serving else 1 for ft in finetunes)
+        return render_vllm(EnginePoolInput(
+            pool=record.name, finetunes=finetunes, model=record.model, chat_template=record.chat_template,
+            namespace=record.namespace, operator=self.operator, desired_uri=self._pool_uri(record.namespace, record.name),
+            replicas=replicas, gpu_type=finetunes[0].spec.hardware.gpu_type, gpus=self.operator.cluster.serving_gpus,
+            adapter_ranks=tuple(record.ranks.values())))
+
+    def _pools(self, namespace: str) -> list[str]:
+        """The engine pools in `namespace` (found by their Deployments' labels)."""
+        from controller.backends.kubernetes import ApiError
+
+        try:
+            items = self.kube.list("apps/v1", "Deployment", namespace, POOL_SELECTOR)["items"]
+        except ApiError as err:
+            if err.code == 404:
+                return []
+            raise TemporaryError(f"listing engine pools in {namespace}: {err}") from None
+        return sorted({str(d["metadata"]["labels"][L.ENGINE_POOL]) for d in items
+                       if (d["metadata"].get("labels") or {}).get(L.ENGINE_POOL)})
+
+    def _run_pool(self, finetune: FineTune, run_id: str, model: "ModelSource", namespace: str) -> str:
+        """The pool a run's adapter lives in: its base model and the chat template its manifest records."""
+        from controller.render.vllm import pool_name
+
+        return pool_name(model, self._chat_template(finetune.name, run_id))
+
+    def _chat_template(self, spec: str, run_id: str) -> str:
+        run_uri = self.artifacts.run_uri(spec, run_id)
+        manifest = self.artifacts.manifest(run_uri)
+        if manifest is None:
+            raise PermanentError(f"run {run_id}: {run_uri} has no manifest; the run is not finished")
+        provenance = manifest.data.get("provenance")
+        template = provenance.get("chatTemplate") if isinstance(provenance, dict) else None
+        if not isinstance(template, str) or not template:
+            raise PermanentError(f"{run_uri}/manifest.json records no provenance.chatTemplate: vLLM would format "
+                                 "prompts with another template than training did; retrain the run")
+        return template
+
+    def _join(self, finetune: FineTune, run_id: str, model: "ModelSource", namespace: str) -> PoolRecord:
+        """The run's adapter in its pool's desired set, the spec among the pool's members, the pool
+        applied (created when absent, rolled when what it renders from changed)."""
+        from controller.render.vllm import pool_name
+        from controller.spec.method import ApiMethod
+
+        method = finetune.spec.method
+        if method.type == "full" or isinstance(method, ApiMethod):
+            raise PermanentError(f"spec '{finetune.name}': spec.method.type {method.type} on GPU type "
+                                 f"'{finetune.spec.hardware.gpu_type}', whose engine is vllm: an engine pool serves "
+                                 "LoRA adapters over a shared base; use lora or qlora, or set the GPU type's engine "
+                                 "to embedded in the operator config")
+        template = self._chat_template(finetune.name, run_id)
+        name = pool_name(model, template)
+        record = self._read_pool(namespace, name) or PoolRecord(name, namespace, model, template, {}, {}, {}, {})
+        record.adapters[run_id] = self.artifacts.run_uri(finetune.name, run_id)
+        record.owners[run_id] = finetune.name
+        record.ranks[run_id] = int(getattr(method, "r", 0) or 0)
+        record.members[finetune.name] = finetune.model_dump(mode="json", by_alias=True)
+        self._write_pool(record)
+        self._apply(self._pool_manifests(record))
+        return record
+
+    def _retire(self, spec: str, namespaces: list[str], keep: set[str]) -> str:
+        """Take the spec's adapters other than `keep` out of every pool in `namespaces` (the
+        sidecars unload them); a pool the spec no longer uses loses it as a member, and a pool
+        left with no member is deleted. Says what it did ('' when nothing)."""
+        done: list[str] = []
+        for namespace in namespaces:
+            for pool in self._pools(namespace):
+                record = self._read_pool(namespace, pool)
+                if record is None:
+                    continue
+                gone = sorted(r for r, owner in record.owners.items() if owner == spec and r not in keep)
+                uses = any(owner == spec for r, owner in record.owners.items() if r not in gone)
+                if not gone and (uses or spec not in record.members):
+                    continue
+                for run in gone:
+                    record.adapters.pop(run, None)
+                    record.owners.pop(run, None)
+                    record.ranks.pop(run, None)
+                if not uses:
+                    record.members.pop(spec, None)
+                self._write_pool(record)
+                if record.members:
+                    self._apply(self._pool_manifests(record))
+                    done.append(f"adapter(s) {', '.join(r[:12] for r in gone)} left engine pool {pool}")
+                else:
+                    n = self._delete_pool(namespace, pool)
+                    done.append(f"engine pool {pool} deleted ({n} object(s)): no spec uses it")
+        return "; ".join(done)
+
+    def _delete_pool(self, namespace: str, pool: str) -> int:
+        from controller.backends.kubernetes import ApiError, resource_path
+
+        deleted = 0
+        for api_version, kind in SERVING_KINDS:
+            try:
+                items = self.kube.list(api_version, kind, namespace, f"{POOL_SELECTOR},{L.ENGINE_POOL}={pool}")["items"]
+                for item in items:
+                    self.kube._request("DELETE", resource_path(api_version, kind, namespace, item["metadata"]["name"]))
+                    deleted += 1
+            except ApiError as err:
+                if err.code != 404:
+                    raise TemporaryError(f"deleting engine pool {pool}: {kind}s in {namespace}: {err}") from None
+        return deleted
+
+    def _model(self, spec: str, run_id: str, recorded: dict | None) -> "ModelSource":
+        """The base model of a run as its pods get it: what was published for this rollout, else
+        what the rollout that served it recorded."""
+        from controller.render import ModelSource
+
+        model = self.inputs.get((spec, run_id), (None, None))[1]
+        if model is not None:
+            return model
+        if isinstance(recorded, dict) and recorded.get("uri"):
+            return ModelSource(str(recorded["uri"]), recorded.get("revision"))
+        raise PermanentError(f"run {run_id} of spec '{spec}': no base model recorded for its engine pool; "
+                             "promote it again (ftops reconcile) instead of rolling back to it")
+
+    def _gateway_manifests(self, finetune: FineTune, routes: tuple[tuple[str, int], ...], state: dict[str, Any],
+                           replicas: int | None = None) -> list[dict]:
+        from controller.render import owner_namespace
+        from controller.render.vllm import GatewayInput, pool_url, render_gateway
+
+        namespace = owner_namespace(finetune, self.operator, self.namespace)
+        pools = state["pools"]
+        engines = tuple(sorted({pool_url(pools[run], namespace) for run, _ in routes}))
+        return render_gateway(GatewayInput(
+            finetune=finetune, routes=routes, engines=engines, data_md5=state["dataMd5"], git_commit=state["gitCommit"],
+            operator=self.operator, namespace=namespace, corpus_uri=state["lineage"].get("corpusUri"),
+            replicas=replicas))
+
+    def _gateway_state(self, manifests: list[dict], replicas: int) -> RolloutState:
+        """Is the spec's gateway running exactly these routes everywhere (and ready)?"""
+        from controller.render.vllm import GATEWAY_CONFIG, primary_run
+
+        want = self._deployment(manifests)
+        digest = want["spec"]["template"]["metadata"]["annotations"][GATEWAY_CONFIG]
+        found = self._get(want)
+        routes = json.loads(next(m for m in manifests if m["kind"] == "ConfigMap")["data"]["gateway.json"])["routes"]
+        st = deployment_state(found, replicas, primary_run(tuple((r["runId"], r["weight"]) for r in routes)))
+        template = (((found or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
+        if (template.get("annotations") or {}).get(GATEWAY_CONFIG) != digest:
+            return RolloutState(False, st.failed, "the gateway Deployment does not hold these routes yet", st.ready_replicas)
+        return st
+
+    def _pool_status(self, state: dict[str, Any]) -> str:
+        """What the pools of the rollout's runs say (for the waiting message)."""
+        from controller.render import object_name
+
+        parts = []
+        for pool in sorted(set(state["pools"].values())):
+            dep = self._get({"metadata": {"namespace": state["lineage"]["namespace"], "name": object_name(pool, None, "engine")}})
+            st = (dep or {}).get("status") or {}
+            parts.append(f"engine pool {pool}: {int(st.get('readyReplicas') or 0)}/{int(st.get('replicas') or 0)} "
+                         "replica(s) ready")
+        return "; ".join(parts)
+
+    def _pool_step(self, finetune: FineTune, run_id: str, data_md5: str, git_commit: str, timeout: float, kind: str,
+                   reason: str, serving_config: str | None, prev: dict[str, Any] | None) -> DeployResult:
+        """One step of a rollout onto an engine pool (see the module docstring)."""
+        from controller.render import owner_namespace
+
+        spec = finetune.name
+        serving = finetune.spec.serving
+        assert serving is not None
+        prev_id = prev["servingRunId"] if prev else None
+        state = self._state(spec)
+        if state is not None and state["runId"] != run_id:  # a newer run supersedes the rollout in progress
+            self._undo(finetune, state, prev)
+            state = None
+        if state is not None:
+            return self._pool_advance(finetune, state, prev, timeout)
+        namespace = owner_namespace(finetune, self.operator, self.namespace)
+        recorded = self._lineage(spec, run_id) or {}  # a rollback in a new process: what it served with
+        model = self._model(spec, run_id, recorded.get("engineModel"))
+        corpus_uri = self.inputs.get((spec, run_id), (None, None))[0] or recorded.get("corpusUri")
+        pools = {run_id: self._run_pool(finetune, run_id, model, namespace)}
+        prev_model = None
+        if prev is not None and prev_id != run_id:
+            # a previous run that served on the embedded engine recorded no engine model: its base
+            # is the spec's, as this run's is (a new base is a new run on another pool)
+            prev_model = self._model(spec, str(prev_id), prev.get("engineModel") or
+                                     {"uri": model.uri, "revision": model.revision})
+            pools[str(prev_id)] = self._run_pool(finetune, str(prev_id), prev_model, namespace)
+        lineage: dict[str, Any] = {
+                   "dataMd5": data_md5, "gitCommit": git_commit, "namespace": namespace,
+                   "finetune": finetune.model_dump(mode="json", by_alias=True), "servingConfigSha256": serving_config,
+                   "engine": "vllm", "engineModel": {"uri": model.uri, "revision": model.revision},
+                   "corpusUri": corpus_uri, "pool": pools[run_id]}
+        state = {"runId": run_id, "dataMd5": data_md5, "gitCommit": git_commit, "kind": kind, "reason": reason,
+                 "since": self.clock.time(), "lineage": lineage, "engine": "vllm", "pools": pools}
+        routes = ((run_id, 100),)
+        if prev_id == run_id and self._gateway_state(self._gateway_manifests(finetune, routes, state),
+                                                     serving.replicas).ready:
+            return DeployResult("unchanged", run_id, (), message="already serving")
+        strategy = "rolling"
+        started = self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
+                                           f"{strategy} rollout of run {run_id} on engine pool {pools[run_id]}",
+                                           strategy=strategy, **lineage))
+        if prev_model is not None:
+            # the previous run's adapter stays loaded until the switch is done: it is what a failed
+            # rollout routes back to (and it may have served on the embedded engine until now)
+            self._join(finetune, str(prev_id), prev_model, namespace)
+        self._join(finetune, run_id, model, namespace)
+        self._apply(self._gateway_manifests(finetune, routes, state))
+        state.update(strategy=strategy, phase="switch", routes=[list(r) for r in routes])
+        self._save(spec, state)
+        return DeployResult("rolling_out", prev_id, (started,), message=f"run {run_id}'s adapter is loading on engine "
+                            f"pool {pools[run_id]}; the gateway switches to it once a replica holds it",
+                            after=self.poll_interval)
+
+    def _pool_advance(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None,
+                      timeout: float) -> DeployResult:
+        spec, run_id = finetune.name, str(state["runId"])
+        serving = finetune.spec.serving
+        assert serving is not None
+        prev_id = prev["servingRunId"] if prev else None
+        routes = tuple((str(r), int(w)) for r, w in state["routes"])
+        st = self._gateway_state(self._gateway_manifests(finetune, routes, state), serving.replicas)
+        elapsed = self.clock.time() - float(state["since"])
+        if not st.ready and not st.failed and elapsed < timeout:
+            return self._waiting(prev_id, f"rollout of run {run_id}: gateway {st.message}; {self._pool_status(state)}")
+        namespace = state["lineage"]["namespace"]
+        self._clear(spec)
+        if st.ready:
+            retired = self._retire(spec, [namespace], keep={run_id})
+            msg = (f"run {run_id} serves through the gateway on engine pool {state['pools'][run_id]} "
+                   f"({serving.replicas} gateway replica(s))" + (f" (was {prev_id})" if prev_id and prev_id != run_id else "")
+                   + (f"; {retired}" if retired else ""))
+            kind, reason = str(state["kind"]), str(state["reason"])
+            ev = self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **state["lineage"]))
+            return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, (ev,), message=msg)
+        why = st.message if st.failed else f"the gateway was not ready on it after {timeout:.0f}s ({st.message}; " \
+                                           f"{self._pool_status(state)})"
+        serving_now = self._route_back(finetune, state, prev)
+        msg = (f"run {run_id} failed to serve ({why}); "
+               f"{'run ' + serving_now + ' serves again' if serving_now else 'nothing serves'}")
+        ev = self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, serving_now, prev_id,
+                                      Reason.ROLLED_BACK, msg, automatic=True, **state["lineage"]))
+        return DeployResult("rolled_back", serving_now, (ev,), message=msg)
+
+    def _route_back(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
+        """The gateway on the previous run again (its old pods never stopped: the new ones were
+        never ready), then the new adapter out of the pool; with nothing before, the gateway at 0."""
+        spec, run_id = finetune.name, str(state["runId"])
+        namespace = state["lineage"]["namespace"]
+        prev_id = str(prev["servingRunId"]) if prev else None
+        if prev_id is not None and prev_id != run_id and prev_id in state["pools"]:
+            self._apply(self._gateway_manifests(finetune, ((prev_id, 100),), state))
+            self._retire(spec, [namespace], keep={prev_id})
+            return prev_id
+        self._apply(self._gateway_manifests(finetune, ((run_id, 100),), state, replicas=0))
+        self._retire(spec, [namespace], keep=set())
+        return None
+
+    def _pool_undo(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        self._route_back(finetune, state, prev)
+        self._clear(finetune.name)

@@ -12,7 +12,12 @@ pass compares what the engine reports (`/v1/models`) with what is desired, so a 
 engine is refilled on the next pass.
 
 The gateway routes a request only to replicas whose `/v1/models` lists its adapter, so a replica
-that is still catching up is never asked for an adapter it does not hold.
+that is still catching up is never asked for an adapter it does not hold. The pod is also kept
+out of its Service until it caught up: after each pass the sidecar writes `<cache>/.synced` when
+every desired adapter was loaded (or failed to load: one broken adapter must not take the pool's
+other adapters off every replica) and removes it otherwise; its readiness probe checks that file
+(controller.render.vllm), so a restarted or added replica joins only with its adapters, and a
+rolling update of the pool never trades a replica holding them for one that does not.
 """
 from __future__ import annotations
 
@@ -50,12 +55,19 @@ def write_desired_set(store: ArtifactStore, uri: str, adapters: dict[str, str]) 
     store.put(uri, (json.dumps({"adapters": dict(sorted(adapters.items()))}, indent=2) + "\n").encode())
 
 
+SYNCED = ".synced"
+"""Written into the cache folder while the engine holds every desired adapter (readiness; the
+same name as controller.render.vllm.SYNCED, which the probe checks)."""
+
+
 class AdapterSidecar:
     def __init__(self, store: ArtifactStore, desired_uri: str, engine: EngineClient, cache_dir: str | Path,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.store, self.desired_uri, self.engine = store, desired_uri, engine
         self.cache_dir = Path(cache_dir)
         self.clock = clock
+        self.in_sync = False
+        """After the last pass: every desired adapter is loaded (or failed to load)."""
 
     def _fetch(self, name: str, run_uri: str) -> Path:
         """The run's files on this machine, verified (a local store's own folder is used as it is)."""
@@ -77,7 +89,8 @@ class AdapterSidecar:
                 path = await asyncio.to_thread(self._fetch, name, desired[name])
                 await self.engine.load_adapter(name, str(path / "model"))
                 report.loaded.append(name)
-            except (EngineError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one broken adapter (files that do not match its
+                # manifest: ManifestError; refused by the engine) must not stop the others' sync
                 report.failed[name] = f"{type(exc).__name__}: {exc}"
         for name in sorted(loaded - set(desired)):
             try:
@@ -85,16 +98,32 @@ class AdapterSidecar:
                 report.unloaded.append(name)
             except EngineError as exc:
                 report.failed[name] = f"{type(exc).__name__}: {exc}"
+        self.in_sync = set(desired) <= loaded | set(report.loaded) | set(report.failed)
         return report
 
+    def _mark(self, synced: bool) -> None:
+        marker = self.cache_dir / SYNCED
+        try:
+            if synced:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                marker.write_text("ok\n")
+            else:
+                marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log("adapters-marker-failed", error=f"{type(exc).__name__}: {exc}")
+
     async def run(self, interval: float = 5.0) -> None:
+        self._mark(False)  # a restarted sidecar (the emptyDir outlives it) has not synced yet
         while True:
             try:
                 report = await self.sync_once()
                 if report.loaded or report.unloaded or report.failed:
                     log("adapters-synced", loaded=report.loaded, unloaded=report.unloaded, failed=report.failed)
-            except (EngineError, OSError, ValueError) as exc:  # the engine is still starting, the store is down
+            except Exception as exc:  # noqa: BLE001 - the engine is still starting, the store is down, a bad
+                # desired set: the loop goes on (a dead sidecar would leave the replica unsynced for good)
+                self.in_sync = False
                 log("adapters-sync-failed", error=f"{type(exc).__name__}: {exc}")
+            self._mark(self.in_sync)
             await asyncio.to_thread(self.clock.sleep, interval)
 
 

@@ -141,7 +141,7 @@ class NetNS:
         self._relays: dict[tuple[str, int], Relay] = {}
         self._lock = threading.Lock()
 
-    def socket(self) -> socket.socket:
+    def socket(self, family: int = socket.AF_INET) -> socket.socket:
         """A TCP socket that lives in this namespace."""
         out: list = []
 
@@ -149,7 +149,7 @@ class NetNS:
             try:
                 if _libc.setns(self._fd, CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), f"setns into {self.name}")
-                out.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                out.append(socket.socket(family, socket.SOCK_STREAM))
             except OSError as exc:
                 out.append(exc)
 

@@ -53,6 +53,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -62,7 +63,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fakekube.netns import SANDBOX, NetNS
+from fakekube.netns import SANDBOX, NetNS, Relay
 from fakekube.server import ApiError, FakeKube, LogResult
 
 NODE_NAME = "fakekube-node"
@@ -323,6 +324,14 @@ class ProcessKubelet:
         self.python_bin = Path(python_bin or Path(sys.executable).parent)
         self.image_path = f"{self.python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         self.image_dirs = _image_dirs(self.python_bin)
+        self.images: dict[str, list[str]] = {}
+        """image name -> host directories put first on its containers' PATH (and kept visible, like
+        image_dirs): what that image has that the host's does not (a test's stand-in executable)."""
+        self.pod_ips: dict[str, str] = {}
+        """pod uid -> the address it has behind headless Services (fd00:f4ce::N), while it runs."""
+        self._svc_relays: dict[tuple[tuple[str, str], str, int], tuple[Relay, str]] = {}
+        self._net_addrs: dict[tuple[str, str], set[str]] = {}
+        self._next_ip = 0
         """Host directories that make up the "image" (the interpreter, the venv, the project an
         editable install points at). A pod volume mounted over a parent of one (an emptyDir at
         /tmp while the checkout lives under /tmp) must not hide it: a real image's files are
@@ -903,7 +912,8 @@ class ProcessKubelet:
 
     def _launch(self, w: PodWorker, c: dict) -> None:
         name = c["name"]
-        env = {"PATH": self.image_path, "HOSTNAME": w.hostname}
+        extra = [str(d) for d in self.images.get(str(c.get("image") or ""), [])]
+        env = {"PATH": ":".join([*extra, self.image_path]), "HOSTNAME": w.hostname}
         env.update(self._env(w, c))
         uid, gid, groups = self._identity(w, c)
         env.setdefault("HOME", "/root" if not uid else "/")
@@ -923,7 +933,7 @@ class ProcessKubelet:
                 "workingDir": c.get("workingDir") or "/", "command": command, "user": uid, "group": gid,
                 "groups": groups, "noNewPrivs": csc.get("allowPrivilegeEscalation") is False,
                 "dropAllCaps": "ALL" in ((csc.get("capabilities") or {}).get("drop") or []),
-                "statusFd": write_fd, "parentPid": os.getpid(), "imageDirs": self.image_dirs}
+                "statusFd": write_fd, "parentPid": os.getpid(), "imageDirs": [*self.image_dirs, *extra]}
         spec_path = w.dir / f"{name}.{len(runs)}.json"
         spec_path.write_text(json.dumps(spec))
         with open(run.log_path, "ab") as log:
@@ -1048,6 +1058,7 @@ class ProcessKubelet:
             entry[1].discard(w.uid)
             if not entry[1]:
                 del self.nets[w.group]
+                self._net_addrs.pop(w.group, None)
                 entry[0].close()
 
     def _hosts_file(self, group: tuple[str, str]) -> Path:
@@ -1066,7 +1077,9 @@ class ProcessKubelet:
             for w in self.workers.values():
                 if w.net is not None and not w.final_written:
                     groups.setdefault(w.group, []).append(w)
-        services = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in self.fake.list("v1", "Service")["items"]}
+        service_list = self.fake.list("v1", "Service")["items"]
+        services = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in service_list}
+        headless = self._headless_endpoints(service_list, groups)
         for group, members in groups.items():
             lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
             for w in sorted(members, key=lambda m: m.hostname):
@@ -1075,12 +1088,105 @@ class ProcessKubelet:
                     base = f"{w.hostname}.{w.subdomain}"
                     names = [f"{base}.{w.namespace}.svc.cluster.local", f"{base}.{w.namespace}.svc", base, w.hostname]
                 lines.append("127.0.0.1\t" + " ".join(names))
+            namespace = members[0].namespace
+            for (ns, svc), addresses in sorted(headless.items()):
+                names = f"{svc}.{ns}.svc.cluster.local {svc}.{ns}.svc" + (f" {svc}" if ns == namespace else "")
+                lines += [f"{ip}\t{names}" for ip in addresses]
             text = "\n".join(lines) + "\n"
             p = self._hosts_file(group)
             if p.read_text() != text:
                 with open(p, "r+") as f:  # in place: containers bind-mount this inode
                     f.write(text)
                     f.truncate()
+
+    def _headless_endpoints(self, service_list: list[dict],
+                            groups: dict[tuple[str, str], list[PodWorker]]) -> dict[tuple[str, str], list[str]]:
+        """Headless Services (clusterIP None, with a selector, not a pod group's subdomain: those
+        resolve through the group's shared network above): (namespace, name) -> the addresses of
+        their ready pods, as cluster DNS answers for `<svc>.<ns>.svc`. Each such pod gets an
+        address of its own (an IPv6 ULA, fd00:f4ce::N); in every pod network that address is
+        added to the loopback and a relay listens on it at each of the Service's target ports and
+        carries the connection into the pod's own network, as a pod IP would be routed. IPv6 and
+        IPV6_V6ONLY, so a pod's own 0.0.0.0:<port> (every server here binds IPv4) never collides
+        with a relay on the same port. A pod that is not ready leaves the answer (its relays stay
+        while it runs: a pod IP stays routable); a pod that is gone takes its relays with it."""
+        from fakekube.server import parse_label_selector
+
+        with self._lock:
+            workers = [w for w in self.workers.values() if w.net is not None and not w.final_written]
+        subdomains = {(w.namespace, w.subdomain) for w in workers if w.subdomain}
+        out: dict[tuple[str, str], list[str]] = {}
+        wanted: set[tuple[tuple[str, str], str, int]] = set()
+        for svc in service_list:
+            meta, spec = svc["metadata"], svc.get("spec") or {}
+            key = (meta["namespace"], meta["name"])
+            if spec.get("clusterIP") != "None" or not spec.get("selector") or key in subdomains:
+                continue
+            match = parse_label_selector(",".join(f"{k}={v}" for k, v in spec["selector"].items()))
+            for w in sorted(workers, key=lambda x: x.name):
+                if w.namespace != key[0] or not match(w.pod["metadata"].get("labels") or {}) or w.terminating:
+                    continue
+                ip = self.pod_ips.get(w.uid)
+                if ip is None:
+                    self._next_ip += 1
+                    ip = self.pod_ips[w.uid] = f"fd00:f4ce::{self._next_ip:x}"
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (w.pod.get("status") or {}).get("conditions") or [])
+                if ready or spec.get("publishNotReadyAddresses"):
+                    out.setdefault(key, []).append(ip)
+                for port in self._target_ports(w, spec.get("ports") or []):
+                    for group in groups:
+                        wanted.add((group, ip, port))
+                        if (group, ip, port) not in self._svc_relays and group in self.nets:
+                            try:
+                                self._svc_relays[(group, ip, port)] = (self._relay_to(group, w, ip, port), w.uid)
+                            except OSError as exc:  # that network is going away: the next sync knows
+                                sys.stderr.write(f"fakekube kubelet: no relay to {w.name}:{port} in {group}: {exc}\n")
+        live = {w.uid for w in workers}
+        for k in [k for k, (_, uid) in self._svc_relays.items() if k not in wanted or uid not in live]:
+            relay, _ = self._svc_relays.pop(k)
+            relay.close()
+        for uid in [u for u in self.pod_ips if u not in live]:
+            del self.pod_ips[uid]
+        return out
+
+    @staticmethod
+    def _target_ports(w: PodWorker, ports: list[dict]) -> list[int]:
+        out = []
+        for sp in ports:
+            target = sp.get("targetPort", sp.get("port"))
+            if isinstance(target, int) or str(target).isdigit():
+                out.append(int(target))
+                continue
+            for c in w.containers():
+                out += [int(p["containerPort"]) for p in c.get("ports") or [] if p.get("name") == target]
+        return out
+
+    def _relay_to(self, group: tuple[str, str], target: PodWorker, ip: str, port: int) -> Relay:
+        """Listen on ip:port inside `group`'s network; each connection goes to port in the target's."""
+        with self._lock:
+            net = self.nets[group][0]
+        addrs = self._net_addrs.setdefault(group, set())
+        if ip not in addrs:
+            done = subprocess.run(["nsenter", f"--net={net.path}", "ip", "-6", "addr", "add", f"{ip}/128", "dev", "lo",
+                                   "nodad"], capture_output=True, text=True)
+            if done.returncode != 0 and "exists" not in done.stderr:
+                raise OSError(f"ip addr add {ip} in {group}: {done.stderr.strip()}")
+            addrs.add(ip)
+        listener = net.socket(socket.AF_INET6)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind((ip, port))
+        listener.listen(64)
+        peer = target.net
+        assert peer is not None
+
+        def dial() -> Any:
+            conn = peer.dial(port, timeout=5.0)
+            conn.settimeout(None)
+            return conn
+
+        return Relay(listener, dial, f"svc-{target.name}-{port}")
 
     def _cleanup(self, w: PodWorker) -> None:
         for probers in list(w.probers.values()):

@@ -50,7 +50,7 @@ def test_vllm_pool_renders_lora_bf16_gpus_and_the_recorded_chat_template():
     assert vllm["command"] == ["vllm", "serve"] and vllm["image"].startswith("vllm/vllm-openai:")
     assert "--enable-lora" in args and arg("--max-lora-rank") == "32"  # rank 24 rounds up to vLLM's 32
     assert arg("--dtype") == "bfloat16" and arg("--tensor-parallel-size") == "2"
-    assert arg("--served-model-name") == "base" and arg("--model").startswith("/models/")
+    assert arg("--served-model-name") == "base" and args[0].startswith("/models/")  # serve's positional MODEL
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in vllm["env"]
     mount = next(m for m in vllm["volumeMounts"] if m["name"] == "chat-template")
