@@ -66,6 +66,7 @@ from controller.seams import ArtifactStore, DeployEvent, DeployRequest, DeployRe
 from controller.serve import history
 from controller.serve.deploy import event, rollback_target
 from controller.serve.gatecheck import GateNotPassed, gate_decision, requested_config
+from controller.serve.rollout import Policy, RunStats, analyse, canary_weight, merge, parse_metrics
 from controller.spec.finetune import FineTune
 from controller.status import Reason
 
@@ -159,7 +160,7 @@ class KubernetesServing:
 
     def __init__(self, kube: "KubernetesBackend", operator: "OperatorConfig", state: str | Path, ready_timeout: float = 900,
                  poll_interval: float = 1.0, namespace: str | None = None, artifacts: ArtifactStore | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, policy: Policy | None = None) -> None:
         self.kube = kube
         self.operator = operator
         self.store = Path(state)
@@ -168,6 +169,8 @@ class KubernetesServing:
         self.poll_interval = poll_interval
         self.namespace = namespace
         self.clock = clock
+        self.policy = policy
+        """Canary analysis on an engine pool (default: watched for spec.serving.rollout.stableSeconds)."""
         self.inputs: dict[tuple[str, str], tuple[str | None, Any]] = {}
         """(spec, run id) -> (corpus bundle URI, base model source) published for its pods."""
 
@@ -721,11 +724,14 @@ class KubernetesServing:
                    "corpusUri": corpus_uri, "pool": pools[run_id]}
         state = {"runId": run_id, "dataMd5": data_md5, "gitCommit": git_commit, "kind": kind, "reason": reason,
                  "since": self.clock.time(), "lineage": lineage, "engine": "vllm", "pools": pools}
-        routes = ((run_id, 100),)
+        routes: tuple[tuple[str, int], ...] = ((run_id, 100),)
         if prev_id == run_id and self._gateway_state(self._gateway_manifests(finetune, routes, state),
                                                      serving.replicas).ready:
+            record = self._read_pool(namespace, pools[run_id])
+            if record is None or run_id not in record.adapters:  # level-triggered: the set lost it
+                self._join(finetune, run_id, model, namespace)
             return DeployResult("unchanged", run_id, (), message="already serving")
-        strategy = "rolling"
+        strategy = serving.rollout.strategy if prev is not None and prev_id != run_id else "rolling"
         started = self._record(spec, event("deploy.started", spec, run_id, self.name, prev_id, prev_id, Reason.ROLLING_OUT,
                                            f"{strategy} rollout of run {run_id} on engine pool {pools[run_id]}",
                                            strategy=strategy, **lineage))
@@ -734,11 +740,16 @@ class KubernetesServing:
             # rollout routes back to (and it may have served on the embedded engine until now)
             self._join(finetune, str(prev_id), prev_model, namespace)
         self._join(finetune, run_id, model, namespace)
+        phase = "switch"
+        if strategy == "canary":
+            stable_w, canary_w = canary_weight(serving.rollout.canary_percent)
+            routes, phase = ((str(prev_id), stable_w), (run_id, canary_w)), "canary"
         self._apply(self._gateway_manifests(finetune, routes, state))
-        state.update(strategy=strategy, phase="switch", routes=[list(r) for r in routes])
+        state.update(strategy=strategy, phase=phase, routes=[list(r) for r in routes])
         self._save(spec, state)
+        what = (f"a canary of {canary_w}% of requests beside run {prev_id}" if phase == "canary" else "it")
         return DeployResult("rolling_out", prev_id, (started,), message=f"run {run_id}'s adapter is loading on engine "
-                            f"pool {pools[run_id]}; the gateway switches to it once a replica holds it",
+                            f"pool {pools[run_id]}; the gateway routes {what} once a replica holds it",
                             after=self.poll_interval)
 
     def _pool_advance(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None,
@@ -748,17 +759,32 @@ class KubernetesServing:
         assert serving is not None
         prev_id = prev["servingRunId"] if prev else None
         routes = tuple((str(r), int(w)) for r, w in state["routes"])
+        namespace = state["lineage"]["namespace"]
+        if state["phase"] == "observing":
+            return self._observe(finetune, state, prev)
         st = self._gateway_state(self._gateway_manifests(finetune, routes, state), serving.replicas)
         elapsed = self.clock.time() - float(state["since"])
+        if state["phase"] == "revert" and (st.ready or elapsed >= timeout):
+            # routed back (or as far as it goes): now the canary's adapter can leave the pool
+            self._clear(spec)
+            self._retire(spec, [namespace], keep={str(prev_id)})
+            msg = f"canary of run {run_id} rolled back ({state['why']}); run {prev_id} serves"
+            ev = self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, prev_id, prev_id,
+                                          Reason.ROLLED_BACK, msg, automatic=True, **state["lineage"]))
+            return DeployResult("rolled_back", prev_id, (ev,), message=msg)
         if not st.ready and not st.failed and elapsed < timeout:
             return self._waiting(prev_id, f"rollout of run {run_id}: gateway {st.message}; {self._pool_status(state)}")
-        namespace = state["lineage"]["namespace"]
+        if state["phase"] == "canary" and st.ready:
+            self._save(spec, {**state, "phase": "observing", "observedAt": self.clock.time(),
+                              "baseline": self._scrape(finetune, namespace)})
+            return self._waiting(prev_id, f"canary of run {run_id} is routed ({routes[1][1]}% of requests); "
+                                          "watching the gateway's metrics")
         self._clear(spec)
         if st.ready:
             retired = self._retire(spec, [namespace], keep={run_id})
             msg = (f"run {run_id} serves through the gateway on engine pool {state['pools'][run_id]} "
                    f"({serving.replicas} gateway replica(s))" + (f" (was {prev_id})" if prev_id and prev_id != run_id else "")
-                   + (f"; {retired}" if retired else ""))
+                   + (f"; {state['analysis']}" if state.get("analysis") else "") + (f"; {retired}" if retired else ""))
             kind, reason = str(state["kind"]), str(state["reason"])
             ev = self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **state["lineage"]))
             return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, (ev,), message=msg)
@@ -770,6 +796,61 @@ class KubernetesServing:
         ev = self._record(spec, event("deploy.rolled_back", spec, run_id, self.name, serving_now, prev_id,
                                       Reason.ROLLED_BACK, msg, automatic=True, **state["lineage"]))
         return DeployResult("rolled_back", serving_now, (ev,), message=msg)
+
+    def _observe(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> DeployResult:
+        """A routed canary, judged on the gateway's own metrics (controller.serve.rollout.analyse):
+        keep watching, promote (route everything to it) or roll back (route everything back,
+        then take its adapter out)."""
+        spec, run_id = finetune.name, str(state["runId"])
+        serving = finetune.spec.serving
+        assert serving is not None
+        prev_id = str(prev["servingRunId"]) if prev else str(state["routes"][0][0])
+        policy = self.policy or Policy(window_seconds=serving.rollout.stable_seconds)
+        baseline = {run: RunStats.from_json(v) for run, v in (state.get("baseline") or {}).items()}
+        now = {run: RunStats.from_json(v) for run, v in self._scrape(finetune, state["lineage"]["namespace"]).items()}
+        elapsed = self.clock.time() - float(state["observedAt"])
+        verdict = analyse(baseline, now, run_id, prev_id, elapsed, policy)
+        if verdict.decision == "wait":
+            return self._waiting(prev_id, verdict.message, max(0.5, min(self.poll_interval, policy.window_seconds - elapsed)))
+        if verdict.decision == "promote":
+            routes: tuple[tuple[str, int], ...] = ((run_id, 100),)
+            update = {"phase": "switch", "analysis": verdict.message}
+        else:
+            routes = ((prev_id, 100),)
+            update = {"phase": "revert", "why": f"the canary's analysis failed: {verdict.message}"}
+        self._apply(self._gateway_manifests(finetune, routes, state))
+        self._save(spec, {**state, **update, "routes": [list(r) for r in routes], "since": self.clock.time()})
+        return self._waiting(prev_id, f"canary of run {run_id}: {verdict.message}; routing "
+                                      f"{'to it' if verdict.decision == 'promote' else 'back to run ' + prev_id}")
+
+    def _scrape(self, finetune: FineTune, namespace: str) -> dict[str, dict[str, float]]:
+        """Every ready gateway pod's per-run counters, summed (its /metrics, read through the API
+        server's pod proxy: the controller need not be inside the pod network). A pod that does not
+        answer is left out of this reading."""
+        from controller.backends.kubernetes import ApiError
+        from controller.render.vllm import GATEWAY_PORT
+
+        selector = f"{L.SPEC}={finetune.name},{L.COMPONENT}=serving,{L.MANAGED_SELECTOR}"
+        try:
+            pods = self.kube.list("v1", "Pod", namespace, selector)["items"]
+        except ApiError as err:
+            raise TemporaryError(f"listing the gateway pods of spec {finetune.name}: {err}") from None
+        snapshots = []
+        for pod in pods:
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if pod["metadata"].get("deletionTimestamp") or not any(
+                    c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                continue
+            path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}:{GATEWAY_PORT}/proxy/metrics"
+            try:
+                resp = self.kube._request("GET", path, stream=True, timeout=10)
+            except (ApiError, TemporaryError):
+                continue
+            try:
+                snapshots.append(parse_metrics(resp.read().decode(errors="replace")))
+            finally:
+                resp.release_conn()
+        return {run: stats.to_json() for run, stats in merge(*snapshots).items()}
 
     def _route_back(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
         """The gateway on the previous run again (its old pods never stopped: the new ones were

@@ -355,6 +355,7 @@ class ProcessKubelet:
         port = int(self.fake.url.rsplit(":", 1)[1])
         self.host_ports.add(port)  # pods reach the API server at the URL the test uses
         self.fake.log_source = self.log_result
+        self.fake.proxy_source = self.proxy_get
         for target, name in ((self._loop, "kubelet"), (self._watch, "kubelet-watch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -383,6 +384,8 @@ class ProcessKubelet:
         self.nets.clear()
         if self.fake.log_source == self.log_result:
             self.fake.log_source = None
+        if self.fake.proxy_source == self.proxy_get:
+            self.fake.proxy_source = None
 
     def __enter__(self) -> "ProcessKubelet":
         return self.start()
@@ -443,6 +446,29 @@ class ProcessKubelet:
         if w.net is None:
             raise KeyError(f"pod {namespace}/{name} has no network yet")
         return "127.0.0.1", w.net.forward(port)
+
+    def proxy_get(self, namespace: str, name: str, port: int, path: str) -> tuple[int, str, bytes]:
+        """GET `path` from <port> inside the pod's network (the API server's pods/proxy)."""
+        try:
+            w = self.worker(namespace, name)
+        except KeyError:
+            return 503, "text/plain", f"pod {namespace}/{name} is not running".encode()
+        if w.net is None:
+            return 503, "text/plain", f"pod {namespace}/{name} has no network yet".encode()
+        try:
+            sock = w.net.dial(port, timeout=5.0)
+        except OSError as exc:
+            return 503, "text/plain", f"error trying to reach service: dial tcp {port}: {exc}".encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.sock = sock
+        try:
+            conn.request("GET", path, headers={"Host": f"{name}:{port}"})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type") or "text/plain", resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            return 503, "text/plain", f"error trying to reach service: {exc}".encode()
+        finally:
+            conn.close()
 
     def pids(self, namespace: str, name: str) -> dict[str, int]:
         w = self.worker(namespace, name)

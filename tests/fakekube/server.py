@@ -402,6 +402,8 @@ class FakeKube:
         self.logs: dict[tuple[str, str], str] = {}
         # A kubelet serves real container logs: (namespace, pod, query) -> LogResult; see _pod_log.
         self.log_source: Callable[[str, str, dict], "LogResult"] | None = None
+        self.proxy_source: Callable[[str, str, int, str], tuple[int, str, bytes]] | None = None
+        """What answers GET pods/<name>:<port>/proxy/<path>: (status, content type, body); the kubelet's."""
         self.requests: list[dict] = []
         self._stopping = False
         self._httpd: ThreadingHTTPServer | None = None
@@ -975,6 +977,8 @@ class FakeKube:
                                       "kind": r.kind, "verbs": ["get", "patch", "update"]})
                 if r.kind == "Pod":
                     resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+                    resources.append({"name": "pods/proxy", "singularName": "", "namespaced": True, "kind": "Pod",
+                                      "verbs": ["get"]})
             return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
                     "resources": resources}
         return None
@@ -1203,7 +1207,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (sub == "status" and r.status) and not (sub == "log" and r.kind == "Pod"):
+        if sub and not (sub == "status" and r.status) and not (sub in ("log", "proxy") and r.kind == "Pod"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return r, namespace, name, sub
 
@@ -1229,6 +1233,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, listed)
         if method == "GET" and sub == "log":
             return self._pod_log(namespace or "", name, query)
+        if method == "GET" and sub == "proxy":
+            return self._pod_proxy(namespace or "", name, path, query)
         if method == "GET":
             obj = fake._get(r, namespace, name)
             if not sub and "as=Table" in self.headers.get("Accept", ""):
@@ -1261,6 +1267,27 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._delete(r, item["metadata"].get("namespace"), item["metadata"]["name"], {})
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
+    def _pod_proxy(self, namespace: str, target: str, path: str, query: dict) -> None:
+        """GET /api/v1/namespaces/<ns>/pods/[http:]<pod>[:<port>]/proxy/<path>: the API server's
+        proxy to a pod's port (what a controller outside the pod network uses to read a pod's
+        /metrics), through the kubelet's proxy source; 503 when the pod does not answer."""
+        fake = self.fake
+        parts = target.split(":")
+        if parts[0] in ("http", "https"):
+            parts = parts[1:]
+        name, port = parts[0], (parts[1] if len(parts) > 1 else "")
+        pod = fake._get(fake.resource_for("v1", "Pod"), namespace, name)
+        if not port:
+            ports = [p["containerPort"] for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            port = str(ports[0]) if ports else "80"
+        if fake.proxy_source is None:
+            raise ApiError(503, "ServiceUnavailable", f"no kubelet serves pod {name}")
+        rest = path.split("/proxy", 1)[1] or "/"
+        from urllib.parse import urlencode
+
+        status, ctype, data = fake.proxy_source(namespace, name, int(port), rest + ("?" + urlencode(query) if query else ""))
+        return self._send(status, data, ctype)
 
     def _pod_log(self, namespace: str, name: str, query: dict) -> None:
         fake = self.fake

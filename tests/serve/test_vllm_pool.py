@@ -49,19 +49,19 @@ COMMIT = "1234567abcdef1234567abcdef1234567abcdef0"
 ENGINE_PODS = "app.kubernetes.io/component=engine"
 
 
-def _spec(name: str) -> str:
+def _spec(name: str, rollout: str = "{strategy: rolling}") -> str:
     """The serving tests' spec on a base model from the repository (published to the store for
     the pods), two serving replicas (the pool's and the gateway's)."""
-    text = spec_text(name=name, replicas=2)
+    text = spec_text(name=name, replicas=2, rollout=rollout)
     head, _, rest = text.partition("  baseModel:\n")
     rest = rest[rest.index("  dataset:"):]
     return head + "  baseModel:\n    uri: models/tiny-base\n    parametersBillions: 0.001\n" + rest
 
 
-def _finetune(name: str):
+def _finetune(name: str, rollout: str = "{strategy: rolling}"):
     from controller.spec import load_spec_text
 
-    loaded = load_spec_text(_spec(name), f"specs/{name}.yaml")
+    loaded = load_spec_text(_spec(name, rollout), f"specs/{name}.yaml")
     assert loaded.spec is not None, loaded.issues
     return loaded.spec
 
@@ -116,10 +116,12 @@ class World:
                                          ready_timeout=180, poll_interval=0.5)
         self.root = root
 
-    def upload(self, spec: str, run_id: str, source: str, tamper: bool = False) -> None:
+    def upload(self, spec: str, run_id: str, source: str, tamper: bool = False, diverged: bool = False) -> None:
         """A finished run of `spec` in the bucket: the session run `source`'s files, with its gate
         decided again (passed) for this copy; `tamper` changes its adapter weights after the
-        manifest was written (what a corrupted upload looks like to every reader)."""
+        manifest was written (what a corrupted upload looks like to every reader); `diverged`
+        puts NaN in its LoRA weights with a manifest that matches (it loads, then every answer
+        fails: what a diverged run looks like at the engine)."""
         src = self.root / "runs" / spec / run_id
         shutil.copytree(self.env.run_dir(source), src)
         if run_id != source:
@@ -127,6 +129,17 @@ class World:
             manifest["runId"] = run_id
             (src / "manifest.json").write_text(json.dumps(manifest))
         write_gate(src, passed=True)
+        if diverged:
+            import hashlib
+
+            from safetensors.torch import load_file, save_file
+
+            weights = src / "model" / "adapter_model.safetensors"
+            save_file({k: (v * float("nan") if "lora_B" in k else v) for k, v in load_file(str(weights)).items()},
+                      str(weights))
+            manifest = json.loads((src / "manifest.json").read_text())
+            manifest["files"]["model/adapter_model.safetensors"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+            (src / "manifest.json").write_text(json.dumps(manifest))
         if tamper:
             weights = next(src.glob("model/*.safetensors"))
             data = bytearray(weights.read_bytes())
@@ -136,18 +149,18 @@ class World:
         for path in sorted(p for p in src.rglob("*") if p.is_file()):
             self.store.put(self.store.join(uri, str(path.relative_to(src))), path.read_bytes())
 
-    def request(self, spec: str, run_id: str):
+    def request(self, spec: str, run_id: str, rollout: str = "{strategy: rolling}"):
         from controller.seams import DeployRequest, Lineage
 
-        return DeployRequest(finetune=_finetune(spec), run_id=run_id, run_uri=self.store.run_uri(spec, run_id),
+        return DeployRequest(finetune=_finetune(spec, rollout), run_id=run_id, run_uri=self.store.run_uri(spec, run_id),
                              serving_id=f"serving-{run_id}", lineage=Lineage(MD5, COMMIT), base_model=str(self.env.base),
                              serving_config_sha256=served_config(), corpus_dir=str(self.env.repo / "corpora" / "kb"),
                              corpus_version=corpus_version())
 
-    def promote(self, spec: str, run_id: str, timeout: float = 300):
+    def promote(self, spec: str, run_id: str, timeout: float = 300, rollout: str = "{strategy: rolling}"):
         """Reconcile passes of the deploy step until the rollout settles (the loop never blocks:
         each `promote` returns at once)."""
-        request = self.request(spec, run_id)
+        request = self.request(spec, run_id, rollout)
         deadline = time.monotonic() + timeout
         steps = []
         while time.monotonic() < deadline:
@@ -202,6 +215,32 @@ class World:
     def close(self) -> None:
         self.cluster.stop()
         shutil.rmtree(self.image_bin, ignore_errors=True)
+
+
+class Traffic:
+    """Requests to a spec's gateway, one after another in a thread, until stopped: every answer's
+    run id, and every failure as the client saw it."""
+
+    def __init__(self, world: World, spec: str) -> None:
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(world, spec), daemon=True)
+
+    def _run(self, world: World, spec: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answers.append(str(world.ask(spec).system_fingerprint))
+            except Exception as exc:  # noqa: BLE001 - a failed request is what the tests look for
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(90)
 
 
 def _ready(pod: dict) -> bool:
@@ -280,69 +319,40 @@ def test_a_second_spec_on_the_same_base_shares_the_pool_and_both_adapters_answer
 def test_a_killed_engine_replica_is_refilled_by_its_sidecar_while_the_gateway_routes_around_it(world):
     victim, survivor = sorted(world.engine_pods(), key=lambda p: p["metadata"]["name"])
     name = victim["metadata"]["name"]
-    answers: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
 
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                answers.append(str(world.ask(SPEC_NAME).system_fingerprint))
-            except Exception as exc:  # noqa: BLE001 - a failed request is what this test looks for
-                failures.append(f"{type(exc).__name__}: {exc}")
+    def restarted() -> bool:  # both containers of the killed pod run again, and the pod is ready
+        pod = world.cluster.get("v1", "Pod", NS, name)
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return _ready(pod) and len(statuses) == 2 and all(c["restartCount"] >= 1 and c["ready"] for c in statuses)
 
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
-        world.cluster.wait(lambda: len(answers) >= 2, timeout=60, message="traffic before the kill")
-        before = len(answers)
+    with Traffic(world, SPEC_NAME) as traffic:
+        world.cluster.wait(lambda: len(traffic.answers) >= 2, timeout=60, message="traffic before the kill")
         world.cluster.kill_pod(NS, name)  # every process of the pod: vLLM comes back empty
-
-        def restarted() -> bool:  # both containers of the killed pod run again, and the pod is ready
-            pod = world.cluster.get("v1", "Pod", NS, name)
-            statuses = (pod.get("status") or {}).get("containerStatuses") or []
-            return _ready(pod) and len(statuses) == 2 and all(c["restartCount"] >= 1 and c["ready"] for c in statuses)
-
+        before = len(traffic.answers)
         world.cluster.wait(restarted, timeout=180, message="the killed replica comes back ready")
-        world.cluster.wait(lambda: len(answers) >= before + 4, timeout=60, message="traffic after the restart")
-    finally:
-        stop.set()
-        thread.join(90)
+        world.cluster.wait(lambda: len(traffic.answers) >= before + 4, timeout=60, message="traffic after the restart")
     pod = world.cluster.get("v1", "Pod", NS, name)
     restarts = {c["name"]: c["restartCount"] for c in pod["status"]["containerStatuses"]}
     assert restarts["vllm"] >= 1 and restarts["adapter-sidecar"] >= 1, restarts
     assert world.replica_models(pod) == {RUN_A, RUN_B}  # the sidecar loaded both again
-    assert failures == [], failures[:3]
-    assert set(answers) == {RUN_A}
+    assert traffic.failures == [], traffic.failures[:3]
+    assert set(traffic.answers) == {RUN_A}
     assert world.replica_models(survivor) == {RUN_A, RUN_B}
 
 
 def test_a_run_whose_adapter_cannot_load_is_rolled_back_while_the_old_one_answers(world):
     world.upload(SPEC_NAME, BROKEN, RUN_B, tamper=True)
     world.serving.ready_timeout = 25
-    answers: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                answers.append(str(world.ask(SPEC_NAME).system_fingerprint))
-            except Exception as exc:  # noqa: BLE001
-                failures.append(f"{type(exc).__name__}: {exc}")
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
     try:
-        result, steps = world.promote(SPEC_NAME, BROKEN)
+        with Traffic(world, SPEC_NAME) as traffic:
+            result, steps = world.promote(SPEC_NAME, BROKEN)
     finally:
-        stop.set()
-        thread.join(90)
         world.serving.ready_timeout = 180
     assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A, result.message
     assert "not ready" in result.message and BROKEN in result.message
     assert BROKEN not in world.desired()["adapters"]  # out of the pool again
-    assert answers and set(answers) == {RUN_A} and failures == [], (set(answers), failures[:3])
+    assert traffic.answers and set(traffic.answers) == {RUN_A} and traffic.failures == [], \
+        (set(traffic.answers), traffic.failures[:3])
     world.cluster.wait(lambda: all(world.replica_models(p) == {RUN_A, RUN_B} for p in world.engine_pods()),
                        timeout=30, message="no replica keeps the broken adapter")
     assert world.ask(SPEC_NAME).system_fingerprint == RUN_A
