@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ os.environ.setdefault("GIT_COMMITTER_NAME", "ftops test")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "test@ftops.invalid")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers every area shares (built_once)
 
 
 class GitRepo:
