@@ -23,7 +23,7 @@ Why these choices:
   one that restarts or scales up, serves exactly the adapter the gate passed; a new run is a new
   predictor revision that KServe rolls out;
 * the chat template is the one recorded in the run's manifest (train/serve parity): the launcher
-  writes manifest.json's `chatTemplate` to a file vLLM reads (no ConfigMap to keep in step);
+  writes manifest.json's `provenance.chatTemplate` (where the trainer records it) to a file vLLM reads (no ConfigMap to keep in step);
 * no spec value reaches a shell: the containers run the launcher through `python -c` with their
   arguments as a list.
 
@@ -73,7 +73,7 @@ LAUNCHER = (
     "src, dst = os.environ.get('FTOPS_CHAT_TEMPLATE_FROM'), os.environ.get('FTOPS_CHAT_TEMPLATE_TO')\n"
     "if src and dst:\n"
     "    with open(src) as f, open(dst, 'w') as out:\n"
-    "        out.write(json.load(f)['chatTemplate'])\n"
+    "        out.write(json.load(f)['provenance']['chatTemplate'])\n"
     "os.execvp(argv[0], argv)\n"
 ) % (KSERVE_ARGS,)
 """Runs its arguments (up to the first one KServe appended), after writing the run's recorded chat

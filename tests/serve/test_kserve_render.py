@@ -130,15 +130,21 @@ def test_the_launcher_drops_kserves_arguments_and_writes_the_recorded_chat_templ
     arguments; the launcher runs what ftops rendered without them."""
     from controller.render.kserve import LAUNCHER
 
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"chatTemplate": "{% for m in messages %}[{{ m.role }}]{% endfor %}"}))
+    from controller.train.trainer import write_manifest
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    template = "{% for m in messages %}[{{ m.role }}]{% endfor %}"
+    # the manifest as the trainer writes it (the template sits in its provenance block)
+    manifest = write_manifest(run_dir, {"runId": RUN, "chatTemplate": template})
     out = subprocess.run(
         [sys.executable, "-c", LAUNCHER, sys.executable, "-c", "import sys; print(sys.argv[1:])", "a", "--b",
          "--model_name", "isvc", "--predictor_host", "isvc-predictor.ns", "--http_port", "8080"],
         env={"FTOPS_CHAT_TEMPLATE_FROM": str(manifest), "FTOPS_CHAT_TEMPLATE_TO": str(tmp_path / "t.jinja")},
         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['a', '--b']"
-    assert (tmp_path / "t.jinja").read_text() == json.loads(manifest.read_text())["chatTemplate"]
+    assert (tmp_path / "t.jinja").read_text() == template
 
 
 def test_the_operators_flavour_chooses_kserve_and_the_default_stays_deployments():
