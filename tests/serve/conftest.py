@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 sys.path.insert(0, str(TESTS))  # fakekube
 
+from built_once import built_once  # noqa: E402
 from fakekube.fixtures import fake_kube, kubelet  # noqa: E402,F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_helpers
@@ -26,15 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_helpers
 from serve_helpers import RUN_A, RUN_B, SPEC_NAME, CORPUS, Env, spec_text, wait_ready, write_gate  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def env(tmp_path_factory) -> Env:
+def _train_runs(folder: Path) -> None:
+    """The tiny base and the two runs every serving test reads (built once per test run)."""
     from controller.tiny.model import init_tiny_model
     from controller.tiny.task import write_task
 
-    root = tmp_path_factory.mktemp("serve")
-    base = init_tiny_model(root / "base")
-    train, test = write_task(root / "data", n_train=32, n_test=8)
-    store = root / "store"
+    base = init_tiny_model(folder / "base")
+    train, test = write_task(folder / "data", n_train=32, n_test=8)
     procs = []
     for i, run_id in enumerate((RUN_A, RUN_B)):
         rc = {"runId": run_id, "specName": SPEC_NAME, "baseModel": {"uri": str(base)},
@@ -44,15 +44,27 @@ def env(tmp_path_factory) -> Env:
               "training": {"epochs": 1 + i, "batchSize": 16, "learningRate": 0.01, "maxSeqLength": 128 * (1 + i),
                            "seed": 7 + i},
               "data": {"train": str(train), "test": str(test), "md5": "0" * 32},
-              "outputDir": str(store / SPEC_NAME / run_id), "checkpointDir": str(root / "ckpt" / run_id)}
-        cfg = root / f"{run_id}.json"
+              "outputDir": str(folder / "runs" / run_id), "checkpointDir": str(folder / "ckpt" / run_id)}
+        cfg = folder / f"{run_id}.json"
         cfg.write_text(json.dumps(rc))
-        log = (root / f"{run_id}.log").open("w")
+        log = (folder / f"{run_id}.log").open("w")
         procs.append((run_id, subprocess.Popen([sys.executable, "-m", "controller.train", "--config", str(cfg)],
                                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})))
     for run_id, proc in procs:
-        assert proc.wait(timeout=600) == 0, (root / f"{run_id}.log").read_text()[-3000:]
+        assert proc.wait(timeout=600) == 0, (folder / f"{run_id}.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> Env:
+    """The base and the two trained runs (trained once per test run, shared by the xdist workers;
+    read only), and this worker's own store (copies of the runs, with their gate decisions) and repo."""
+    trained = built_once(tmp_path_factory, "serve-runs", _train_runs)
+    root = tmp_path_factory.mktemp("serve")
+    base = trained / "base"
+    store = root / "store"
+    for run_id in (RUN_A, RUN_B):
+        shutil.copytree(trained / "runs" / run_id, store / SPEC_NAME / run_id)
         write_gate(store / SPEC_NAME / run_id, passed=True)
     repo = root / "repo"
     (repo / "specs").mkdir(parents=True)
