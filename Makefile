@@ -43,7 +43,8 @@ test: setup
 	# Three workers on two cores, each test module whole on one worker (its module fixtures are
 	# built once): much of the suite waits on subprocesses, servers and pods, and those waits
 	# overlap the other workers' training. (--dist loadgroup does not group under pytest 9.2.)
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -n 3 --dist loadfile
+	# --no-loadscope-reorder: modules in collection order, the longest first (tests/conftest.py).
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 

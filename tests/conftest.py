@@ -22,6 +22,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers every area shares (built_once)
 
 
+LONG_MODULES = (
+    "tests/reconciler/test_end_to_end.py", "tests/cluster/test_e2e_cluster.py", "tests/train/test_precision.py",
+    "tests/serve/test_vllm_pool.py", "tests/tiny/test_base_skills.py", "tests/backends/test_api_end_to_end.py",
+)
+"""The modules that take longest (measured with --durations on two cores: the first three 4-9
+minutes each, the others about 3), collected first, longest first. `make test` runs xdist's
+--dist loadfile with --no-loadscope-reorder, which hands modules out in collection order, two to
+each worker to start (here: worker 1 the reconciler's and the vLLM pool's, worker 2 the
+cluster's and the base skills', worker 3 precision and the API backend's), then one at a time.
+Why: xdist's default order (most tests first) started these few-test modules last, and the
+last of them ran alone while the other workers sat idle."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(REPO_ROOT).as_posix() if item.path.is_relative_to(REPO_ROOT) else ""
+        return LONG_MODULES.index(path) if path in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module and among the others stays
+
+
 class GitRepo:
     """A real git repository in a temporary directory, for tests that need commits."""
 
