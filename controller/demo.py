@@ -69,9 +69,12 @@ spec:
 """
 
 MAX_DROP = 1.0
-"""The demo's regression gate. The default suite measures general skills the tiny base model
-learns in `ftops model init-tiny`'s pretraining; until that base exists, a random base scores 0
-before and after fine-tuning, so no drop can be measured and the gate is open."""
+"""The demo's regression gate, open for now (the guide's value is 0.05). The tiny base scores
+0.95 on the default suite, but its skills are fragile: measured on this spec's RAFT LoRA recipe,
+the drop is 0.85-0.95 without replay and still 0.025-0.15 with spec.training.replay (share
+0.5-1.5; it varies by 0.05 with the seed alone), and query/value-only LoRA at lr 3e-3 or 5e-3 with
+replay neither learns the task nor keeps the skills (drop 0.10-0.15, citation 0.50-0.87). A gate
+at 0.05 would pass or fail this demo by luck; a stronger base (longer pretraining) comes first."""
 
 @dataclass(frozen=True)
 class DemoRepo:
