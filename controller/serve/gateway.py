@@ -307,7 +307,9 @@ class Gateway:
                 replica = self.replicas[url] = _Replica(EngineClient(url, api_key=key or None))
             try:
                 cards = await replica.client.models()
-            except EngineError:
+            except EngineError as exc:
+                if replica.up:
+                    log("gateway-replica-down", replica=url, error=str(exc)[:300])
                 replica.up, replica.models = False, set()
                 continue
             replica.up = True
