@@ -526,6 +526,7 @@ class Gateway:
 
     async def _complete(self, route: Route, pinned: bool, chat: ChatRequest, hits: "Hits", started: float) -> dict:
         tried: set[str] = set()
+        retried: set[str] = set()
         while True:
             try:
                 replica = self._replica(route, tried)
@@ -550,7 +551,14 @@ class Gateway:
                 if exc.status == 404:  # this replica lost the adapter: ask another one
                     replica.models.discard(route.model)
                     continue
+                if exc.status == 0 and replica.client.base_url not in retried:
+                    # A pooled connection that broke (the replica or a hop between closed it) fails
+                    # before any answer: once more on a fresh one before the replica counts as down.
+                    retried.add(replica.client.base_url)
+                    tried.discard(replica.client.base_url)
+                    continue
                 if exc.status == 0:  # unreachable (a replica restarting since the last poll): the next one
+                    log("gateway-replica-down", replica=replica.client.base_url, error=str(exc)[:300])
                     replica.up = False
                     continue
                 self._done(route, exc.status or 502, started)
