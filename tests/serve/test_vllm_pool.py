@@ -16,6 +16,8 @@ the spec's gateway Deployment routes to it. In order, sharing one world:
   refilled by its sidecar;
 * a run whose adapter cannot be loaded (its files do not match its manifest) is rolled back:
   the old adapter answers throughout and the broken one leaves the desired set;
+* a canary whose adapter fails every answer is rolled back by the analysis of the gateway's
+  metrics while users get only the old adapter's answers;
 * a deleted spec loses its gateway and adapter, not the shared pool; the last one takes the pool.
 
 The two adapters are the serving tests' session runs (tests/serve/conftest.py: two tiny LoRA
@@ -42,6 +44,8 @@ from serve_helpers import write_gate
 NS = "ftops-support-platform"
 OTHER = "tiny-billing"
 BROKEN = "cccc0000cccc0003"
+DIVERGED = "dddd0000dddd0004"
+CANARY = "{strategy: canary, canaryPercent: 50, stableSeconds: 600}"
 STORE_SECRET = "ftops-store"
 VLLM_IMAGE = "ghcr.io/ftops/vllm-fake:test"
 MD5 = "0123456789abcdef0123456789abcdef"
@@ -355,6 +359,34 @@ def test_a_run_whose_adapter_cannot_load_is_rolled_back_while_the_old_one_answer
         (set(traffic.answers), traffic.failures[:3])
     world.cluster.wait(lambda: all(world.replica_models(p) == {RUN_A, RUN_B} for p in world.engine_pods()),
                        timeout=30, message="no replica keeps the broken adapter")
+    assert world.ask(SPEC_NAME).system_fingerprint == RUN_A
+    current = world.serving.current(SPEC_NAME)
+    assert current is not None and current.run_id == RUN_A and current.healthy, current
+
+
+def test_a_canary_whose_adapter_fails_is_rolled_back_by_the_analysis_while_the_old_one_answers(world):
+    """Canary on the pool: the diverged run (NaN LoRA weights: it loads, then every answer fails)
+    joins the desired set and gets half of the spec's requests through the gateway's weighted
+    routes. The gateway retries each failed canary request on the stable run (users see only A's
+    answers); the analysis of the gateway pods' own /metrics rolls it back by itself, long before
+    its 600 s window ends, and its adapter leaves every replica."""
+    from controller.serve.rollout import Policy
+
+    world.upload(SPEC_NAME, DIVERGED, RUN_B, diverged=True)
+    world.serving.policy = Policy(window_seconds=600, min_errors=3)
+    try:
+        with Traffic(world, SPEC_NAME) as traffic:
+            result, steps = world.promote(SPEC_NAME, DIVERGED, rollout=CANARY)
+    finally:
+        world.serving.policy = None
+    assert result.outcome == "rolled_back" and result.serving_run_id == RUN_A, f"{result.message}\n{world.pods_report()}"
+    assert "analysis" in result.message and DIVERGED in result.message, result.message
+    assert any("routed" in step.message for step in steps), [s.message for s in steps]  # it did get traffic
+    assert len(traffic.answers) >= 3 and set(traffic.answers) == {RUN_A} and traffic.failures == [], \
+        (set(traffic.answers), traffic.failures[:3], world.pods_report())
+    assert DIVERGED not in world.desired()["adapters"]
+    world.cluster.wait(lambda: all(world.replica_models(p) == {RUN_A, RUN_B} for p in world.engine_pods()),
+                       timeout=30, message="no replica keeps the diverged adapter")
     assert world.ask(SPEC_NAME).system_fingerprint == RUN_A
     current = world.serving.current(SPEC_NAME)
     assert current is not None and current.run_id == RUN_A and current.healthy, current
