@@ -40,7 +40,9 @@ NEW_REFUND_TIME = "10 business days"
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the main job end to end on this machine (tiny model, CPU)")
     demo.add_argument("--dir", default=".demo", help="where the demo repo and controller state go (recreated)")
-    demo.add_argument("--examples", type=int, default=500, help="synthetic training examples")
+    from controller.demo import EXAMPLES
+
+    demo.add_argument("--examples", type=int, default=EXAMPLES, help="synthetic training examples")
     demo.add_argument("--questions", type=int, default=6, help="fresh tickets asked of the served model")
     demo.add_argument("--keep-serving", action="store_true", help="leave the model server running at the end")
     demo.set_defaults(func=cmd_demo)
