@@ -330,6 +330,35 @@ class KubernetesBackend:
     def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None) -> dict:
         return self._request("GET", resource_path(api_version, kind, namespace), {"labelSelector": label_selector})
 
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str | None = None,
+               propagation: str | None = None) -> None:
+        """Delete one object; with `uid`, only that incarnation of it (a precondition: 409 if the
+        name now holds another). `propagation`: Background or Foreground for what it owns."""
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        if propagation is not None:
+            options["propagationPolicy"] = propagation
+        self._request("DELETE", resource_path(api_version, kind, namespace, name),
+                      body=options if len(options) > 2 else None)
+
+    def pod_log(self, namespace: str, pod: str, container: str, tail: int | None = None) -> str:
+        """One container's log (its current instance), the last `tail` lines when given."""
+        text = self._request("GET", resource_path("v1", "Pod", namespace, pod, "log"),
+                             {"container": container, "tailLines": tail})
+        return str(text)
+
+    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str, timeout: float = 10) -> str:
+        """GET `path` on a pod's port through the API server's pod proxy (the caller need not be in
+        the pod network). ApiError when the pod answers an error or cannot be reached through the
+        proxy, TemporaryError when the API server cannot."""
+        resp = self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}",
+                             stream=True, timeout=timeout)
+        try:
+            return resp.read().decode(errors="replace")
+        finally:
+            resp.release_conn()
+
     # -- apply
 
     def apply(self, manifest: dict, run_id: str | None = None) -> dict:
@@ -544,7 +573,7 @@ class KubernetesBackend:
             claims = self.list("v1", "PersistentVolumeClaim", namespace, f"{RUN_LABEL}={run_label(run_id)}")["items"]
             for claim in claims:
                 try:
-                    self._request("DELETE", resource_path("v1", "PersistentVolumeClaim", namespace, claim["metadata"]["name"]))
+                    self.delete("v1", "PersistentVolumeClaim", namespace, claim["metadata"]["name"])
                 except ApiError as err:
                     if err.code != 404:
                         raise TemporaryError(f"deleting the checkpoints of run {run_id}: {err}") from None
@@ -559,8 +588,7 @@ class KubernetesBackend:
         pods = sorted(self._pods_of(workload), key=lambda p: p["metadata"]["name"])
         chunks = []
         for pod in pods:
-            text = self._request("GET", resource_path("v1", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], "log"),
-                                 {"container": "trainer", "tailLines": tail})
+            text = self.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "trainer", tail)
             chunks.append(text if len(pods) == 1 else f"==> {pod['metadata']['name']} <==\n{text}")
         return tail_lines("".join(chunks), tail) if len(pods) == 1 else "".join(chunks)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from controller.backends.kubernetes import ApiError, KubernetesBackend, job_state, resource_path
+from controller.backends.kubernetes import ApiError, KubernetesBackend, job_state
 from controller.backends.logs import tail_lines
 from controller.catalog import OperatorConfig
 from controller.errors import TemporaryError
@@ -135,11 +135,8 @@ class KubernetesEvaluator:
         if job is None:
             return
         meta = job["metadata"]
-        path = resource_path("batch/v1", "Job", meta["namespace"], meta["name"])
         try:
-            self.kube._request("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
-                                                     "propagationPolicy": "Background",
-                                                     "preconditions": {"uid": meta["uid"]}})
+            self.kube.delete("batch/v1", "Job", meta["namespace"], meta["name"], uid=meta["uid"], propagation="Background")
         except ApiError as err:
             if err.code not in (404, 409):
                 raise TemporaryError(f"deleting the evaluation Job {meta['name']}: {err}") from None
@@ -157,8 +154,7 @@ class KubernetesEvaluator:
         chunks = []
         for pod in sorted(self._pods(request), key=lambda p: p["metadata"]["name"]):
             meta = pod["metadata"]
-            chunks.append(self.kube._request("GET", resource_path("v1", "Pod", meta["namespace"], meta["name"], "log"),
-                                             {"container": "evaluator", "tailLines": tail}))
+            chunks.append(self.kube.pod_log(meta["namespace"], meta["name"], "evaluator", tail))
         return tail_lines("".join(chunks), tail)
 
 

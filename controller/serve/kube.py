@@ -48,7 +48,10 @@ Deployment of its own but an adapter in a shared engine pool:
 * a rollout that fails (the gateway never gets ready: the adapter cannot be loaded) routes back
   (the previous gateway's pods never stopped) and takes the new adapter out;
 * `stop` removes the spec's gateway and its adapters, and the pool once no spec uses it.
-The embedded engine's path above is unchanged.
+The embedded engine's path above is unchanged. A spec whose GPU type changes engine rolls in
+place (the gateway and the embedded server are the same `<spec>-serve` Deployment and Service):
+onto a pool, the previous run's adapter joins it first; off a pool, the spec's adapters leave it
+once the embedded server is ready, and a failed rollout routes the gateway back.
 """
 from __future__ import annotations
 
@@ -190,7 +193,14 @@ class KubernetesServing:
 
     def _previous_manifests(self, finetune: FineTune, prev: dict[str, Any], replicas: int | None = None) -> list[dict]:
         """The run that served before (`prev`: the event that made it serve), rendered again from
-        the lineage recorded with it."""
+        the lineage recorded with it: its own server, or its gateway when it served on an engine
+        pool (the spec's engine changed since; its adapter stays in the pool until this rollout
+        is done)."""
+        if prev.get("engine") == "vllm" and prev.get("pool"):
+            run = str(prev["servingRunId"])
+            state = {"pools": {run: prev["pool"]}, "dataMd5": prev.get("dataMd5", ""),
+                     "gitCommit": prev.get("gitCommit", ""), "lineage": {"corpusUri": prev.get("corpusUri")}}
+            return self._gateway_manifests(finetune, ((run, 100),), state, replicas=replicas)
         return self.manifests(finetune, str(prev["servingRunId"]), prev.get("dataMd5", ""), prev.get("gitCommit", ""),
                               "stable", replicas=replicas)
 
@@ -299,7 +309,10 @@ class KubernetesServing:
             return self._advance(finetune, state, prev, timeout or self.ready_timeout)
         stable = self.manifests(finetune, run_id, data_md5, git_commit, "stable")
         stable_dep = self._deployment(stable)
-        if prev_id == run_id and deployment_state(self._get(stable_dep), serving.replicas, run_id).ready:
+        found = self._get(stable_dep)
+        template = (((found or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
+        on_pool = (template.get("annotations") or {}).get(L.ENGINE) == "vllm"  # the spec's engine changed
+        if prev_id == run_id and not on_pool and deployment_state(found, serving.replicas, run_id).ready:
             return DeployResult("unchanged", run_id, (), message="already serving")
         # What re-renders this version later (rollback by name): its lineage and the spec as it was.
         lineage = {"dataMd5": data_md5, "gitCommit": git_commit, "namespace": stable_dep["metadata"]["namespace"],
@@ -381,7 +394,11 @@ class KubernetesServing:
                                           Reason.ROLLED_BACK, msg, automatic=True, **lineage))
             return DeployResult("rolled_back", serving_now, (ev,), message=msg)
         kind, reason = str(state["kind"]), str(state["reason"])
-        msg = f"run {run_id} serves on {serving.replicas} replica(s)" + (f" (was {prev_id})" if prev_id else "")
+        # Served on an engine pool before (the operator moved the spec's GPU type to the embedded
+        # engine): its adapters leave the pools now that its own server answers.
+        retired = self._retire(spec, self._namespaces(spec), keep=set())
+        msg = (f"run {run_id} serves on {serving.replicas} replica(s)" + (f" (was {prev_id})" if prev_id else "")
+               + (f"; {retired}" if retired else ""))
         ev = self._record(spec, event(kind, spec, run_id, self.name, run_id, prev_id, reason, msg, **lineage))
         return DeployResult("promoted" if kind == "deploy.promoted" else "rolled_back", run_id, (ev,), message=msg)
 
@@ -453,12 +470,16 @@ class KubernetesServing:
         return next((e for e in reversed(history.read(self.store, spec))
                      if e.get("runId") == run_id and e.get("namespace")), None)
 
+    def _namespaces(self, spec: str) -> list[str]:
+        """Every namespace the spec served in (per its history)."""
+        return sorted({str(e["namespace"]) for e in history.read(self.store, spec) if e.get("namespace")})
+
     def stop(self, spec: str) -> DeployResult:
         """Delete the spec's serving objects (Deployments, Service, ConfigMaps: found by its labels in
         every namespace it was served in). Training workloads and artifacts are not touched."""
-        from controller.backends.kubernetes import ApiError, resource_path
+        from controller.backends.kubernetes import ApiError
 
-        namespaces = sorted({str(e["namespace"]) for e in history.read(self.store, spec) if e.get("namespace")})
+        namespaces = self._namespaces(spec)
         current = history.serving_run(self.store, spec)
         selector = f"{L.SPEC}={spec},{L.COMPONENT}=serving,{L.MANAGED_SELECTOR}"
         deleted = 0
@@ -467,7 +488,7 @@ class KubernetesServing:
                 try:
                     items = self.kube.list(api_version, kind, namespace, selector)["items"]
                     for item in items:
-                        self.kube._request("DELETE", resource_path(api_version, kind, namespace, item["metadata"]["name"]))
+                        self.kube.delete(api_version, kind, namespace, item["metadata"]["name"])
                         deleted += 1
                 except ApiError as err:
                     if err.code != 404:
@@ -597,7 +618,12 @@ class KubernetesServing:
     def _retire(self, spec: str, namespaces: list[str], keep: set[str]) -> str:
         """Take the spec's adapters other than `keep` out of every pool in `namespaces` (the
         sidecars unload them); a pool the spec no longer uses loses it as a member, and a pool
-        left with no member is deleted. Says what it did ('' when nothing)."""
+        left with no member is deleted. Says what it did ('' when nothing).
+
+        A pool that keeps members is not re-rendered here: the shared replicas serving the other
+        specs are not restarted because one left (a smaller max LoRA rank or replica count takes
+        effect at the next join), and the operator config need not still allow a pool at all (a
+        spec leaves because its GPU type moved to the embedded engine, or serving GPUs went to 0)."""
         done: list[str] = []
         for namespace in namespaces:
             for pool in self._pools(namespace):
@@ -616,7 +642,6 @@ class KubernetesServing:
                     record.members.pop(spec, None)
                 self._write_pool(record)
                 if record.members:
-                    self._apply(self._pool_manifests(record))
                     done.append(f"adapter(s) {', '.join(r[:12] for r in gone)} left engine pool {pool}")
                 else:
                     n = self._delete_pool(namespace, pool)
@@ -624,14 +649,14 @@ class KubernetesServing:
         return "; ".join(done)
 
     def _delete_pool(self, namespace: str, pool: str) -> int:
-        from controller.backends.kubernetes import ApiError, resource_path
+        from controller.backends.kubernetes import ApiError
 
         deleted = 0
         for api_version, kind in SERVING_KINDS:
             try:
                 items = self.kube.list(api_version, kind, namespace, f"{POOL_SELECTOR},{L.ENGINE_POOL}={pool}")["items"]
                 for item in items:
-                    self.kube._request("DELETE", resource_path(api_version, kind, namespace, item["metadata"]["name"]))
+                    self.kube.delete(api_version, kind, namespace, item["metadata"]["name"])
                     deleted += 1
             except ApiError as err:
                 if err.code != 404:
@@ -841,23 +866,24 @@ class KubernetesServing:
             if pod["metadata"].get("deletionTimestamp") or not any(
                     c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
                 continue
-            path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}:{GATEWAY_PORT}/proxy/metrics"
             try:
-                resp = self.kube._request("GET", path, stream=True, timeout=10)
+                page = self.kube.pod_proxy_get(namespace, pod["metadata"]["name"], GATEWAY_PORT, "metrics")
             except (ApiError, TemporaryError):
                 continue
-            try:
-                snapshots.append(parse_metrics(resp.read().decode(errors="replace")))
-            finally:
-                resp.release_conn()
+            snapshots.append(parse_metrics(page))
         return {run: stats.to_json() for run, stats in merge(*snapshots).items()}
 
     def _route_back(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
         """The gateway on the previous run again (its old pods never stopped: the new ones were
-        never ready), then the new adapter out of the pool; with nothing before, the gateway at 0."""
+        never ready), then the new adapter out of the pool; with nothing before, the gateway at 0.
+        A previous run that served on the embedded engine gets its own server back."""
         spec, run_id = finetune.name, str(state["runId"])
         namespace = state["lineage"]["namespace"]
         prev_id = str(prev["servingRunId"]) if prev else None
+        if prev is not None and prev_id is not None and prev.get("engine") != "vllm":
+            self._apply(self._previous_manifests(finetune, prev))
+            self._retire(spec, [namespace], keep=set())
+            return prev_id
         if prev_id is not None and prev_id != run_id and prev_id in state["pools"]:
             self._apply(self._gateway_manifests(finetune, ((prev_id, 100),), state))
             self._retire(spec, [namespace], keep={prev_id})

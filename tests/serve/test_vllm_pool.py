@@ -18,6 +18,8 @@ the spec's gateway Deployment routes to it. In order, sharing one world:
   the old adapter answers throughout and the broken one leaves the desired set;
 * a canary whose adapter fails every answer is rolled back by the analysis of the gateway's
   metrics while users get only the old adapter's answers;
+* a spec whose GPU type moves to the embedded engine gets its own server in place of the
+  gateway (answering throughout) and its adapter leaves the pool; moved back, it rejoins;
 * a deleted spec loses its gateway and adapter, not the shared pool; the last one takes the pool.
 
 The two adapters are the serving tests' session runs (tests/serve/conftest.py: two tiny LoRA
@@ -161,14 +163,15 @@ class World:
                              serving_config_sha256=served_config(), corpus_dir=str(self.env.repo / "corpora" / "kb"),
                              corpus_version=corpus_version())
 
-    def promote(self, spec: str, run_id: str, timeout: float = 300, rollout: str = "{strategy: rolling}"):
+    def promote(self, spec: str, run_id: str, timeout: float = 300, rollout: str = "{strategy: rolling}",
+                serving=None):
         """Reconcile passes of the deploy step until the rollout settles (the loop never blocks:
-        each `promote` returns at once)."""
+        each `promote` returns at once); `serving`: another deployer on the same cluster and state."""
         request = self.request(spec, run_id, rollout)
         deadline = time.monotonic() + timeout
         steps = []
         while time.monotonic() < deadline:
-            result = self.serving.promote(request)
+            result = (serving or self.serving).promote(request)
             steps.append(result)
             if result.outcome != "rolling_out":
                 return result, steps
@@ -180,6 +183,9 @@ class World:
         out = []
         for pod in self.cluster.pods(NS):
             name = pod["metadata"]["name"]
+            status = pod.get("status") or {}
+            out.append(f"=== {name} phase={status.get('phase')} conditions="
+                       f"{[(c.get('type'), c.get('status'), c.get('message')) for c in status.get('conditions') or []]}")
             for st in (pod.get("status") or {}).get("initContainerStatuses", []) + \
                     (pod.get("status") or {}).get("containerStatuses", []):
                 log = self.cluster.kubelet.log_result(NS, name, {"container": st["name"], "tailLines": "8"})
@@ -390,6 +396,54 @@ def test_a_canary_whose_adapter_fails_is_rolled_back_by_the_analysis_while_the_o
     assert world.ask(SPEC_NAME).system_fingerprint == RUN_A
     current = world.serving.current(SPEC_NAME)
     assert current is not None and current.run_id == RUN_A and current.healthy, current
+
+
+def test_a_spec_whose_gpu_type_moves_to_the_embedded_engine_and_back_keeps_answering(world):
+    """The operator moves the spec's GPU type to the embedded engine (here also serving GPUs to 0:
+    the fake kubelet's pods have no CUDA for an embedded server on a GPU): the spec's `<spec>-serve`
+    rolls in place from the gateway to its own model server, users keep getting answers, and its
+    adapter leaves the shared pool, whose replicas are not restarted. Set back to vllm, the
+    adapter rejoins the pool and the gateway returns."""
+    from controller.serve.kube import KubernetesServing
+
+    op = world.operator
+    operator = op.model_copy(update={
+        "gpus": {**op.gpus, "a100-80gb": op.gpus["a100-80gb"].model_copy(update={"engine": "embedded"})},
+        "cluster": op.cluster.model_copy(update={"serving_gpus": 0})})
+    embedded = KubernetesServing(world.serving.kube, operator, world.root / "state", artifacts=world.store,
+                                 ready_timeout=180, poll_interval=0.5)
+    pool_uids = {p["metadata"]["uid"] for p in world.engine_pods()}
+
+    def serve_command() -> list[str]:
+        dep = world.cluster.get("apps/v1", "Deployment", NS, f"{OTHER}-serve")
+        return dep["spec"]["template"]["spec"]["containers"][-1]["command"]
+
+    with Traffic(world, OTHER) as traffic:
+        result, _ = world.promote(OTHER, RUN_B, serving=embedded)
+        world.cluster.wait(lambda: len(traffic.answers) >= 2, timeout=60, message="answers from the embedded server")
+    assert result.outcome == "promoted" and result.serving_run_id == RUN_B, f"{result.message}\n{world.pods_report()}"
+    assert "left engine pool" in result.message, result.message
+    assert serve_command()[:3] != ["ftops", "serve", "gateway"], serve_command()
+    assert traffic.failures == [] and set(traffic.answers) == {RUN_B}, (set(traffic.answers), traffic.failures[:3])
+    desired = world.desired()
+    assert desired["adapters"] == {RUN_A: world.store.run_uri(SPEC_NAME, RUN_A)} and OTHER not in desired["members"]
+    world.cluster.wait(lambda: all(world.replica_models(p) == {RUN_A} for p in world.engine_pods()),
+                       timeout=30, message="the sidecars unload the adapter of the spec that left")
+    assert {p["metadata"]["uid"] for p in world.engine_pods()} == pool_uids
+    reply = world.ask(OTHER)
+    assert reply.system_fingerprint == RUN_B and reply.model_extra["sources"][0]["path"] == ANSWER_DOC
+    assert world.ask(SPEC_NAME).system_fingerprint == RUN_A
+
+    with Traffic(world, OTHER) as traffic:
+        back, _ = world.promote(OTHER, RUN_B)
+    assert back.outcome == "promoted" and back.serving_run_id == RUN_B, f"{back.message}\n{world.pods_report()}"
+    assert serve_command()[:3] == ["ftops", "serve", "gateway"]
+    assert traffic.failures == [] and set(traffic.answers) == {RUN_B}, (set(traffic.answers), traffic.failures[:3])
+    assert world.desired()["adapters"] == {RUN_A: world.store.run_uri(SPEC_NAME, RUN_A),
+                                           RUN_B: world.store.run_uri(OTHER, RUN_B)}
+    world.cluster.wait(lambda: all(world.replica_models(p) == {RUN_A, RUN_B} for p in world.engine_pods()),
+                       timeout=60, message="every replica holds the returning adapter")
+    assert world.ask(OTHER).system_fingerprint == RUN_B
 
 
 def test_a_deleted_spec_takes_its_gateway_and_adapter_but_not_the_shared_pool(world):
