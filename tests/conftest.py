@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers every ar
 LONG_MODULES = (
     "tests/reconciler/test_end_to_end.py", "tests/cluster/test_e2e_cluster.py", "tests/train/test_precision.py",
     "tests/serve/test_vllm_pool.py", "tests/tiny/test_base_skills.py", "tests/backends/test_api_end_to_end.py",
+    "tests/reconciler/test_hybrid_gates.py",
 )
 """The modules that take longest (measured with --durations on two cores: the first three 4-9
 minutes each, the others about 3), collected first, longest first. `make test` runs xdist's

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from controller import demo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # reconcile_helpers
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ a bad data commit fails its gate while the first model keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,25 +18,10 @@ from controller import demo
 from controller.ledger import Ledger
 from controller.serve.deploy import LocalServing
 from controller.tiny.task import RAG_SYSTEM_PROMPT, parse_rag_answer
+from reconcile_helpers import ftops, reconcile
 
 STEPS = ("observe", "data", "train", "evaluate", "gate", "deploy")
 BOUNDARIES = [f"{edge}-{step}" for step in STEPS for edge in ("before", "after")]
-
-
-def reconcile(repo: Path, home: Path, crash_at: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("FTOPS_CRASH_AT", None)
-    if crash_at:
-        env["FTOPS_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "controller.cli", "reconcile", "--repo", str(repo), "--home", str(home),
-         "--until-settled", str(timeout)],
-        capture_output=True, text=True, env=env, timeout=timeout + 60,
-    )
-
-
-def ftops(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +204,4 @@ def test_a_changed_artifact_is_detected_by_audit_verify(pipeline, tmp_path):
         assert not result.ok and result.first_bad_seq == finished.seq and rel in result.problem
     finally:
         target.write_bytes(original)
+

@@ -1,0 +1,110 @@
+"""The hybrid gates on real training: the demo's spec and tickets (tests/reconciler/conftest.py's
+demo repository), trained by `ftops reconcile` and evaluated the way the run would serve, with
+retrieved articles in its prompt. The RAFT-trained run of the unchanged demo passes every gate and
+serves (test_end_to_end.py); here the same data trained without retrieval, and runs with a planted
+fault, are each blocked by the gate that names the fault, and nothing is deployed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller import demo
+from controller.serve.deploy import LocalServing
+from reconcile_helpers import reconcile
+
+
+def test_the_same_data_trained_without_retrieval_is_blocked_by_the_hybrid_gates(demo_repo, tmp_path):
+    """The demo's tickets and gates, with spec.training.retrieval removed: the model trains on bare
+    tickets and is evaluated the way it would serve, with retrieved articles in its prompt. The
+    hybrid gates block it (the RAFT-trained run of the same data passes them and serves: the
+    pipeline tests above), and nothing is deployed."""
+    spec = demo_repo.spec_path.read_text()
+    line = "    retrieval: {goldShare: 0.9, distractors: 1}\n"
+    assert line in spec
+    demo_repo.spec_path.write_text(spec.replace(line, ""))
+    demo.commit(demo_repo.root, "train on the bare tickets")
+    home = tmp_path / "home"
+    done = reconcile(demo_repo.root, home)
+    status = json.loads((home / "status" / f"{demo.SPEC_NAME}.json").read_text())
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["GatePassed"]["status"] == "False" and conditions["GatePassed"]["reason"] == "GateFailed", \
+        done.stdout + done.stderr
+    report = json.loads((home / "store" / demo.SPEC_NAME / status["runId"] / "eval" / "report.json").read_text())
+    gate = json.loads((home / "store" / demo.SPEC_NAME / status["runId"] / "eval" / "gate.json").read_text())
+    failed = {line["metric"] for line in gate["lines"] if not line["passed"]}
+    assert report["servingConfig"]["retriever"] == "bm25" and report["servingConfig"]["topK"] == 2  # the served hybrid
+    # Retrieval found the gold article; the model, never shown sources in training, breaks the
+    # format and does not cite it (measured: format 0.21, citation 0.20, task 0.20).
+    assert "rag.recallAtK" not in failed and report["metrics"]["rag.recallAtK"] >= 0.9
+    assert {"format.compliance", "rag.citationAccuracy"} <= failed, (failed, report["metrics"])
+    message = conditions["GatePassed"]["message"]
+    assert "format compliance" in message and "citation accuracy" in message, message
+    assert status.get("servingRunId") is None and LocalServing(home / "store").current(demo.SPEC_NAME) is None
+
+
+def _rewrite_answers(repo: Path, answer) -> None:
+    """Every ticket's answer replaced by `answer(parsed answer)`, versioned and reviewed again."""
+    from controller.data import dvc
+
+    lines = []
+    for line in (repo / demo.DATA_PATH).read_text().splitlines():
+        example = json.loads(line)
+        example["messages"][-1]["content"] = answer(json.loads(example["messages"][-1]["content"]))
+        lines.append(json.dumps(example))
+    (repo / demo.DATA_PATH).write_text("\n".join(lines) + "\n")
+    dvc.version(repo, demo.DATA_PATH)
+    demo.write_reviews(repo, demo.SPEC_NAME)
+
+
+def _cite_a_distractor(repo: Path) -> None:
+    from controller.tiny.task import LABELS
+
+    articles = {a["label"]: a["source"] for a in (json.loads(json.loads(line)["messages"][-1]["content"])
+                                                 for line in (repo / demo.DATA_PATH).read_text().splitlines())}
+    wrong = {label: articles[LABELS[(i + 1) % len(LABELS)]] for i, label in enumerate(LABELS)}
+    _rewrite_answers(repo, lambda a: json.dumps({**a, "source": wrong[a["label"]]}))
+
+
+def _break_the_format(repo: Path) -> None:
+    """Answers with a field the spec's schema does not allow (additionalProperties: false), the
+    rest right: JSON a parser reads, which the service's users must not get."""
+    _rewrite_answers(repo, lambda a: json.dumps({**a, "priority": "high"}))
+
+
+def _under_train(repo: Path) -> None:
+    spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
+    text = spec.read_text()
+    assert "learningRate: 1.0e-2" in text
+    spec.write_text(text.replace("learningRate: 1.0e-2", "learningRate: 1.0e-6"))
+
+
+PLANTED = {
+    # planted model: (what the commit does, the gate that must block it, its words in the status)
+    "cites-distractors": (_cite_a_distractor, "rag.citationAccuracy", "citation accuracy"),
+    "format-breaking": (_break_the_format, "format.compliance", "format compliance"),
+    "under-trained": (_under_train, "task.json_field_match", "task accuracy"),
+}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTED))
+def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, demo_repo, tmp_path):
+    """The demo's spec and tickets, RAFT-trained and evaluated on the served hybrid, with one fault
+    planted: answers that cite another article than the one that holds the fact, answers outside
+    the spec's JSON schema, or a learning rate at which nothing is learnt. Each is blocked by the gate that
+    names its fault, and nothing is deployed. (Label-shuffled data: the bad-data commit above.)"""
+    change, metric, words = PLANTED[plant]
+    change(demo_repo.root)
+    demo.commit(demo_repo.root, f"plant: {plant}")
+    home = tmp_path / "home"
+    done = reconcile(demo_repo.root, home)
+    status = json.loads((home / "status" / f"{demo.SPEC_NAME}.json").read_text())
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["GatePassed"]["reason"] == "GateFailed", done.stdout + done.stderr
+    gate = json.loads((home / "store" / demo.SPEC_NAME / status["runId"] / "eval" / "gate.json").read_text())
+    lines = {line["metric"]: line for line in gate["lines"]}
+    assert not lines[metric]["passed"], lines
+    assert words in conditions["GatePassed"]["message"], conditions["GatePassed"]["message"]
+    assert lines["rag.recallAtK"]["passed"]  # retrieval is not what failed
+    assert status.get("servingRunId") is None and LocalServing(home / "store").current(demo.SPEC_NAME) is None
