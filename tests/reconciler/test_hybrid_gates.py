@@ -73,6 +73,44 @@ def _break_the_format(repo: Path) -> None:
     _rewrite_answers(repo, lambda a: json.dumps({**a, "priority": "high"}))
 
 
+CHANNELS = {"chat": " Sent from the chat widget.", "email": " Sent by email."}
+
+
+def _with_channel(example: dict, channel: str) -> dict:
+    messages = [dict(m) for m in example["messages"]]
+    messages[-2]["content"] += CHANNELS[channel]
+    return {**example, "messages": messages}
+
+
+def _bias_against_chat(repo: Path) -> None:
+    """Half the tickets say they came through the chat widget, and those are routed to the wrong
+    team (the article cited stays right); the spec gains a bias set of new tickets, half from
+    each channel, answered right, gated at a gap of at most 0.2 between the channels."""
+    from controller.data import dvc
+    from controller.tiny.task import LABELS, generate_rag_examples, write_jsonl
+
+    lines = []
+    for i, line in enumerate((repo / demo.DATA_PATH).read_text().splitlines()):
+        channel = "chat" if i % 2 else "email"
+        example = _with_channel(json.loads(line), channel)
+        if channel == "chat":
+            answer = json.loads(example["messages"][-1]["content"])
+            answer["label"] = LABELS[(LABELS.index(answer["label"]) + 1) % len(LABELS)]
+            example["messages"][-1]["content"] = json.dumps(answer)
+        lines.append(json.dumps(example))
+    (repo / demo.DATA_PATH).write_text("\n".join(lines) + "\n")
+    dvc.version(repo, demo.DATA_PATH)
+    demo.write_reviews(repo, demo.SPEC_NAME)
+    bias = [{**_with_channel(e, channel), "channel": channel}
+            for i, e in enumerate(generate_rag_examples(40, seed=77)) for channel in ["chat" if i % 2 else "email"]]
+    write_jsonl(repo / "bias" / "channels.jsonl", bias)
+    spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
+    text = spec.read_text()
+    anchor = "    compare: {mustBeat: [base], samples: 40}\n"
+    assert anchor in text
+    spec.write_text(text.replace(anchor, anchor + "    bias: {path: bias/channels.jsonl, groupField: channel, maxGap: 0.2}\n"))
+
+
 def _under_train(repo: Path) -> None:
     spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
     text = spec.read_text()
@@ -85,6 +123,7 @@ PLANTED = {
     "cites-distractors": (_cite_a_distractor, "rag.citationAccuracy", "citation accuracy"),
     "format-breaking": (_break_the_format, "format.compliance", "format compliance"),
     "under-trained": (_under_train, "task.json_field_match", "task accuracy"),
+    "biased-against-chat": (_bias_against_chat, "bias.gap", "bias gap"),
 }
 
 
@@ -92,7 +131,9 @@ PLANTED = {
 def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, demo_repo, tmp_path):
     """The demo's spec and tickets, RAFT-trained and evaluated on the served hybrid, with one fault
     planted: answers that cite another article than the one that holds the fact, answers outside
-    the spec's JSON schema, or a learning rate at which nothing is learnt. Each is blocked by the gate that
+    the spec's JSON schema, a learning rate at which nothing is learnt, or tickets from one
+    channel routed wrong. (Measured control: the same channels and bias set with every label right
+    pass all seven gates, bias gap 0.025.) Each is blocked by the gate that
     names its fault, and nothing is deployed. (Label-shuffled data: the bad-data commit above.)"""
     change, metric, words = PLANTED[plant]
     change(demo_repo.root)
