@@ -876,11 +876,12 @@ class KubernetesServing:
     def _route_back(self, finetune: FineTune, state: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
         """The gateway on the previous run again (its old pods never stopped: the new ones were
         never ready), then the new adapter out of the pool; with nothing before, the gateway at 0.
-        A previous run that served on the embedded engine gets its own server back."""
+        The same run moving onto the pool from the embedded engine gets its own server back (a
+        previous run that served there joined the pool first, so the gateway routes back to it)."""
         spec, run_id = finetune.name, str(state["runId"])
         namespace = state["lineage"]["namespace"]
         prev_id = str(prev["servingRunId"]) if prev else None
-        if prev is not None and prev_id is not None and prev.get("engine") != "vllm":
+        if prev is not None and prev_id == run_id and prev.get("engine") != "vllm":
             self._apply(self._previous_manifests(finetune, prev))
             self._retire(spec, [namespace], keep=set())
             return prev_id
