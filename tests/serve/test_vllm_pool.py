@@ -403,20 +403,34 @@ def test_a_spec_whose_gpu_type_moves_to_the_embedded_engine_and_back_keeps_answe
     the fake kubelet's pods have no CUDA for an embedded server on a GPU): the spec's `<spec>-serve`
     rolls in place from the gateway to its own model server, users keep getting answers, and its
     adapter leaves the shared pool, whose replicas are not restarted. Set back to vllm, the
-    adapter rejoins the pool and the gateway returns."""
+    adapter rejoins the pool and the gateway returns. First, a move whose server never gets
+    ready (the embedded engine on a GPU, which these pods lack) puts the gateway back while it
+    keeps answering, and the adapter stays in the pool."""
     from controller.serve.kube import KubernetesServing
 
     op = world.operator
-    operator = op.model_copy(update={
-        "gpus": {**op.gpus, "a100-80gb": op.gpus["a100-80gb"].model_copy(update={"engine": "embedded"})},
-        "cluster": op.cluster.model_copy(update={"serving_gpus": 0})})
-    embedded = KubernetesServing(world.serving.kube, operator, world.root / "state", artifacts=world.store,
-                                 ready_timeout=180, poll_interval=0.5)
+    moved = {**op.gpus, "a100-80gb": op.gpus["a100-80gb"].model_copy(update={"engine": "embedded"})}
+
+    def deployer(serving_gpus: int, ready_timeout: float) -> KubernetesServing:
+        operator = op.model_copy(update={"gpus": moved, "cluster": op.cluster.model_copy(
+            update={"serving_gpus": serving_gpus})})
+        return KubernetesServing(world.serving.kube, operator, world.root / "state", artifacts=world.store,
+                                 ready_timeout=ready_timeout, poll_interval=0.5)
+
     pool_uids = {p["metadata"]["uid"] for p in world.engine_pods()}
 
     def serve_command() -> list[str]:
         dep = world.cluster.get("apps/v1", "Deployment", NS, f"{OTHER}-serve")
         return dep["spec"]["template"]["spec"]["containers"][-1]["command"]
+
+    with Traffic(world, OTHER) as traffic:
+        failed, _ = world.promote(OTHER, RUN_B, serving=deployer(serving_gpus=1, ready_timeout=20))
+    assert failed.outcome == "rolled_back" and failed.serving_run_id == RUN_B, failed.message
+    assert "failed readiness" in failed.message and "serves again" in failed.message, failed.message
+    assert serve_command()[:3] == ["ftops", "serve", "gateway"]
+    assert traffic.failures == [] and set(traffic.answers) == {RUN_B}, (set(traffic.answers), traffic.failures[:3])
+    assert RUN_B in world.desired()["adapters"]
+    embedded = deployer(serving_gpus=0, ready_timeout=180)
 
     with Traffic(world, OTHER) as traffic:
         result, _ = world.promote(OTHER, RUN_B, serving=embedded)
