@@ -18,12 +18,9 @@ from reconcile_helpers import reconcile
 def test_the_same_data_trained_without_retrieval_is_blocked_by_the_hybrid_gates(demo_repo, tmp_path):
     """The demo's tickets and gates, with spec.training.retrieval removed: the model trains on bare
     tickets and is evaluated the way it would serve, with retrieved articles in its prompt. The
-    hybrid gates block it (the RAFT-trained run of the same data passes them and serves: the
-    pipeline tests above), and nothing is deployed."""
-    spec = demo_repo.spec_path.read_text()
-    line = "    retrieval: {goldShare: 0.9, distractors: 1}\n"
-    assert line in spec
-    demo_repo.spec_path.write_text(spec.replace(line, ""))
+    hybrid gates block it (the RAFT-trained run of the same data passes them and serves:
+    test_end_to_end.py), and nothing is deployed."""
+    _edit_spec(demo_repo.root, "    retrieval: {goldShare: 0.9, distractors: 1}\n", "")
     demo.commit(demo_repo.root, "train on the bare tickets")
     home = tmp_path / "home"
     done = reconcile(demo_repo.root, home)
@@ -44,18 +41,31 @@ def test_the_same_data_trained_without_retrieval_is_blocked_by_the_hybrid_gates(
     assert status.get("servingRunId") is None and LocalServing(home / "store").current(demo.SPEC_NAME) is None
 
 
-def _rewrite_answers(repo: Path, answer) -> None:
-    """Every ticket's answer replaced by `answer(parsed answer)`, versioned and reviewed again."""
+def _edit_spec(repo: Path, old: str, new: str) -> None:
+    spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
+    text = spec.read_text()
+    assert old in text, old
+    spec.write_text(text.replace(old, new))
+
+
+def _rewrite_tickets(repo: Path, change) -> None:
+    """Every ticket replaced by `change(line number, ticket)`, versioned and reviewed again."""
     from controller.data import dvc
 
-    lines = []
-    for line in (repo / demo.DATA_PATH).read_text().splitlines():
-        example = json.loads(line)
-        example["messages"][-1]["content"] = answer(json.loads(example["messages"][-1]["content"]))
-        lines.append(json.dumps(example))
-    (repo / demo.DATA_PATH).write_text("\n".join(lines) + "\n")
+    tickets = [change(i, json.loads(line)) for i, line in enumerate((repo / demo.DATA_PATH).read_text().splitlines())]
+    (repo / demo.DATA_PATH).write_text("".join(json.dumps(t) + "\n" for t in tickets))
     dvc.version(repo, demo.DATA_PATH)
     demo.write_reviews(repo, demo.SPEC_NAME)
+
+
+def _rewrite_answers(repo: Path, answer) -> None:
+    """Every ticket's answer replaced by `answer(parsed answer)`."""
+    def change(_: int, ticket: dict) -> dict:
+        messages = [*ticket["messages"][:-1], {**ticket["messages"][-1],
+                                               "content": answer(json.loads(ticket["messages"][-1]["content"]))}]
+        return {**ticket, "messages": messages}
+
+    _rewrite_tickets(repo, change)
 
 
 def _cite_a_distractor(repo: Path) -> None:
@@ -86,36 +96,28 @@ def _bias_against_chat(repo: Path) -> None:
     """Half the tickets say they came through the chat widget, and those are routed to the wrong
     team (the article cited stays right); the spec gains a bias set of new tickets, half from
     each channel, answered right, gated at a gap of at most 0.2 between the channels."""
-    from controller.data import dvc
     from controller.tiny.task import LABELS, generate_rag_examples, write_jsonl
 
-    lines = []
-    for i, line in enumerate((repo / demo.DATA_PATH).read_text().splitlines()):
-        channel = "chat" if i % 2 else "email"
-        example = _with_channel(json.loads(line), channel)
-        if channel == "chat":
-            answer = json.loads(example["messages"][-1]["content"])
+    def channel(i: int) -> str:
+        return "chat" if i % 2 else "email"
+
+    def change(i: int, ticket: dict) -> dict:
+        ticket = _with_channel(ticket, channel(i))
+        if channel(i) == "chat":
+            answer = json.loads(ticket["messages"][-1]["content"])
             answer["label"] = LABELS[(LABELS.index(answer["label"]) + 1) % len(LABELS)]
-            example["messages"][-1]["content"] = json.dumps(answer)
-        lines.append(json.dumps(example))
-    (repo / demo.DATA_PATH).write_text("\n".join(lines) + "\n")
-    dvc.version(repo, demo.DATA_PATH)
-    demo.write_reviews(repo, demo.SPEC_NAME)
-    bias = [{**_with_channel(e, channel), "channel": channel}
-            for i, e in enumerate(generate_rag_examples(40, seed=77)) for channel in ["chat" if i % 2 else "email"]]
-    write_jsonl(repo / "bias" / "channels.jsonl", bias)
-    spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
-    text = spec.read_text()
+            ticket["messages"][-1]["content"] = json.dumps(answer)
+        return ticket
+
+    _rewrite_tickets(repo, change)
+    write_jsonl(repo / "bias" / "channels.jsonl", [{**_with_channel(e, channel(i)), "channel": channel(i)}
+                                                    for i, e in enumerate(generate_rag_examples(40, seed=77))])
     anchor = "    compare: {mustBeat: [base], samples: 40}\n"
-    assert anchor in text
-    spec.write_text(text.replace(anchor, anchor + "    bias: {path: bias/channels.jsonl, groupField: channel, maxGap: 0.2}\n"))
+    _edit_spec(repo, anchor, anchor + "    bias: {path: bias/channels.jsonl, groupField: channel, maxGap: 0.2}\n")
 
 
 def _under_train(repo: Path) -> None:
-    spec = repo / "specs" / f"{demo.SPEC_NAME}.yaml"
-    text = spec.read_text()
-    assert "learningRate: 1.0e-2" in text
-    spec.write_text(text.replace("learningRate: 1.0e-2", "learningRate: 1.0e-6"))
+    _edit_spec(repo, "learningRate: 1.0e-2", "learningRate: 1.0e-6")
 
 
 PLANTED = {
@@ -132,9 +134,9 @@ def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, d
     """The demo's spec and tickets, RAFT-trained and evaluated on the served hybrid, with one fault
     planted: answers that cite another article than the one that holds the fact, answers outside
     the spec's JSON schema, a learning rate at which nothing is learnt, or tickets from one
-    channel routed wrong. (Measured control: the same channels and bias set with every label right
-    pass all seven gates, bias gap 0.025.) Each is blocked by the gate that
-    names its fault, and nothing is deployed. (Label-shuffled data: the bad-data commit above.)"""
+    channel routed wrong (measured control: the same channels and bias set with every label right
+    pass all seven gates, bias gap 0.025). Each is blocked by the gate that names its fault, and
+    nothing is deployed. (Label-shuffled data: the bad-data commit in test_end_to_end.py.)"""
     change, metric, words = PLANTED[plant]
     change(demo_repo.root)
     demo.commit(demo_repo.root, f"plant: {plant}")

@@ -186,8 +186,7 @@ class World:
             status = pod.get("status") or {}
             out.append(f"=== {name} phase={status.get('phase')} conditions="
                        f"{[(c.get('type'), c.get('status'), c.get('message')) for c in status.get('conditions') or []]}")
-            for st in (pod.get("status") or {}).get("initContainerStatuses", []) + \
-                    (pod.get("status") or {}).get("containerStatuses", []):
+            for st in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
                 log = self.cluster.kubelet.log_result(NS, name, {"container": st["name"], "tailLines": "8"})
                 out.append(f"--- {name}/{st['name']} ready={st.get('ready')} restarts={st.get('restartCount')} "
                            f"state={st.get('state')}\n{log.text or log.error}")
