@@ -114,5 +114,48 @@ def collate(rows: list[list[int]], input_ids: list[list[int]], labels: list[list
     return ids_t, lab_t, mask_t, None
 
 
+CALL_OVERHEAD_TOKENS = 256
+"""The price of one more forward and backward pass, in padded tokens, that `split_by_length`
+weighs against the padding a split saves. A chosen value, not a tuned one: a split must save more
+than 256 padded tokens, so micro-batches of similar lengths stay whole and groups stay few.
+bench/bench_train.py measures what the split gains."""
+
+
+def split_by_length(rows: list[list[int]], input_ids: list[list[int]],
+                    overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[list[int]]]:
+    """One micro-batch's rows as sub-batches of similar length, computed one after another.
+
+    Why: a micro-batch is padded to its longest row, so a step that mixes a few long examples
+    with many short ones (a RAFT prompt with retrieved articles among replayed two-line
+    conversations) computes mostly padding. Computing the short rows apart gives the same
+    gradient: the step's loss is a sum over target tokens divided by the step's target count
+    (`Trainer._train_step`), whatever the grouping. The plan (which examples make up a step)
+    is untouched, so resume and the batch plan stay exact.
+
+    The split minimises padded tokens plus `overhead` per sub-batch, over groups of consecutive
+    rows in order of length (an exact dynamic programme; a micro-batch holds at most a few
+    hundred rows). A sub-batch never has more rows or a longer row than the micro-batch, so peak
+    memory does not grow."""
+    if len(rows) < 2:
+        return [rows]
+    width = [sum(len(input_ids[i]) for i in row) for row in rows]
+    order = sorted(range(len(rows)), key=lambda r: -width[r])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * width[order[i]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[list[int]]] = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        groups.append([rows[r] for r in order[i:j]])
+        j = i
+    return groups[::-1]
+
+
 def real_tokens(rows: list[list[int]], input_ids: list[list[int]]) -> int:
     return sum(len(input_ids[i]) for row in rows for i in row)

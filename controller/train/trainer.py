@@ -39,7 +39,7 @@ from controller.fsutil import sha256_file
 from controller.runconfig import RunConfig, load_run_config
 from controller.train import checkpoint as ckpt
 from controller.train import distributed
-from controller.train.batching import IGNORE_INDEX, build_plan, collate, real_tokens
+from controller.train.batching import IGNORE_INDEX, build_plan, collate, real_tokens, split_by_length
 from controller.train.data import (
     check_template, end_of_turn_ids, read_chat_jsonl, sha256_text, special_tokens,
     tokenize_split, tokenizer_hash,
@@ -307,6 +307,10 @@ class Trainer:
 
             dist.all_reduce(total)
         denom = max(total.item(), 1.0)
+        if self.world == 1 and not packing:
+            # short rows apart from long ones, the same gradient with less padding; one process
+            # only: ranks run their forwards in lockstep, so they must split alike
+            my_batches = [sub for rows in my_batches for sub in split_by_length(rows, data.input_ids)]
         loss_sum = 0.0
         n_tokens = 0
         for k, rows in enumerate(my_batches):

@@ -62,3 +62,58 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model) -> None:
         alone_b = model(input_ids=torch.tensor([b]), use_cache=False).logits[0]
     torch.testing.assert_close(packed[:9], alone_a, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed[9:], alone_b, atol=1e-5, rtol=1e-5)
+
+
+def test_split_by_length_computes_short_rows_apart_and_keeps_every_row_once() -> None:
+    from controller.train.batching import split_by_length
+
+    ids = [[1] * n for n in (300, 40, 35, 310, 30, 45, 280, 38)]
+    rows = [[i] for i in range(len(ids))]
+    groups = split_by_length(rows, ids, overhead=256)
+    assert sorted(r for g in groups for r in g) == sorted(rows)
+    widths = [sorted(len(ids[i]) for row in g for i in row) for g in groups]
+    assert widths == [[280, 300, 310], [30, 35, 38, 40, 45]]  # the long three, then the short five
+    padded = sum(len(g) * max(len(ids[i]) for row in g for i in row) for g in groups)
+    assert padded + 256 * len(groups) < len(rows) * 310 + 256  # cheaper than one padded pass
+
+
+def test_split_by_length_keeps_rows_of_similar_length_together() -> None:
+    from controller.train.batching import split_by_length
+
+    ids = [[1] * n for n in (100, 96, 98, 101)]
+    rows = [[i] for i in range(4)]
+    assert split_by_length(rows, ids, overhead=256) == [[[3], [0], [2], [1]]]  # one pass, longest first
+    assert split_by_length([[0]], ids) == [[[0]]]
+
+
+def test_a_split_step_has_the_gradient_of_one_padded_pass(tiny_model) -> None:
+    """The trainer's loss is summed over target tokens and divided by the step's target count, so
+    computing a micro-batch's short rows apart from its long ones changes nothing but padding."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from controller.train.batching import split_by_length
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).train()  # training mode, as in the loop
+    lengths = (60, 9, 11, 57, 8)
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 100, (n,), generator=gen).tolist() for n in lengths]
+    labels = [[IGNORE_INDEX] * 3 + x[3:] for x in ids]
+    rows = [[i] for i in range(len(ids))]
+    count = sum(1 for lab in labels for t in lab[1:] if t != IGNORE_INDEX)  # the step's targets, as the trainer counts
+
+    def gradient(groups) -> list:
+        model.zero_grad()
+        for group in groups:
+            x, y, mask, _ = collate(group, ids, labels, pad_id=0, packing=False)
+            logits = model(input_ids=x, attention_mask=mask).logits.float()
+            target = F.pad(y[:, 1:], (0, 1), value=IGNORE_INDEX)
+            (F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                             reduction="sum") / count).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    split = split_by_length(rows, ids, overhead=16)
+    assert len(split) == 2
+    for a, b in zip(gradient([rows]), gradient(split)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
