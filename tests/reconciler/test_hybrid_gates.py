@@ -120,12 +120,22 @@ def _under_train(repo: Path) -> None:
     _edit_spec(repo, "learningRate: 1.0e-2", "learningRate: 1.0e-6")
 
 
+def _forget_the_general_skills(repo: Path) -> None:
+    """The commit drops spec.training.replay: the same RAFT LoRA on the tickets alone learns them
+    and forgets what the base could do (measured: the general-skills suite 0.975 -> 0.025, with
+    task, format and citation gates passing)."""
+    _edit_spec(repo, f"    replay: {{path: {demo.REPLAY_PATH}, share: {demo.REPLAY_SHARE}}}\n", "")
+
+
 PLANTED = {
-    # planted model: (what the commit does, the gate that must block it, its words in the status)
-    "cites-distractors": (_cite_a_distractor, "rag.citationAccuracy", "citation accuracy"),
-    "format-breaking": (_break_the_format, "format.compliance", "format compliance"),
-    "under-trained": (_under_train, "task.json_field_match", "task accuracy"),
-    "biased-against-chat": (_bias_against_chat, "bias.gap", "bias gap"),
+    # planted model: (what the commit does, the gate that must block it, its words in the status,
+    # whether that gate is the only one it fails)
+    "cites-distractors": (_cite_a_distractor, "rag.citationAccuracy", "citation accuracy", False),
+    "format-breaking": (_break_the_format, "format.compliance", "format compliance", False),
+    "under-trained": (_under_train, "task.json_field_match", "task accuracy", False),
+    "biased-against-chat": (_bias_against_chat, "bias.gap", "bias gap", False),
+    # it answers tickets as well as the demo's run does; only what it lost elsewhere blocks it
+    "forgets-general-skills": (_forget_the_general_skills, "regression.drop", "regression drop from base", True),
 }
 
 
@@ -133,11 +143,12 @@ PLANTED = {
 def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, demo_repo, tmp_path):
     """The demo's spec and tickets, RAFT-trained and evaluated on the served hybrid, with one fault
     planted: answers that cite another article than the one that holds the fact, answers outside
-    the spec's JSON schema, a learning rate at which nothing is learnt, or tickets from one
-    channel routed wrong (measured control: the same channels and bias set with every label right
-    pass all seven gates, bias gap 0.025). Each is blocked by the gate that names its fault, and
+    the spec's JSON schema, a learning rate at which nothing is learnt, tickets from one channel
+    routed wrong (measured control: the same channels and bias set with every label right pass
+    all seven gates, bias gap 0.025), or no replay of general conversations, so the run forgets
+    the base's skills. Each is blocked by the gate that names its fault, and
     nothing is deployed. (Label-shuffled data: the bad-data commit in test_end_to_end.py.)"""
-    change, metric, words = PLANTED[plant]
+    change, metric, words, alone = PLANTED[plant]
     change(demo_repo.root)
     demo.commit(demo_repo.root, f"plant: {plant}")
     home = tmp_path / "home"
@@ -148,6 +159,8 @@ def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, d
     gate = json.loads((home / "store" / demo.SPEC_NAME / status["runId"] / "eval" / "gate.json").read_text())
     lines = {line["metric"]: line for line in gate["lines"]}
     assert not lines[metric]["passed"], lines
+    if alone:
+        assert {m for m, line in lines.items() if not line["passed"]} == {metric}, lines
     assert words in conditions["GatePassed"]["message"], conditions["GatePassed"]["message"]
     assert lines["rag.recallAtK"]["passed"]  # retrieval is not what failed
     assert status.get("servingRunId") is None and LocalServing(home / "store").current(demo.SPEC_NAME) is None

@@ -25,12 +25,17 @@ BASE_BAR = 0.9
 MAX_DROP = 0.05
 """The demo's regression gate."""
 LORA = ({"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
-        {"epochs": 5.0, "batchSize": 24, "learningRate": 3e-3})
+        {"epochs": 6.0, "batchSize": 24, "learningRate": 4e-3})
 """LoRA as the LoRA paper has it (query and value projections), at a learning rate that does not
-rewrite attention. Measured on 45 held-out tickets and the default suite (base 0.95):
-- tickets alone (50 steps): task 0.87, below the 0.9 bar; 8 epochs learn it (0.98) but forget
-  (drop 0.15), and so does lr 5e-3 (task 1.0, drop 0.30);
-- with replay at share 0.5 (75 steps): task 0.98, drop 0.0 (share 1.0: the same)."""
+rewrite attention. Measured on 45 held-out tickets and the default suite:
+- on the base as one machine pretrained it (suite 0.95): tickets alone (50 steps) task 0.87,
+  below the 0.9 bar; 8 epochs learn it (0.98) but forget (drop 0.15), and so does lr 5e-3
+  (task 1.0, drop 0.30); with replay at share 0.5 and 5 epochs, task 0.98 and drop 0.0;
+- on the base as another machine pretrained it (suite 0.975: the same code and inputs gave other
+  weights), that 5-epoch recipe reached task 0.89 only. With replay at share 0.5, 6 epochs at lr
+  4e-3 (used here): task 0.98, format 1.0, drop 0.0; 8 epochs at lr 3e-3: task 0.98, drop 0.025;
+  at share 1.0, 8 or 10 epochs broke the format of one answer in 45 (0.978, the gate wants 1.0)
+  and 6 epochs at 4e-3 dropped 0.05."""
 REPLAY_SHARE = 0.5
 REPLAY_LINES = 2000
 OVERTRAINED_FULL = ({"type": "full"}, {"epochs": 6.0, "batchSize": 24, "learningRate": 3e-3})
