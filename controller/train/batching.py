@@ -121,6 +121,10 @@ than 256 padded tokens, so micro-batches of similar lengths stay whole and group
 bench/bench_train.py measures what the split gains."""
 
 
+MAX_CUTS = 256
+"""At most this many places where `split_by_length` may end a group (see there)."""
+
+
 def split_by_length(rows: list[list[int]], input_ids: list[list[int]],
                     overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[list[int]]]:
     """One micro-batch's rows as sub-batches of similar length, computed one after another.
@@ -133,27 +137,29 @@ def split_by_length(rows: list[list[int]], input_ids: list[list[int]],
     is untouched, so resume and the batch plan stay exact.
 
     The split minimises padded tokens plus `overhead` per sub-batch, over groups of consecutive
-    rows in order of length (an exact dynamic programme; a micro-batch holds at most a few
-    hundred rows). A sub-batch never has more rows or a longer row than the micro-batch, so peak
-    memory does not grow."""
+    rows in order of length: an exact dynamic programme over the places a group may end, every
+    row for a micro-batch of up to `MAX_CUTS` rows, every ceil(n / MAX_CUTS)-th row above (the
+    spec allows 4,096 rows, and the programme is quadratic in its cut places). A sub-batch never
+    has more rows or a longer row than the micro-batch, so peak memory does not grow."""
     if len(rows) < 2:
         return [rows]
     width = [sum(len(input_ids[i]) for i in row) for row in rows]
     order = sorted(range(len(rows)), key=lambda r: -width[r])
     n = len(order)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
+    every = -(-n // MAX_CUTS)
+    cuts = [*range(0, n, every), n]  # where a group may start or end, in length order
+    best = [0.0] + [float("inf")] * (len(cuts) - 1)
+    back = [0] * len(cuts)
+    for j in range(1, len(cuts)):
         for i in range(j):
-            cost = best[i] + (j - i) * width[order[i]] + overhead
+            cost = best[i] + (cuts[j] - cuts[i]) * width[order[cuts[i]]] + overhead
             if cost < best[j]:
-                best[j], cut[j] = cost, i
+                best[j], back[j] = cost, i
     groups: list[list[list[int]]] = []
-    j = n
+    j = len(cuts) - 1
     while j > 0:
-        i = cut[j]
-        groups.append([rows[r] for r in order[i:j]])
-        j = i
+        groups.append([rows[r] for r in order[cuts[back[j]]:cuts[j]]])
+        j = back[j]
     return groups[::-1]
 
 

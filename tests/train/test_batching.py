@@ -86,6 +86,16 @@ def test_split_by_length_keeps_rows_of_similar_length_together() -> None:
     assert split_by_length([[0]], ids) == [[[0]]]
 
 
+def test_split_by_length_of_a_micro_batch_larger_than_its_cut_places_keeps_every_row_once() -> None:
+    from controller.train.batching import MAX_CUTS, split_by_length
+
+    ids = [[1] * (400 if i % 10 == 0 else 20 + i % 7) for i in range(4 * MAX_CUTS + 3)]
+    rows = [[i] for i in range(len(ids))]
+    groups = split_by_length(rows, ids)
+    assert sorted(r for g in groups for r in g) == rows
+    assert len(groups) >= 2 and max(len(ids[g[0][0]]) for g in groups[1:]) < 400  # the long rows apart
+
+
 def test_a_split_step_has_the_gradient_of_one_padded_pass(tiny_model) -> None:
     """The trainer's loss is summed over target tokens and divided by the step's target count, so
     computing a micro-batch's short rows apart from its long ones changes nothing but padding."""
