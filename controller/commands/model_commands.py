@@ -17,13 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "init-tiny",
         help="Pretrain a tiny Llama on general skills (cached) and write it as safetensors with its tokenizer.",
         description=(
-            "Write a tiny Llama (hidden 64, 2 layers, a 512-token byte-level BPE trained here, a ChatML template "
+            "Write a tiny Llama (hidden 128, 2 layers, a 512-token byte-level BPE trained here, a ChatML template "
             "with generation markers) pretrained on general skills: copy a span, read a value out of the prompt, "
             "pick the first or last word, answer in JSON when asked. The default regression suite "
             "(controller/defaults/regression.jsonl) measures those skills on prompts never trained on. "
             "Pretraining is deterministic (same arguments, code and library versions give byte-identical files) "
-            "and cached under $FTOPS_TINY_CACHE (default ~/.cache/ftops/tiny): the first build takes tens of "
-            "seconds on a CPU, later ones copy the cached files."
+            "and cached under $FTOPS_TINY_CACHE (default ~/.cache/ftops/tiny): the first build takes about two minutes "
+            "on one CPU thread, later ones copy the cached files."
         ),
     )
     init.add_argument("--out", required=True, help="Directory to write the model into (created; its model files are replaced).")

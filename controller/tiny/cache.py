@@ -1,6 +1,6 @@
 """The tiny model's cache: pretrained once per content key, then copied out in milliseconds.
 
-Why a cache: pretraining takes tens of seconds on a CPU, and every test area, the demo and the
+Why a cache: pretraining takes about two minutes on one CPU thread (1,000 steps), and every test area, the demo and the
 benchmarks build the same model. The key is a sha256 over everything that decides the weights
 (`controller.tiny.model.build_key`), so a stale entry is never used: change the architecture,
 the skills, the corpus, the steps, the seed, the code or a library version and the key changes.

@@ -285,7 +285,10 @@ def test_a_lost_worker_of_a_two_node_run_restarts_the_group_and_it_resumes(world
     spec = yaml.safe_load((world.repo / "specs" / f"{SPEC}.yaml").read_text())
     spec["metadata"]["name"] = "triage-two-nodes"
     spec["spec"]["hardware"]["nodes"] = 2
-    spec["spec"]["training"].update({"epochs": 2, "checkpointEverySteps": 3})  # the kill comes early in the run
+    # the kill comes early in the run; half an epoch (32 steps): what is asserted is the group's
+    # restart and resume, not what the run learns (measured in `make test`: two epochs took this
+    # test 112 s of CPU, half an epoch 66 s)
+    spec["spec"]["training"].update({"epochs": 0.5, "checkpointEverySteps": 3})
     ft = FineTune.model_validate_json(json.dumps(spec))
     cm = world.cluster.fake.list("v1", "ConfigMap", NS)["items"]
     run_json = next(c for c in cm if "run.json" in (c.get("data") or {}))["data"]["run.json"]
