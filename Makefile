@@ -47,11 +47,11 @@ $(TOOLS)/bin/kubectl:
 	@$(TOOLS)/bin/kubectl version --client >/dev/null && $(TOOLS)/bin/helm version >/dev/null
 
 test: setup
-	# First, two things at once: the tiny base pretrains into its cache (one thread, about two
+	$(COMPILE)
+	# Then two things at once: the tiny base pretrains into its cache (one thread, about two
 	# minutes the first time on a machine, a copy after that) while the import-layer check and
 	# mypy run on the other core. Why: inside pytest every training test waits for that base, so
 	# a cold cache would leave a core idle while it pretrains.
-	$(COMPILE)
 	$(VENV)/bin/ftops model init-tiny --out $(VENV)/tiny-base & base=$$!; \
 	  $(VENV)/bin/lint-imports && $(VENV)/bin/mypy; checks=$$?; \
 	  wait $$base || { echo "error: pretraining the tiny base failed (see above)"; exit 1; }; exit $$checks
