@@ -13,6 +13,7 @@ import pytest
 from controller import demo
 from controller.backends.local import LocalBackend
 from controller.reconcile import ControllerConfig, Reconciler
+from controller.seams.backend import Phase
 
 
 def reconciler(repo: Path, home: Path, **config) -> Reconciler:
@@ -116,8 +117,16 @@ def test_stalled_spec_is_retried_only_when_its_inputs_change(unreviewed, tmp_pat
     assert state["stalledKey"]
     demo.write_reviews(unreviewed.root, demo.SPEC_NAME)  # the expert's verdicts land
     demo.commit(unreviewed.root, "reviews")
-    result = rec.reconcile_once()
-    assert conditions(result.statuses[demo.SPEC_NAME])["DataReady"] == ("True", "DataReady")
+    try:
+        status = rec.reconcile_once().statuses[demo.SPEC_NAME]
+        assert conditions(status)["DataReady"] == ("True", "DataReady")
+        # Unstalled, the spec went on and submitted its run.
+        assert status.run_id and rec.backend.status(status.run_id).phase in (Phase.PENDING, Phase.RUNNING)
+    finally:
+        # This module trains nothing: left running, the demo's four epochs cost a minute of CPU
+        # after the test ended.
+        for run in rec.backend.runs():
+            rec.backend.cancel(run, grace_seconds=0)
 
 
 def _ssh_key(tmp_path: Path, name: str) -> Path:
