@@ -22,7 +22,9 @@ MARKER = "eval/ftops-eval.json"
 """`{evalId, reportSha256, status}` beside the report: which evaluation the report is."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """`own_process`: this is the evaluator's process (`python -m controller.evaluate`), which may
+    keep libraries it will not use out of itself (controller.importguard)."""
     parser = argparse.ArgumentParser(prog="python -m controller.evaluate")
     parser.add_argument("--config", required=True, help="eval.json written by the controller")
     args = parser.parse_args(argv)
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error (temporary): {exc}", file=sys.stderr)
         return exitcodes.TEMPORARY
     try:
-        report = evaluate(config, run_dir)
+        report = evaluate(config, run_dir, own_process)
     except PermanentError as exc:
         from controller.evaluate.run import crashed_report
 
@@ -95,12 +97,29 @@ def put_report(run_dir: Path, run_uri: str) -> None:
     store.put(store.join(run_uri, MARKER), marker.read_bytes())
 
 
-def evaluate(config, run_dir: Path):
+def evaluate(config, run_dir: Path, own_process: bool = False):
+    if own_process:
+        _without_unused_libraries(run_dir)
     from controller.evaluate.run import run_evaluation
 
     return run_evaluation(run_dir, config.finetune, config.data.test, train_path=config.data.train,
                           repo_root=config.repo_root, serving=config.serving, device=config.device, progress=False)
 
 
+def _without_unused_libraries(run_dir: Path) -> None:
+    """Before anything imports peft or transformers (controller.importguard). The run's own record
+    decides, as it does for the loading (controller.evaluate.generation.load_run_model); a run
+    without a readable manifest fails in run_evaluation, with its reason."""
+    from controller.errors import PermanentError
+    from controller.evaluate.generation import read_manifest
+    from controller.importguard import without_bitsandbytes_unless_qlora
+
+    try:
+        method = read_manifest(run_dir)["provenance"].get("method") or {}
+    except PermanentError:
+        return
+    without_bitsandbytes_unless_qlora(method.get("type"))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -307,8 +307,12 @@ def _json_object(body: bytes) -> dict:
 
 
 def run_engine(config: EngineConfig, host: str, port: int, endpoint_file: str | None = None) -> int:
-    """`ftops serve engine`: listen at once, load in the background, serve until SIGTERM."""
+    """`ftops serve engine`: listen at once, load in the background, serve until SIGTERM. The base
+    loads unquantized, so bitsandbytes stays out of this process (controller.importguard)."""
+    from controller.importguard import without_bitsandbytes
     from controller.serve.asgi import bind, serve, write_endpoint
+
+    without_bitsandbytes()
 
     app = EngineApp(config.name)
     sock = bind(host, port)

@@ -24,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(exitcodes.CONFIG_ERROR)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """`own_process`: this is the trainer's process (`python -m controller.train`), which may keep
+    libraries it will not use out of itself (controller.importguard); not when called in-process."""
     parser = _Parser(prog="python -m controller.train", description="Train one ftops run from run.json.")
     parser.add_argument("--config", required=True, help="Path of run.json (written by the controller).")
     args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         # handler while it runs (controller.train.trainer._Preemption) and restores this one.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         record_start()
-    code = _main(args.config, worker)
+    code = _main(args.config, worker, own_process)
     if worker:
         record_exit(code)
     elif code == exitcodes.OK:
@@ -58,12 +60,15 @@ def _upload(config_path: str) -> int:
     return upload_finished_run(load_run_config(config_path).output_dir)
 
 
-def _main(config_path: str, worker: bool) -> int:
+def _main(config_path: str, worker: bool, own_process: bool = False) -> int:
     from controller.errors import FtopsError
+    from controller.importguard import without_bitsandbytes_unless_qlora
     from controller.runconfig import RunConfigError, load_run_config
 
     try:
         config = load_run_config(config_path)
+        if own_process:
+            without_bitsandbytes_unless_qlora(config.method.type)  # 1.3 s of CPU at import (controller.importguard)
         from controller.train.launch import launcher_env, needs_launcher, supervise, torchrun_command
 
         dist = config.distributed
@@ -100,4 +105,4 @@ def _log(event: str, **fields) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

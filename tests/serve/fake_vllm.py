@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
         print("usage: vllm serve MODEL [options]", file=sys.stderr)
         return 2
     args = parse(argv[1:])
+    from controller.importguard import without_bitsandbytes
+
+    without_bitsandbytes()  # as in ftops' own engine processes (controller.serve.engine_server.run_engine)
     from controller.serve.asgi import bind, serve
     from controller.serve.engine_server import EngineApp, EngineConfig, load_engine
 

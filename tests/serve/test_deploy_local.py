@@ -238,3 +238,15 @@ def test_a_canary_whose_adapter_fails_is_rolled_back_by_the_analysis_while_the_o
     engine = OpenAI(base_url=f"{record['engineUrl']}/v1", api_key="unused", max_retries=0)
     assert {m.id for m in engine.models.list().data} == {"base", RUN_A}
     assert _ask(first.url)[0] == RUN_A and history.serving_run(serving.store, SPEC_NAME) == RUN_A
+
+
+def test_a_serving_process_never_loads_bitsandbytes(env, serving):
+    """The engine loads its base unquantized, so its process keeps bitsandbytes out (1.3 s of CPU
+    off every server's start: controller.importguard). Read from the live server's memory map
+    after it answered with the run's adapter: torch's native library is there, bitsandbytes'
+    (which importing it loads) is not."""
+    promoted = serving.deploy(_config(env, serving.run_dir(SPEC_NAME, RUN_A)))
+    assert promoted.outcome == "promoted", promoted.message
+    assert _ask(promoted.url)[0] == RUN_A
+    maps = Path(f"/proc/{serving.record(SPEC_NAME)['pid']}/maps").read_text()
+    assert "libtorch" in maps and "bitsandbytes" not in maps
