@@ -192,6 +192,12 @@ def test_requests_go_only_to_replicas_that_report_their_adapter(server, replica2
 
     gw = gateway_with(engines=(server.engine_url, replica2.url), routes=(Route(RUN_A, RUN_A, 50), Route(RUN_B, RUN_B, 50)),
                       replica_poll_seconds=0.2)
+    # The gateway learns what each replica holds from its polls: until replica 2's first report,
+    # run B has nowhere to go and its share goes to run A (seen on a loaded machine: all 12 to A).
+    for _ in range(100):
+        if gw.gateway._eligible(RUN_A) and gw.gateway._eligible(RUN_B):
+            break
+        threading.Event().wait(0.1)
     before1, before2 = _engine_requests(server.engine_url), _engine_requests(replica2.url)
     client = gw.client()
     fingerprints = [_chat(client).system_fingerprint for _ in range(12)]
