@@ -127,3 +127,40 @@ def test_a_split_step_has_the_gradient_of_one_padded_pass(tiny_model) -> None:
     assert len(split) == 2
     for a, b in zip(gradient([rows]), gradient(split)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_loss_over_the_target_positions_alone_is_the_loss_over_every_position(tiny_model) -> None:
+    """The trainer projects only the positions that have a target onto the vocabulary
+    (`logits_to_keep`): the loss and the gradient of a padded, partly masked micro-batch are the
+    ones the full logits give. A mask shifted by one token, or positions of one row applied to
+    another, would change both."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from controller.train.trainer import _target_cross_entropy, computes_target_logits_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).train()
+    assert computes_target_logits_only(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 100, (n,), generator=gen).tolist() for n in (30, 21, 26)]
+    labels = [[IGNORE_INDEX] * (len(x) - k) + x[-k:] for x, k in zip(ids, (5, 9, 1))]  # answers at the end
+    x, y, mask, _ = collate([[0], [1], [2]], ids, labels, pad_id=0, packing=False)
+    target = F.pad(y[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+    def loss_and_gradient(keep) -> tuple[float, list]:
+        model.zero_grad()
+        extra = {"logits_to_keep": keep} if keep is not None else {}
+        out = model(input_ids=x, attention_mask=mask, use_cache=False, **extra)
+        loss = _target_cross_entropy(out.logits, target, keep)
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    full_loss, full_grad = loss_and_gradient(None)
+    kept_loss, kept_grad = loss_and_gradient(target != IGNORE_INDEX)
+    assert kept_loss == pytest.approx(full_loss, rel=1e-5)
+    assert len(kept_grad) == len(full_grad) > 0
+    for a, b in zip(full_grad, kept_grad):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
