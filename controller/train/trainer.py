@@ -636,7 +636,7 @@ def computes_target_logits_only(model) -> bool:
     retrieved articles (about 24 of 340 tokens in the demo), and the vocabulary projection with
     its float copy and softmax over every other position is work thrown away. Measured on the
     tiny Llama (vocabulary 512): 10% less CPU in one RAFT-shaped micro-batch's forward and
-    backward, about 3% in a whole loop on the demo's prompts (docs/training.md); at a 128k-token
+    backward, a few percent in a whole loop on the demo's prompts (docs/training.md); at a 128k-token
     vocabulary the logits of the other positions are also gigabytes of memory. The loss is the
     same to 1e-7."""
     import inspect
