@@ -149,8 +149,8 @@ def test_a_planted_model_is_blocked_by_the_hybrid_gates_with_its_reason(plant, d
     planted: answers that cite another article than the one that holds the fact, answers outside
     the spec's JSON schema, a run stopped after a quarter of an epoch, tickets from one channel
     routed wrong (measured control: the same channels and bias set with every label right pass
-    all seven gates, bias gap 0.025, at the recipe's earlier learning rate of 1e-2), or no replay of general conversations, so the run forgets
-    the base's skills. Each is blocked by the gate that names its fault, and
+    all seven gates, bias gap 0.025, task 0.95), or no replay of general conversations, so the run
+    forgets the base's skills. Each is blocked by the gate that names its fault, and
     nothing is deployed. (Label-shuffled data: the bad-data commit in test_end_to_end.py.)"""
     change, metric, words, alone = PLANTED[plant]
     change(demo_repo.root)
