@@ -296,7 +296,6 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _train_step(self, how: "_Step", micro_batches, data, pad_id, device, packing):
         import torch
-        import torch.nn.functional as F
 
         my_batches = [rows[self.rank :: self.world] if self.world > 1 else rows for rows in micro_batches]
         if data.target_counts is None:  # once per split, not per step
@@ -329,10 +328,7 @@ class Trainer:
                         out = how.wrapped(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels,
                                           num_items_in_batch=1, use_cache=False)
                     else:
-                        # shift the labels, not the logits: slicing the logits would copy the largest tensor
-                        target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-                        keep = target != IGNORE_INDEX if how.target_logits else None
-                        extra = {"logits_to_keep": keep} if keep is not None else {}
+                        target, keep, extra = loss_targets(labels, how.target_logits)
                         out = how.wrapped(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **extra)
                 if how.fused_loss:
                     ce = out.loss.float()
@@ -374,7 +370,6 @@ class Trainer:
         """Mean loss per assistant token on the held-out split (never trained on), in the training
         precision. Every rank runs it (FSDP needs every rank in each forward)."""
         import torch
-        import torch.nn.functional as F
 
         was_training = model.training
         model.eval()
@@ -383,9 +378,7 @@ class Trainer:
             for start in range(0, len(data.input_ids), batch_size):
                 rows = [[i] for i in range(start, min(start + batch_size, len(data.input_ids)))]
                 ids, labels, mask, _ = collate(rows, data.input_ids, data.labels, pad_id, packing=False)
-                target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(device)
-                keep = target != IGNORE_INDEX if target_logits else None
-                extra = {"logits_to_keep": keep} if keep is not None else {}
+                target, keep, extra = loss_targets(labels.to(device), target_logits)
                 with autocast(precision, device):
                     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
                 total += float(_target_cross_entropy(out.logits, target, keep))
@@ -643,6 +636,20 @@ def computes_target_logits_only(model) -> bool:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def loss_targets(labels, target_logits: bool):
+    """(target, keep, forward kwargs) for a micro-batch's labels: the token each position
+    predicts (-100 where none: the labels shifted, not the logits, whose slice would copy the
+    largest tensor), the mask of the positions to project onto the vocabulary (None: all of them)
+    and the `logits_to_keep` that asks the model for just those."""
+    import torch.nn.functional as F
+
+    target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    if not target_logits:
+        return target, None, {}
+    keep = target != IGNORE_INDEX
+    return target, keep, {"logits_to_keep": keep}
 
 
 def _target_cross_entropy(logits, target, keep):

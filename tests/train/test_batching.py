@@ -139,7 +139,7 @@ def test_the_loss_over_the_target_positions_alone_is_the_loss_over_every_positio
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from controller.train.trainer import _target_cross_entropy, computes_target_logits_only
+    from controller.train.trainer import _target_cross_entropy, computes_target_logits_only, loss_targets
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).train()
@@ -148,18 +148,23 @@ def test_the_loss_over_the_target_positions_alone_is_the_loss_over_every_positio
     ids = [torch.randint(5, 100, (n,), generator=gen).tolist() for n in (30, 21, 26)]
     labels = [[IGNORE_INDEX] * (len(x) - k) + x[-k:] for x, k in zip(ids, (5, 9, 1))]  # answers at the end
     x, y, mask, _ = collate([[0], [1], [2]], ids, labels, pad_id=0, packing=False)
-    target = F.pad(y[:, 1:], (0, 1), value=IGNORE_INDEX)
 
-    def loss_and_gradient(keep) -> tuple[float, list]:
+    def loss_and_gradient(target_logits: bool) -> tuple[float, list]:
         model.zero_grad()
-        extra = {"logits_to_keep": keep} if keep is not None else {}
+        target, keep, extra = loss_targets(y, target_logits)  # as the trainer's step builds them
         out = model(input_ids=x, attention_mask=mask, use_cache=False, **extra)
         loss = _target_cross_entropy(out.logits, target, keep)
         loss.backward()
         return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    full_loss, full_grad = loss_and_gradient(None)
-    kept_loss, kept_grad = loss_and_gradient(target != IGNORE_INDEX)
+    # every position's logits, against the hand-shifted labels (not the trainer's helper)
+    model.zero_grad()
+    logits = model(input_ids=x, attention_mask=mask, use_cache=False).logits.float()
+    reference = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), y[:, 1:].reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+    full_loss, full_grad = loss_and_gradient(False)
+    assert full_loss == pytest.approx(float(reference.detach()), rel=1e-5)
+    kept_loss, kept_grad = loss_and_gradient(True)
     assert kept_loss == pytest.approx(full_loss, rel=1e-5)
     assert len(kept_grad) == len(full_grad) > 0
     for a, b in zip(full_grad, kept_grad):
