@@ -171,12 +171,19 @@ class LocalServing:
         cur = self.record(spec)
         if not cur:
             return None
-        return Serving(spec, cur["runId"], self._healthy(cur), cur.get("url"), "", cur.get("servingId"))
+        rollout = self._rollout(spec)
+        in_place = rollout["runId"] if rollout and rollout.get("pid") == cur.get("pid") else None
+        return Serving(spec, cur["runId"], self._healthy(cur, switching_to=in_place), cur.get("url"), "",
+                       cur.get("servingId"))
 
-    def _healthy(self, cur: dict, run_id: str | None = None) -> bool:
+    def _healthy(self, cur: dict, run_id: str | None = None, switching_to: str | None = None) -> bool:
+        """The process is alive and its gateway is ready for the run (`run_id`, else the recorded
+        one). During an in-place rollout (`switching_to`: the new run, in the same process) the
+        gateway names the new run from the moment it takes the route, one poll before the switch is
+        recorded; the process serves all along, so that counts as healthy too."""
         code, body = _get_json(f"{cur['url']}/readyz")
-        want = run_id or cur["runId"]
-        return bool(code == 200 and body and body.get("runId") == want and process_alive(int(cur["pid"])))
+        want = {run_id or cur["runId"], *([switching_to] if switching_to else [])}
+        return bool(code == 200 and body and body.get("runId") in want and process_alive(int(cur["pid"])))
 
     def _record(self, spec: str, ev: DeployEvent) -> DeployEvent:
         return history.append(self.store, spec, ev)

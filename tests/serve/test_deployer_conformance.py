@@ -145,6 +145,19 @@ def settle(deployer, request: DeployRequest, limit: float = 300):
         time.sleep(min(result.after, 0.5))
 
 
+def _wait_until_the_gateway_names(url: str, run_id: str, limit: float = 60) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + limit
+    while True:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:  # noqa: S310 - the test's own gateway
+            if json.loads(resp.read()).get("runId") == run_id:
+                return
+        assert time.monotonic() < deadline, f"the gateway at {url} did not take the route to {run_id} in {limit}s"
+        time.sleep(0.1)
+
+
 def test_deployer_promotes_only_a_passed_run_and_is_idempotent(world):
     deployer = world.deployer
     assert isinstance(deployer, Deployer)
@@ -217,6 +230,12 @@ def test_a_rollout_in_progress_never_blocks_and_the_old_run_serves_until_it_is_d
         assert first.serving_run_id == RUN_A and [e["kind"] for e in first.events] == ["deploy.started"]
         current = deployer.current(SPEC_NAME)
         assert current.run_id == RUN_A and current.healthy
+        if isinstance(world, Local):
+            # in place (one process, the adapter loaded beside A's): once the gateway takes the new
+            # route its /readyz names B before the switch is recorded; the process serves all along
+            _wait_until_the_gateway_names(current.url, RUN_B)
+            current = deployer.current(SPEC_NAME)
+            assert current.run_id == RUN_A and current.healthy
     done = settle(deployer, deploy_request(world, RUN_B, "s2"))
     assert done.outcome == "promoted" and done.serving_run_id == RUN_B, done.message
     assert deployer.current(SPEC_NAME).run_id == RUN_B
