@@ -227,8 +227,15 @@ class World:
 
 
 class Traffic:
-    """Requests to a spec's gateway, one after another in a thread, until stopped: every answer's
-    run id, and every failure as the client saw it."""
+    """Requests to a spec's gateway in a thread, each on a new connection (a new client), one every
+    PACE seconds until stopped: every answer's run id, and every failure as the client saw it.
+
+    Paced, not back to back: each answer costs the gateway and engine pods CPU, and requests
+    without a pause kept a core busy for as long as a rollout took, which slowed the pods being
+    rolled out on a two-core machine. Five requests a second still cross every window these tests
+    open (a pod killed and restarted, an adapter that fails to load, a canary)."""
+
+    PACE = 0.2
 
     def __init__(self, world: World, spec: str) -> None:
         self.answers: list[str] = []
@@ -242,6 +249,7 @@ class Traffic:
                 self.answers.append(str(world.ask(spec).system_fingerprint))
             except Exception as exc:  # noqa: BLE001 - a failed request is what the tests look for
                 self.failures.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(self.PACE)
 
     def __enter__(self) -> "Traffic":
         self._thread.start()
