@@ -136,6 +136,24 @@ class FsspecStore:
         return dest
 
 
+def read_run_manifest(run_dir: Path, then: str) -> dict:
+    """The manifest of the finished run in the local directory `run_dir`, as written. The trainer
+    writes it last, so a run without one is not finished: the evaluator and the server both refuse
+    such a run, and `then` tells the user what to do instead. A damaged manifest is named with its
+    line. The files it lists are checked by whoever loads them."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise PermanentError(f"{run_dir}: no {MANIFEST}, so this run is not finished (the trainer writes it last); {then}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f"{path}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(path)
+        raise PermanentError(f"{where}: not valid JSON ({exc}); the run's manifest is damaged") from None
+    if not isinstance(manifest, dict) or not manifest.get("runId") or not isinstance(manifest.get("provenance"), dict):
+        raise PermanentError(f"{path}: not a run manifest (needs runId and provenance)")
+    return manifest
+
+
 def _sha256(path: Path) -> str:
     from controller.fsutil import sha256_file
 

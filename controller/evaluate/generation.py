@@ -36,20 +36,12 @@ class LoadedModel:
 
 
 def read_manifest(run_dir: Path) -> dict:
-    """The run's manifest; a run without one is not finished and must not be evaluated."""
-    path = Path(run_dir) / "manifest.json"
-    if not path.is_file():
-        raise PermanentError(
-            f"{run_dir}: no manifest.json, so this run is not finished (the trainer writes it last); "
-            "wait for training to finish, or point at the run's artifact directory <store>/<spec>/<run-id>/"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PermanentError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); the run's manifest is damaged") from None
-    if not isinstance(manifest, dict) or not manifest.get("runId") or not isinstance(manifest.get("provenance"), dict):
-        raise PermanentError(f"{path}: not a run manifest (needs runId and provenance)")
-    return manifest
+    """The run's manifest (controller.artifacts.read_run_manifest); a run without one is not
+    finished and must not be evaluated."""
+    from controller.artifacts import read_run_manifest
+
+    return read_run_manifest(run_dir, "wait for training to finish, or point at the run's artifact directory "
+                                      "<store>/<spec>/<run-id>/")
 
 
 def _quiet_transformers() -> None:

@@ -27,16 +27,11 @@ from controller.fsutil import sha256_file
 
 
 def read_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PermanentError(f"{run_dir}: no manifest.json, so the run is not finished; serve a finished run") from None
-    except json.JSONDecodeError as exc:
-        raise PermanentError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(manifest, dict) or "runId" not in manifest or "provenance" not in manifest:
-        raise PermanentError(f"{path}: not a run manifest (runId/provenance missing)")
-    return manifest
+    """The run's manifest (controller.artifacts.read_run_manifest); a run without one is not
+    finished and is not served."""
+    from controller.artifacts import read_run_manifest
+
+    return read_run_manifest(run_dir, "serve a finished run")
 
 
 def verify_model_files(run_dir: Path, manifest: dict) -> None:
