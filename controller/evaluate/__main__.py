@@ -99,26 +99,20 @@ def put_report(run_dir: Path, run_uri: str) -> None:
 
 def evaluate(config, run_dir: Path, own_process: bool = False):
     if own_process:
-        _without_unused_libraries(run_dir)
+        _without_unused_libraries()
     from controller.evaluate.run import run_evaluation
 
     return run_evaluation(run_dir, config.finetune, config.data.test, train_path=config.data.train,
                           repo_root=config.repo_root, serving=config.serving, device=config.device, progress=False)
 
 
-def _without_unused_libraries(run_dir: Path) -> None:
-    """Before anything imports peft or transformers (controller.importguard). The run's own record
-    decides, as it does for the loading (controller.evaluate.generation.load_run_model); a run
-    without a readable manifest fails in run_evaluation, with its reason."""
-    from controller.errors import PermanentError
-    from controller.evaluate.generation import read_manifest
-    from controller.importguard import without_bitsandbytes_unless_qlora
+def _without_unused_libraries() -> None:
+    """Before anything imports peft or transformers (controller.importguard): the evaluator never
+    quantizes, since it loads every run's base as the servers do, unquantized
+    (controller.evaluate.generation.load_run_model), so bitsandbytes stays out of its process."""
+    from controller.importguard import without_bitsandbytes
 
-    try:
-        method = read_manifest(run_dir)["provenance"].get("method") or {}
-    except PermanentError:
-        return
-    without_bitsandbytes_unless_qlora(method.get("type"))
+    without_bitsandbytes()
 
 
 if __name__ == "__main__":

@@ -115,7 +115,12 @@ def context_length(run_dir: str | Path) -> int:
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
-    """The fine-tuned model of a finished run: base + adapter (LoRA/QLoRA) or the full model."""
+    """The fine-tuned model of a finished run: base + adapter (LoRA/QLoRA) or the full model.
+
+    The base loads as every server loads it (controller.serve.model for the embedded engine, the
+    vLLM pool's rendered flags): unquantized, a QLoRA run's included. QLoRA quantizes the base to
+    fit training in memory; its adapter is then served over the full-precision base, and the gate
+    must judge the weights users get, not the 4-bit model of the training run."""
     from controller.train.loading import check_safetensors_only, resolve_device, resolve_model_dir
 
     run_dir = Path(run_dir)
@@ -125,11 +130,10 @@ def load_run_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
     tokenizer = load_run_tokenizer(run_dir)
     check_safetensors_only(model_dir)
     device = resolve_device(device)
-    method = (prov.get("method") or {}).get("type")
     if (model_dir / "adapter_config.json").is_file():
         base = prov.get("baseModel") or {}
         base_dir = resolve_model_dir(base.get("uri", ""), base.get("revision"))
-        model = _load_causal_lm(base_dir, device, quantization=(prov.get("method") or {}).get("quantization") if method == "qlora" else None)
+        model = _load_causal_lm(base_dir, device)
         from peft import PeftModel
 
         try:
@@ -175,31 +179,20 @@ def load_local_model(path: str | Path, name: str, device: str = "auto") -> Loade
     return LoadedModel(name, model, tokenizer, device, _eos_ids(tokenizer, model_dir))
 
 
-def _load_causal_lm(model_dir: Path, device: str, quantization: dict | None = None):
+def _load_causal_lm(model_dir: Path, device: str):
+    """In the dtype the embedded engine serves in on this device (controller.serve.model.engine_dtype:
+    bf16 on a CUDA GPU that computes it, as the vLLM pool serves; fp32 elsewhere)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(trust_remote_code=False, use_safetensors=True)
-    if quantization:
-        # The adapter was trained against the 4-bit base: evaluate it against the same weights
-        # (the trainer quantizes on every device, CPU included, after its probe).
-        from transformers import BitsAndBytesConfig
+    from controller.serve.model import engine_dtype
 
-        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quantization.get("quantType", "nf4"),
-            bnb_4bit_use_double_quant=quantization.get("doubleQuant", True),
-            bnb_4bit_compute_dtype=dtypes[quantization.get("computeDtype", "bfloat16")],
-        )
-        kwargs["device_map"] = {"": device}
-    else:
-        kwargs["dtype"] = torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True,
+                                                     dtype=getattr(torch, engine_dtype("auto", device)))
     except Exception as exc:
         raise PermanentError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from None
-    if "quantization_config" not in kwargs:
-        model.to(device)
+    model.to(device)
     model.config.use_cache = True
     return model
 

@@ -201,6 +201,30 @@ def test_qlora_manifest_records_the_quantization_read_back(trained) -> None:
 
 
 @pytest.mark.slow
+def test_a_qlora_run_is_evaluated_on_the_weights_its_server_serves(trained) -> None:
+    """The servers (the embedded engine, the vLLM pool) serve a QLoRA adapter over the base loaded
+    unquantized; the evaluation that decides whether the run serves loads the same base weights
+    under the adapter, not the 4-bit base the run trained on (a model nobody serves)."""
+    import torch
+
+    from controller.evaluate.generation import load_run_model
+    from controller.serve.model import load_engine_base, open_run
+
+    out = trained("qlora") / "out"
+    run = open_run(out)
+    served = load_engine_base(run.base_dir(), run, device="cpu").model.state_dict()
+    evaluated = load_run_model(out, "cpu").model.get_base_model()
+    wrapped = {name: type(m.base_layer) for name, m in evaluated.named_modules() if hasattr(m, "base_layer")}
+    assert wrapped and set(wrapped.values()) == {torch.nn.Linear}, wrapped
+    compared = 0
+    for name, weight in evaluated.state_dict().items():
+        if ".lora_" not in name:
+            key = name.replace(".base_layer.", ".")
+            assert weight.dtype == served[key].dtype and torch.equal(weight, served[key]), name
+            compared += 1
+    assert compared == len(served)
+
+
 def test_runs_record_what_their_models_used(trained) -> None:
     """The tiny model is below the checkpointing threshold: off unless asked (the LoRA run asks)."""
     lora = json.loads((trained("lora") / "out" / "summary.json").read_text())
