@@ -36,7 +36,8 @@ class Quantization(SpecModel):
 
 
 class QloraMethod(LoraMethod):
-    """LoRA on a 4-bit quantized base model: a 7B model on one 24 GB GPU."""
+    """LoRA on a 4-bit quantized base model: a 7B model on one 24 GB GPU. The 4-bit base is for
+    training only: the run is served, and so evaluated, with its adapter over the unquantized base."""
 
     type: Literal["qlora"] = Field(description="Method name.")  # type: ignore[assignment]
     quantization: Quantization = Field(default_factory=Quantization, description="4-bit quantization of the base.")
